@@ -1,0 +1,60 @@
+//! Project tasks, run as `cargo xtask <task>` (alias in .cargo/config.toml).
+//!
+//! - `setup`: install what a fresh machine lacks (idempotent).
+//! - `vm`: run a host command inside a qemu guest booting a Debian kernel.
+//! - `test`: every check CI runs: fmt, clippy, unit, host and VM tests.
+
+mod kernel;
+mod setup;
+mod test;
+mod vm;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "hcp project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install packages, toolchain parts and guest kernels this machine lacks.
+    Setup,
+    /// Boot a guest kernel and run CMD in the host's userland inside it.
+    Vm(vm::VmArgs),
+    /// Run every check CI runs.
+    Test(test::TestArgs),
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().expect("xtask has a parent dir").to_path_buf()
+}
+
+/// Where downloads, unpacked kernels, initramfs images and VM scratch files live.
+/// Ignored by git; `cargo xtask setup` fills it.
+pub fn cache_dir() -> PathBuf {
+    workspace_root().join(".cache")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run().map(|()| 0),
+        Task::Vm(args) => vm::run(&args),
+        Task::Test(args) => test::run(&args).map(|()| 0),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
