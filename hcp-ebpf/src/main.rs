@@ -1,1 +1,18 @@
-#![no_std] #![no_main]
+//! hcp's kernel-side programs. Each program is one small handler; maps and
+//! read-only globals (set by user space before load) are the whole interface.
+#![no_std]
+#![no_main]
+
+mod block_io;
+
+/// tp_btf and bpf_probe_read_kernel need a GPL-compatible license.
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach here.
+    loop {}
+}

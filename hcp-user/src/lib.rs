@@ -1,1 +1,11 @@
+//! hcp: point-in-time copy-on-write snapshots of live block devices on the
+//! kernel's device-mapper snapshot target, with their cost measured by eBPF.
+//!
+//! The `hcp` binary is a thin command line over this library.
 
+pub mod block_io;
+pub mod devnum;
+pub mod probes;
+pub mod tracefs;
+
+pub use hcp_common as common;

@@ -1,0 +1,160 @@
+//! Per-device block I/O accounting, filled by the `block_bio_queue` and
+//! `block_rq_complete` tracepoint programs.
+
+/// The direction class of a block I/O, decoded from the tracepoint's `rwbs`
+/// string (see [`IoOp::from_rwbs`]). Used as an index into per-class arrays.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoOp {
+    Read = 0,
+    Write = 1,
+    /// Discard and secure erase: `bytes` is the size of the discarded range.
+    Discard = 2,
+    /// Flushes and anything else that carries no data.
+    Other = 3,
+}
+
+/// Number of [`IoOp`] classes.
+pub const IO_OPS: usize = 4;
+
+impl IoOp {
+    pub const ALL: [IoOp; IO_OPS] = [IoOp::Read, IoOp::Write, IoOp::Discard, IoOp::Other];
+
+    /// Decodes the kernel's `rwbs` string (`blk_fill_rwbs()`): an optional
+    /// `F` for a preflush, then one operation letter (`W`rite, `R`ead,
+    /// `D`iscard, `F`lush, `N`one), then flag letters (`F`UA, `A`head,
+    /// `S`ync, `M`eta). So a leading `F` is the preflush only when an
+    /// operation letter follows it; otherwise it is the flush operation.
+    #[inline(always)]
+    pub fn from_rwbs(rwbs: &[u8; 8]) -> IoOp {
+        let op = if rwbs[0] == b'F' && matches!(rwbs[1], b'W' | b'R' | b'D' | b'F' | b'N') {
+            rwbs[1]
+        } else {
+            rwbs[0]
+        };
+        match op {
+            b'R' => IoOp::Read,
+            b'W' => IoOp::Write,
+            b'D' => IoOp::Discard,
+            _ => IoOp::Other,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IoOp::Read => "read",
+            IoOp::Write => "write",
+            IoOp::Discard => "discard",
+            IoOp::Other => "other",
+        }
+    }
+}
+
+/// How many I/Os of one class were seen, and how many bytes they carried
+/// (`nr_sector * 512`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpCount {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+impl OpCount {
+    #[inline(always)]
+    pub fn add(&mut self, bytes: u64) {
+        self.count += 1;
+        self.bytes += bytes;
+    }
+}
+
+/// Value of the per-CPU `DEV_IO` map, keyed by the kernel's `dev_t`
+/// (`major << 20 | minor`). A device is counted only while user space keeps
+/// an entry for it, so the map is both the filter and the result.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DevIoStats {
+    /// Bios submitted to the device (`block_bio_queue`), by [`IoOp`].
+    /// Fires for bio-based devices (device-mapper) and blk-mq devices alike.
+    pub bio_queued: [OpCount; IO_OPS],
+    /// Requests completed by the device (`block_rq_complete`), by [`IoOp`].
+    /// Only request-based (blk-mq) devices complete requests; a dm device
+    /// never shows up here.
+    pub rq_completed: [OpCount; IO_OPS],
+    /// Events of this device whose record could not be read (the read of a
+    /// field failed). Counted so that a loss is visible, never silent.
+    pub read_errors: u64,
+}
+
+/// Byte offsets, inside one tracepoint's record, of the fields hcp reads.
+/// User space reads them from the tracepoint's `format` file at load time, so
+/// no kernel's layout is hard-coded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TpFields {
+    /// `dev_t dev` (4 bytes)
+    pub dev: u32,
+    /// `unsigned int nr_sector` (4 bytes)
+    pub nr_sector: u32,
+    /// `char rwbs[8]`
+    pub rwbs: u32,
+    pub _pad: u32,
+}
+
+/// The read-only global `BLOCK_TP_LAYOUT` of the eBPF object.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockTpLayout {
+    pub bio_queue: TpFields,
+    pub rq_complete: TpFields,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integers without padding holes.
+    unsafe impl aya::Pod for super::DevIoStats {}
+    unsafe impl aya::Pod for super::BlockTpLayout {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IoOp;
+
+    fn rwbs(s: &str) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[..s.len()].copy_from_slice(s.as_bytes());
+        b
+    }
+
+    #[test]
+    fn decodes_rwbs_strings_the_kernel_prints() {
+        for (s, op) in [
+            ("R", IoOp::Read),
+            ("RA", IoOp::Read),
+            ("RM", IoOp::Read),
+            ("RSM", IoOp::Read),
+            ("W", IoOp::Write),
+            ("WS", IoOp::Write),
+            ("WFS", IoOp::Write),    // FUA write
+            ("FWS", IoOp::Write),    // preflush + write
+            ("FWFSM", IoOp::Write),  // preflush + FUA metadata write
+            ("D", IoOp::Discard),
+            ("DE", IoOp::Discard),   // secure erase
+            ("FD", IoOp::Discard),
+            ("F", IoOp::Other),      // REQ_OP_FLUSH
+            ("FS", IoOp::Other),     // REQ_OP_FLUSH | sync
+            ("FN", IoOp::Other),     // preflush without data
+            ("N", IoOp::Other),
+            ("FR", IoOp::Read),
+            ("", IoOp::Other),
+        ] {
+            assert_eq!(IoOp::from_rwbs(&rwbs(s)), op, "rwbs {s:?}");
+        }
+    }
+
+    #[test]
+    fn op_indices_match_all() {
+        for (i, op) in IoOp::ALL.iter().enumerate() {
+            assert_eq!(*op as usize, i);
+        }
+    }
+}

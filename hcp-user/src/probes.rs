@@ -1,0 +1,36 @@
+//! The embedded eBPF object (built from hcp-ebpf by build.rs), loaded with
+//! its read-only globals filled in for the running kernel.
+
+use anyhow::{Context, Result};
+use aya::{Ebpf, EbpfLoader};
+use hcp_common::{BlockTpLayout, TpFields};
+
+use crate::tracefs;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hcp-ebpf"));
+
+/// Loads every program and map of the object into the kernel (nothing is
+/// attached yet).
+pub fn load() -> Result<Ebpf> {
+    let tracefs = tracefs::root()?;
+    let layout = BlockTpLayout {
+        bio_queue: block_fields(&tracefs, "block_bio_queue")?,
+        rq_complete: block_fields(&tracefs, "block_rq_complete")?,
+    };
+    EbpfLoader::new()
+        .override_global("BLOCK_TP_LAYOUT", &layout, true)
+        .load(OBJECT)
+        .context("loading hcp's eBPF programs (needs root, or CAP_BPF and CAP_PERFMON)")
+}
+
+fn block_fields(tracefs: &std::path::Path, event: &str) -> Result<TpFields> {
+    let format = tracefs::Format::read(tracefs, "block", event)?;
+    Ok(TpFields {
+        dev: format.offset_of("dev", 4)?,
+        nr_sector: format.offset_of("nr_sector", 4)?,
+        // Only the first bytes (flags and op letter) are decoded; the array
+        // has been 8 or 10 bytes depending on the kernel.
+        rwbs: format.offset_of("rwbs", 8)?,
+        _pad: 0,
+    })
+}
