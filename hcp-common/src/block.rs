@@ -134,15 +134,15 @@ mod tests {
             ("RSM", IoOp::Read),
             ("W", IoOp::Write),
             ("WS", IoOp::Write),
-            ("WFS", IoOp::Write),    // FUA write
-            ("FWS", IoOp::Write),    // preflush + write
-            ("FWFSM", IoOp::Write),  // preflush + FUA metadata write
+            ("WFS", IoOp::Write),   // FUA write
+            ("FWS", IoOp::Write),   // preflush + write
+            ("FWFSM", IoOp::Write), // preflush + FUA metadata write
             ("D", IoOp::Discard),
-            ("DE", IoOp::Discard),   // secure erase
+            ("DE", IoOp::Discard), // secure erase
             ("FD", IoOp::Discard),
-            ("F", IoOp::Other),      // REQ_OP_FLUSH
-            ("FS", IoOp::Other),     // REQ_OP_FLUSH | sync
-            ("FN", IoOp::Other),     // preflush without data
+            ("F", IoOp::Other),  // REQ_OP_FLUSH
+            ("FS", IoOp::Other), // REQ_OP_FLUSH | sync
+            ("FN", IoOp::Other), // preflush without data
             ("N", IoOp::Other),
             ("FR", IoOp::Read),
             ("", IoOp::Other),

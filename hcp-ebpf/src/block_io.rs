@@ -15,8 +15,18 @@ use hcp_common::{BlockTpLayout, DevIoStats, IoOp, OpCount, TpFields, IO_OPS};
 /// Set by user space before load (a `volatile const` in C terms).
 #[no_mangle]
 static BLOCK_TP_LAYOUT: BlockTpLayout = BlockTpLayout {
-    bio_queue: TpFields { dev: 0, nr_sector: 0, rwbs: 0, _pad: 0 },
-    rq_complete: TpFields { dev: 0, nr_sector: 0, rwbs: 0, _pad: 0 },
+    bio_queue: TpFields {
+        dev: 0,
+        nr_sector: 0,
+        rwbs: 0,
+        _pad: 0,
+    },
+    rq_complete: TpFields {
+        dev: 0,
+        nr_sector: 0,
+        rwbs: 0,
+        _pad: 0,
+    },
 };
 
 /// Keyed by the kernel's `dev_t`. User space inserts a zeroed entry for each
@@ -41,11 +51,7 @@ pub fn block_rq_complete(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn account(
-    ctx: &TracePointContext,
-    fields: &TpFields,
-    counts: impl FnOnce(&mut DevIoStats) -> &mut [OpCount; IO_OPS],
-) {
+fn account(ctx: &TracePointContext, fields: &TpFields, counts: impl FnOnce(&mut DevIoStats) -> &mut [OpCount; IO_OPS]) {
     // SAFETY: the offsets come from the tracepoint's own format file.
     let Ok(dev) = (unsafe { ctx.read_at::<u32>(fields.dev as usize) }) else {
         return; // no device, no entry to charge the loss to

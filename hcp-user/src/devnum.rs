@@ -25,7 +25,10 @@ impl DevNum {
 
     /// From the user-space `dev_t` of `stat(2)` (glibc's encoding).
     pub fn from_user(rdev: u64) -> DevNum {
-        DevNum { major: libc::major(rdev), minor: libc::minor(rdev) }
+        DevNum {
+            major: libc::major(rdev),
+            minor: libc::minor(rdev),
+        }
     }
 
     /// The kernel-internal `dev_t` that tracepoints record
@@ -35,7 +38,10 @@ impl DevNum {
     }
 
     pub fn from_kernel(dev: u32) -> DevNum {
-        DevNum { major: dev >> 20, minor: dev & 0xf_ffff }
+        DevNum {
+            major: dev >> 20,
+            minor: dev & 0xf_ffff,
+        }
     }
 }
 

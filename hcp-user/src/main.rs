@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "hcp", version, about = "Copy-on-write snapshots of live block devices, with their cost measured by eBPF")]
+#[command(
+    name = "hcp",
+    version,
+    about = "Copy-on-write snapshots of live block devices, with their cost measured by eBPF"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -24,9 +24,7 @@ pub fn root() -> Result<PathBuf> {
     let target = std::ffi::CString::new("/sys/kernel/tracing").expect("no NUL");
     let fstype = std::ffi::CString::new("tracefs").expect("no NUL");
     // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
-    };
+    let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
         bail!("tracefs is not mounted and mounting it at {} failed: {err} (run as root, or mount it: mount -t tracefs tracefs /sys/kernel/tracing)", dir.display());
@@ -55,8 +53,8 @@ impl Format {
     /// Reads `events/<category>/<event>/format` under the tracefs root.
     pub fn read(tracefs: &Path, category: &str, event: &str) -> Result<Format> {
         let path = tracefs.join("events").join(category).join(event).join("format");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading tracepoint format {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("reading tracepoint format {}", path.display()))?;
         Format::parse(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
@@ -102,7 +100,9 @@ fn parse_field(line: &str) -> Result<Field> {
     let mut decl = None;
     let (mut offset, mut size) = (None, None);
     for part in line.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-        let (key, value) = part.split_once(':').with_context(|| format!("bad field part `{part}` in `{line}`"))?;
+        let (key, value) = part
+            .split_once(':')
+            .with_context(|| format!("bad field part `{part}` in `{line}`"))?;
         match key {
             "field" => decl = Some(value.trim()),
             "offset" => offset = Some(value.trim().parse::<u32>()?),
@@ -121,7 +121,12 @@ fn parse_field(line: &str) -> Result<Field> {
         Some(i) => (&ident[..i], &ident[i..]),
         None => (ident, ""),
     };
-    Ok(Field { c_type: format!("{}{array}", c_type.trim()), name: name.to_string(), offset, size })
+    Ok(Field {
+        c_type: format!("{}{array}", c_type.trim()),
+        name: name.to_string(),
+        offset,
+        size,
+    })
 }
 
 #[cfg(test)]

@@ -14,13 +14,24 @@ use hcp::devnum::DevNum;
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test needs root (it creates block devices and loads eBPF): run `cargo xtask test` as root");
+    assert_eq!(
+        euid, 0,
+        "this test needs root (it creates block devices and loads eBPF): run `cargo xtask test` as root"
+    );
 }
 
 /// Runs a command, panicking with its stderr when it fails; returns stdout.
 pub fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
-    assert!(out.status.success(), "{cmd} {args:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
@@ -33,9 +44,14 @@ pub struct LoopDevice {
 impl LoopDevice {
     pub fn new(size_bytes: u64) -> LoopDevice {
         let backing = std::env::temp_dir().join(format!("hcp-test-{}-{}.img", std::process::id(), unique()));
-        File::create(&backing).and_then(|f| f.set_len(size_bytes)).expect("create backing file");
+        File::create(&backing)
+            .and_then(|f| f.set_len(size_bytes))
+            .expect("create backing file");
         let path = run("losetup", &["--find", "--show", backing.to_str().expect("utf-8 path")]);
-        LoopDevice { path: PathBuf::from(path.trim()), backing }
+        LoopDevice {
+            path: PathBuf::from(path.trim()),
+            backing,
+        }
     }
 
     pub fn devnum(&self) -> DevNum {
@@ -69,16 +85,16 @@ impl AlignedBuf {
         let ptr = unsafe { alloc_zeroed(layout) };
         assert!(!ptr.is_null(), "allocation failed");
         let mut buf = AlignedBuf { ptr, layout };
-        buf.as_mut().fill(fill);
+        buf.bytes_mut().fill(fill);
         buf
     }
 
-    pub fn as_ref(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         // SAFETY: ptr is valid for layout.size() bytes for the buffer's life.
         unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
     }
 
-    pub fn as_mut(&mut self) -> &mut [u8] {
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as above, and &mut self makes this the only reference.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
     }
@@ -103,9 +119,11 @@ pub fn open_direct(path: &Path) -> File {
 }
 
 pub fn pwrite_all(f: &File, buf: &AlignedBuf, offset: u64) {
-    f.write_all_at(buf.as_ref(), offset).unwrap_or_else(|e| panic!("pwrite at {offset}: {e}"));
+    f.write_all_at(buf.bytes(), offset)
+        .unwrap_or_else(|e| panic!("pwrite at {offset}: {e}"));
 }
 
 pub fn pread_exact(f: &File, buf: &mut AlignedBuf, offset: u64) {
-    f.read_exact_at(buf.as_mut(), offset).unwrap_or_else(|e| panic!("pread at {offset}: {e}"));
+    f.read_exact_at(buf.bytes_mut(), offset)
+        .unwrap_or_else(|e| panic!("pread at {offset}: {e}"));
 }
