@@ -27,11 +27,7 @@ impl IoOp {
     /// operation letter follows it; otherwise it is the flush operation.
     #[inline(always)]
     pub fn from_rwbs(rwbs: &[u8; 8]) -> IoOp {
-        let op = if rwbs[0] == b'F' && matches!(rwbs[1], b'W' | b'R' | b'D' | b'F' | b'N') {
-            rwbs[1]
-        } else {
-            rwbs[0]
-        };
+        let op = if rwbs[0] == b'F' && matches!(rwbs[1], b'W' | b'R' | b'D' | b'F' | b'N') { rwbs[1] } else { rwbs[0] };
         match op {
             b'R' => IoOp::Read,
             b'W' => IoOp::Write,

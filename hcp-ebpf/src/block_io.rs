@@ -15,18 +15,8 @@ use hcp_common::{BlockTpLayout, DevIoStats, IoOp, OpCount, TpFields, IO_OPS};
 /// Set by user space before load (a `volatile const` in C terms).
 #[no_mangle]
 static BLOCK_TP_LAYOUT: BlockTpLayout = BlockTpLayout {
-    bio_queue: TpFields {
-        dev: 0,
-        nr_sector: 0,
-        rwbs: 0,
-        _pad: 0,
-    },
-    rq_complete: TpFields {
-        dev: 0,
-        nr_sector: 0,
-        rwbs: 0,
-        _pad: 0,
-    },
+    bio_queue: TpFields { dev: 0, nr_sector: 0, rwbs: 0, _pad: 0 },
+    rq_complete: TpFields { dev: 0, nr_sector: 0, rwbs: 0, _pad: 0 },
 };
 
 /// Keyed by the kernel's `dev_t`. User space inserts a zeroed entry for each

@@ -30,18 +30,13 @@ impl BlockIoTracer {
         // The map is the filter too: a device is counted once it has an entry.
         for dev in devices {
             let zero = PerCpuValues::try_from(vec![DevIoStats::default(); cpus])?;
-            counts
-                .insert(dev.to_kernel(), zero, 0)
-                .with_context(|| format!("tracing device {dev}"))?;
+            counts.insert(dev.to_kernel(), zero, 0).with_context(|| format!("tracing device {dev}"))?;
         }
         for event in ["block_bio_queue", "block_rq_complete"] {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(event)
-                .with_context(|| format!("eBPF object lacks program {event}"))?
-                .try_into()?;
+            let prog: &mut TracePoint =
+                ebpf.program_mut(event).with_context(|| format!("eBPF object lacks program {event}"))?.try_into()?;
             prog.load().with_context(|| format!("loading program {event}"))?;
-            prog.attach("block", event)
-                .with_context(|| format!("attaching to tracepoint block:{event}"))?;
+            prog.attach("block", event).with_context(|| format!("attaching to tracepoint block:{event}"))?;
         }
         Ok(BlockIoTracer { _ebpf: ebpf, counts })
     }

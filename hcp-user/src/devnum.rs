@@ -25,10 +25,7 @@ impl DevNum {
 
     /// From the user-space `dev_t` of `stat(2)` (glibc's encoding).
     pub fn from_user(rdev: u64) -> DevNum {
-        DevNum {
-            major: libc::major(rdev),
-            minor: libc::minor(rdev),
-        }
+        DevNum { major: libc::major(rdev), minor: libc::minor(rdev) }
     }
 
     /// The kernel-internal `dev_t` that tracepoints record
@@ -38,16 +35,30 @@ impl DevNum {
     }
 
     pub fn from_kernel(dev: u32) -> DevNum {
-        DevNum {
-            major: dev >> 20,
-            minor: dev & 0xf_ffff,
-        }
+        DevNum { major: dev >> 20, minor: dev & 0xf_ffff }
     }
 }
 
 impl fmt::Display for DevNum {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+impl std::str::FromStr for DevNum {
+    type Err = crate::error::Error;
+
+    /// `major:minor`, as the kernel prints it in tables and mountinfo.
+    fn from_str(text: &str) -> Result<DevNum, Self::Err> {
+        // Digits only: `u32::from_str` would also take a sign.
+        let number = |part: &str| Some(part).filter(|p| p.bytes().all(|b| b.is_ascii_digit()))?.parse().ok();
+        let (major, minor) = text.split_once(':').unwrap_or_default();
+        match (number(major), number(minor)) {
+            (Some(major), Some(minor)) => Ok(DevNum { major, minor }),
+            _ => Err(crate::error::Error::usage(format!(
+                "`{text}` is not a device number; write major:minor, e.g. 253:1"
+            ))),
+        }
     }
 }
 
@@ -71,5 +82,14 @@ mod tests {
         assert_eq!(DevNum::from_user(rdev), DevNum { major: 253, minor: 3 });
         assert_ne!(rdev as u32, DevNum { major: 253, minor: 3 }.to_kernel());
         assert_eq!(DevNum { major: 8, minor: 17 }.to_string(), "8:17");
+    }
+
+    #[test]
+    fn parses_what_it_displays() {
+        let d = DevNum { major: 253, minor: 1 };
+        assert_eq!(d.to_string().parse::<DevNum>().unwrap(), d);
+        for bad in ["", "253", "253:", ":1", "253:1:0", "+253:1", "a:b", "253:4294967296"] {
+            assert!(bad.parse::<DevNum>().is_err(), "{bad}");
+        }
     }
 }

@@ -4,8 +4,18 @@
 //! The `hcp` binary is a thin command line over this library.
 
 pub mod block_io;
+pub mod blockdev;
 pub mod devnum;
+pub mod dm;
+pub mod error;
+pub mod freeze;
+pub mod loopdev;
+pub mod mount;
+pub mod mountinfo;
 pub mod probes;
+pub mod session;
+pub mod size;
+pub mod state;
 pub mod tracefs;
 
 pub use hcp_common as common;

@@ -1,30 +1,65 @@
-//! The `hcp` command line: parses arguments and calls the library.
+//! The `hcp` command line: parses arguments into options, calls the library,
+//! prints the result (as text, or as JSON with `--json`), and turns errors
+//! into one line and a documented exit status.
 
-use clap::{Parser, Subcommand};
+mod cli;
+mod render;
 
-#[derive(Parser)]
-#[command(
-    name = "hcp",
-    version,
-    about = "Copy-on-write snapshots of live block devices, with their cost measured by eBPF"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
+use std::process::ExitCode;
+
+use clap::Parser;
+use hcp::error::Error;
+
+use cli::{Action, Cli};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help
+        Err(e) => {
+            // One line, like every other hcp error; usage errors exit 2.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
+            eprintln!("hcp: {first} (see hcp --help)");
+            return ExitCode::from(hcp::error::Kind::Usage.exit_code());
+        }
+    };
+    let json = cli.json;
+    match cli.action().and_then(run) {
+        Ok(code) => code,
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "error": e.message(), "exit_code": e.kind.exit_code() }));
+            }
+            eprintln!("hcp: {e}");
+            ExitCode::from(e.kind.exit_code())
+        }
+    }
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Print hcp's version and the running kernel's.
-    Version,
-}
-
-fn main() {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Version => {
-            let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-            println!("hcp {} (kernel {})", env!("CARGO_PKG_VERSION"), kernel.trim());
+fn run(action: Action) -> Result<ExitCode, Error> {
+    match action {
+        Action::Start(opts, json) => {
+            let started = hcp::session::start(&opts)?;
+            render::started(&started, json);
+            // The session stands, but the caller asked for a mount it did not get.
+            Ok(if started.mount_error.is_some() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Action::List(json) => {
+            render::list(&hcp::session::list()?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Action::Remove(opts, json) => {
+            render::removed(&hcp::session::remove(&opts)?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Action::Show(device, json) => {
+            render::shown(&hcp::session::show(&device)?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Action::Version(json) => {
+            render::version(json);
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -85,11 +85,7 @@ impl Format {
             .find(|f| f.name == name)
             .with_context(|| format!("tracepoint {} has no field `{name}`", self.name))?;
         if field.size < min_size {
-            bail!(
-                "tracepoint {} field `{name}` is {} bytes, expected at least {min_size}",
-                self.name,
-                field.size
-            );
+            bail!("tracepoint {} field `{name}` is {} bytes, expected at least {min_size}", self.name, field.size);
         }
         Ok(field.offset)
     }
@@ -100,9 +96,7 @@ fn parse_field(line: &str) -> Result<Field> {
     let mut decl = None;
     let (mut offset, mut size) = (None, None);
     for part in line.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-        let (key, value) = part
-            .split_once(':')
-            .with_context(|| format!("bad field part `{part}` in `{line}`"))?;
+        let (key, value) = part.split_once(':').with_context(|| format!("bad field part `{part}` in `{line}`"))?;
         match key {
             "field" => decl = Some(value.trim()),
             "offset" => offset = Some(value.trim().parse::<u32>()?),
@@ -121,12 +115,7 @@ fn parse_field(line: &str) -> Result<Field> {
         Some(i) => (&ident[..i], &ident[i..]),
         None => (ident, ""),
     };
-    Ok(Field {
-        c_type: format!("{}{array}", c_type.trim()),
-        name: name.to_string(),
-        offset,
-        size,
-    })
+    Ok(Field { c_type: format!("{}{array}", c_type.trim()), name: name.to_string(), offset, size })
 }
 
 #[cfg(test)]

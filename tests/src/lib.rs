@@ -22,16 +22,8 @@ pub fn require_root() {
 
 /// Runs a command, panicking with its stderr when it fails; returns stdout.
 pub fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
@@ -44,14 +36,9 @@ pub struct LoopDevice {
 impl LoopDevice {
     pub fn new(size_bytes: u64) -> LoopDevice {
         let backing = std::env::temp_dir().join(format!("hcp-test-{}-{}.img", std::process::id(), unique()));
-        File::create(&backing)
-            .and_then(|f| f.set_len(size_bytes))
-            .expect("create backing file");
+        File::create(&backing).and_then(|f| f.set_len(size_bytes)).expect("create backing file");
         let path = run("losetup", &["--find", "--show", backing.to_str().expect("utf-8 path")]);
-        LoopDevice {
-            path: PathBuf::from(path.trim()),
-            backing,
-        }
+        LoopDevice { path: PathBuf::from(path.trim()), backing }
     }
 
     pub fn devnum(&self) -> DevNum {
@@ -119,11 +106,9 @@ pub fn open_direct(path: &Path) -> File {
 }
 
 pub fn pwrite_all(f: &File, buf: &AlignedBuf, offset: u64) {
-    f.write_all_at(buf.bytes(), offset)
-        .unwrap_or_else(|e| panic!("pwrite at {offset}: {e}"));
+    f.write_all_at(buf.bytes(), offset).unwrap_or_else(|e| panic!("pwrite at {offset}: {e}"));
 }
 
 pub fn pread_exact(f: &File, buf: &mut AlignedBuf, offset: u64) {
-    f.read_exact_at(buf.bytes_mut(), offset)
-        .unwrap_or_else(|e| panic!("pread at {offset}: {e}"));
+    f.read_exact_at(buf.bytes_mut(), offset).unwrap_or_else(|e| panic!("pread at {offset}: {e}"));
 }

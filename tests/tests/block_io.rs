@@ -38,45 +38,18 @@ fn counts_exact_direct_io_of_traced_devices_only() {
     }
 
     let all = tracer.read().expect("read counters");
-    assert_eq!(
-        all.keys().copied().collect::<Vec<_>>(),
-        vec![traced.devnum()],
-        "only the traced device has counters"
-    );
+    assert_eq!(all.keys().copied().collect::<Vec<_>>(), vec![traced.devnum()], "only the traced device has counters");
     let stats = all[&traced.devnum()];
     let written = OpCount {
         count: small_writes + large_writes,
         bytes: small_writes * SMALL as u64 + large_writes * LARGE as u64,
     };
-    let read = OpCount {
-        count: reads,
-        bytes: reads * SMALL as u64,
-    };
+    let read = OpCount { count: reads, bytes: reads * SMALL as u64 };
     // Each synchronous O_DIRECT call is one bio and, on a loop device, one request.
-    assert_eq!(
-        stats.bio_queued[IoOp::Write as usize],
-        written,
-        "bios queued (write): {stats:?}"
-    );
-    assert_eq!(
-        stats.bio_queued[IoOp::Read as usize],
-        read,
-        "bios queued (read): {stats:?}"
-    );
-    assert_eq!(
-        stats.rq_completed[IoOp::Write as usize],
-        written,
-        "requests completed (write): {stats:?}"
-    );
-    assert_eq!(
-        stats.rq_completed[IoOp::Read as usize],
-        read,
-        "requests completed (read): {stats:?}"
-    );
-    assert_eq!(
-        stats.bio_queued[IoOp::Discard as usize],
-        OpCount::default(),
-        "no discards: {stats:?}"
-    );
+    assert_eq!(stats.bio_queued[IoOp::Write as usize], written, "bios queued (write): {stats:?}");
+    assert_eq!(stats.bio_queued[IoOp::Read as usize], read, "bios queued (read): {stats:?}");
+    assert_eq!(stats.rq_completed[IoOp::Write as usize], written, "requests completed (write): {stats:?}");
+    assert_eq!(stats.rq_completed[IoOp::Read as usize], read, "requests completed (read): {stats:?}");
+    assert_eq!(stats.bio_queued[IoOp::Discard as usize], OpCount::default(), "no discards: {stats:?}");
     assert_eq!(stats.read_errors, 0, "no failed reads of tracepoint records: {stats:?}");
 }

@@ -33,27 +33,15 @@ fn linear_mapping_moves_io_and_is_traced_as_bios() {
 
     // 1 MiB of the device, starting 1 MiB into the loop device.
     let offset_sectors = 2048u64;
-    let table = [(
-        0u64,
-        2048u64,
-        "linear".to_string(),
-        format!("{} {offset_sectors}", backing.devnum()),
-    )];
-    let info = dm
-        .device_create(name, None, DmOptions::default())
-        .expect("create dm device");
+    let table = [(0u64, 2048u64, "linear".to_string(), format!("{} {offset_sectors}", backing.devnum()))];
+    let info = dm.device_create(name, None, DmOptions::default()).expect("create dm device");
     let _guard = DmDevice { dm: &dm, name };
-    dm.table_load(&DevId::Name(name), &table, DmOptions::default())
-        .expect("load linear table");
-    dm.device_suspend(&DevId::Name(name), DmOptions::default())
-        .expect("resume dm device");
+    dm.table_load(&DevId::Name(name), &table, DmOptions::default()).expect("load linear table");
+    dm.device_suspend(&DevId::Name(name), DmOptions::default()).expect("resume dm device");
 
     // No udev in the guest: devtmpfs names the node after the minor.
     let dev = info.device();
-    let dm_dev = DevNum {
-        major: dev.major,
-        minor: dev.minor,
-    };
+    let dm_dev = DevNum { major: dev.major, minor: dev.minor };
     let node = PathBuf::from(format!("/dev/dm-{}", dev.minor));
     assert_eq!(DevNum::of_block_device(&node).expect("dm node"), dm_dev);
 
@@ -75,27 +63,12 @@ fn linear_mapping_moves_io_and_is_traced_as_bios() {
     }
 
     let stats = tracer.read().expect("read counters");
-    let written = OpCount {
-        count: writes,
-        bytes: writes * 4096,
-    };
+    let written = OpCount { count: writes, bytes: writes * 4096 };
     let w = IoOp::Write as usize;
     // dm is bio-based: its bios are queued but it completes no requests; the
     // remapped bios are queued again on the device below, which completes them.
     assert_eq!(stats[&dm_dev].bio_queued[w], written, "dm device bios: {stats:?}");
-    assert_eq!(
-        stats[&dm_dev].rq_completed[w],
-        OpCount::default(),
-        "dm device requests: {stats:?}"
-    );
-    assert_eq!(
-        stats[&backing.devnum()].bio_queued[w],
-        written,
-        "backing device bios: {stats:?}"
-    );
-    assert_eq!(
-        stats[&backing.devnum()].rq_completed[w],
-        written,
-        "backing device requests: {stats:?}"
-    );
+    assert_eq!(stats[&dm_dev].rq_completed[w], OpCount::default(), "dm device requests: {stats:?}");
+    assert_eq!(stats[&backing.devnum()].bio_queued[w], written, "backing device bios: {stats:?}");
+    assert_eq!(stats[&backing.devnum()].rq_completed[w], written, "backing device requests: {stats:?}");
 }

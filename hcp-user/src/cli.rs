@@ -1,0 +1,222 @@
+//! Arguments, in both forms: the original hcp's flags (`hcp [-m DIR] [-o]
+//! [-c STORE] [-q QUOTA] DEVICE`, `hcp -l`, `hcp -r TARGET`, `hcp -s DEVICE`,
+//! `hcp -v`) and subcommands (`hcp start | list | remove | show | version`)
+//! taking the same options. Both become one [`Action`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use hcp::error::Error;
+use hcp::session::{RemoveOptions, StartOptions};
+use hcp::size::{ChunkSize, Quota};
+
+const AFTER_HELP: &str = "\
+Examples:
+  Start a session:    hcp /dev/vg0/data          (or: hcp start /dev/vg0/data)
+                      hcp -m /mnt/snap -o -c /dev/sdc /dev/vg0/data
+  List sessions:      hcp -l                     (or: hcp list --json)
+  Show a device's:    hcp -s /dev/vg0/data
+  Remove a session:   hcp -r /dev/hcp1           (or an origin: all of its sessions)
+
+Exit status:
+  0  success
+  1  a system call failed (or a started session could not be mounted: it is kept)
+  2  bad input: a malformed option, a path that is not what it must be
+  3  no such session or device
+  4  busy: the device or store is in use, or another hcp is changing sessions
+  5  refused: cannot work on this device as it is (a mounted plain partition,
+     a store on the origin, a kernel without device-mapper)
+  6  permission: hcp must run as root";
+
+#[derive(Parser)]
+#[command(
+    name = "hcp",
+    about = "Point-in-time copy-on-write snapshots of live block devices (device-mapper), with their cost measured by eBPF",
+    disable_version_flag = true,
+    args_conflicts_with_subcommands = true,
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// List active Hot Copy sessions.
+    #[arg(short = 'l', long = "list")]
+    list: bool,
+
+    /// Remove the Hot Copy session(s) of TARGET: an hcp device, its mount point, or an origin.
+    #[arg(short = 'r', long = "remove", value_name = "TARGET")]
+    remove: Option<String>,
+
+    /// Show the Hot Copy devices of DEVICE.
+    #[arg(short = 's', long = "show-hcp-device", value_name = "DEVICE")]
+    show: Option<String>,
+
+    /// Show hcp's version.
+    #[arg(short = 'v', long = "version")]
+    version: bool,
+
+    /// With -r: keep the store file.
+    #[arg(long)]
+    keep_store: bool,
+
+    #[command(flatten)]
+    start: StartArgs,
+
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a session: snapshot DEVICE and mount the snapshot.
+    Start(StartArgs),
+    /// List active sessions.
+    List,
+    /// Remove the session(s) of TARGET: an hcp device, its mount point, or an origin.
+    Remove {
+        target: String,
+        /// Keep the store file.
+        #[arg(long)]
+        keep_store: bool,
+    },
+    /// Show the hcp devices of DEVICE.
+    Show { device: String },
+    /// Show hcp's version.
+    Version,
+}
+
+#[derive(Args, Clone, Default)]
+struct StartArgs {
+    /// Mount the snapshot at DIR [default: /var/hcp/<device>_hcpN].
+    #[arg(short = 'm', long = "mount-point", value_name = "DIR")]
+    mount_point: Option<PathBuf>,
+
+    /// Mount the snapshot read-only.
+    #[arg(short = 'o', long = "read-only")]
+    read_only: bool,
+
+    /// Do not mount the snapshot.
+    #[arg(long, conflicts_with_all = ["mount_point", "read_only"])]
+    skip_mount: bool,
+
+    /// Where changed blocks go: a block device, a directory, or a new file path
+    /// [default: a file under /var/lib/hcp/].
+    #[arg(short = 'c', long = "changed-blocks", value_name = "STORE")]
+    store: Option<PathBuf>,
+
+    /// Room for changed blocks: a size (512M, 2G) or a percentage of the
+    /// origin (10%) [default: 10%]. A full store invalidates the snapshot;
+    /// the origin keeps working.
+    #[arg(short = 'q', long = "quota", value_name = "QUOTA")]
+    quota: Option<Quota>,
+
+    /// Copy-on-write unit: a power of two from 4K to 1M.
+    #[arg(long, value_name = "SIZE", default_value = "4K")]
+    chunk_size: ChunkSize,
+
+    /// Allocate the whole store file now rather than as it fills.
+    #[arg(long)]
+    preallocate: bool,
+
+    /// The device to snapshot: a path, a symlink (/dev/disk/by-*, /dev/VG/LV) or MAJOR:MINOR.
+    device: Option<String>,
+}
+
+/// What to do, with its options; the `bool` is `--json`.
+pub enum Action {
+    Start(StartOptions, bool),
+    List(bool),
+    Remove(RemoveOptions, bool),
+    Show(String, bool),
+    Version(bool),
+}
+
+impl Cli {
+    pub fn action(self) -> Result<Action, Error> {
+        let json = self.json;
+        Ok(match self.command {
+            Some(Command::Start(args)) => Action::Start(start_options(args)?, json),
+            Some(Command::List) => Action::List(json),
+            Some(Command::Remove { target, keep_store }) => Action::Remove(RemoveOptions { target, keep_store }, json),
+            Some(Command::Show { device }) => Action::Show(device, json),
+            Some(Command::Version) => Action::Version(json),
+            None if self.list => Action::List(json),
+            None if self.version => Action::Version(json),
+            None => match (self.remove, self.show) {
+                (Some(target), _) => Action::Remove(RemoveOptions { target, keep_store: self.keep_store }, json),
+                (None, Some(device)) => Action::Show(device, json),
+                (None, None) => Action::Start(start_options(self.start)?, json),
+            },
+        })
+    }
+}
+
+fn start_options(args: StartArgs) -> Result<StartOptions, Error> {
+    let Some(device) = args.device else {
+        return Err(Error::usage("give the DEVICE to snapshot, or one of -l, -r, -s, -v (see hcp --help)"));
+    };
+    Ok(StartOptions {
+        device,
+        mount_point: args.mount_point,
+        read_only: args.read_only,
+        skip_mount: args.skip_mount,
+        store: args.store,
+        quota: args.quota,
+        chunk: args.chunk_size,
+        preallocate: args.preallocate,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action(args: &[&str]) -> Action {
+        Cli::try_parse_from(std::iter::once("hcp").chain(args.iter().copied()))
+            .expect("parses")
+            .action()
+            .expect("an action")
+    }
+
+    #[test]
+    fn original_flags_and_subcommands_agree() {
+        for args in [
+            &["-m", "/mnt/x", "-o", "-c", "/dev/sdc", "-q", "2G", "/dev/sdb1"][..],
+            &["start", "-m", "/mnt/x", "-o", "-c", "/dev/sdc", "-q", "2G", "/dev/sdb1"],
+        ] {
+            let Action::Start(o, false) = action(args) else { panic!("{args:?} is not a start") };
+            assert_eq!(o.device, "/dev/sdb1");
+            assert_eq!(o.mount_point, Some(PathBuf::from("/mnt/x")));
+            assert!(o.read_only);
+            assert_eq!(o.store, Some(PathBuf::from("/dev/sdc")));
+            assert_eq!(o.quota, Some(Quota::Bytes(2 << 30)));
+        }
+        assert!(matches!(action(&["-l"]), Action::List(false)));
+        assert!(matches!(action(&["list", "--json"]), Action::List(true)));
+        assert!(
+            matches!(action(&["-r", "/dev/hcp1"]), Action::Remove(RemoveOptions { ref target, keep_store: false }, false) if target == "/dev/hcp1")
+        );
+        assert!(matches!(
+            action(&["remove", "--keep-store", "hcp1"]),
+            Action::Remove(RemoveOptions { keep_store: true, .. }, _)
+        ));
+        assert!(matches!(action(&["-s", "/dev/sdb1"]), Action::Show(ref d, false) if d == "/dev/sdb1"));
+        assert!(matches!(action(&["show", "/dev/sdb1", "--json"]), Action::Show(_, true)));
+        assert!(matches!(action(&["-v"]), Action::Version(false)));
+        assert!(matches!(action(&["version"]), Action::Version(false)));
+    }
+
+    #[test]
+    fn malformed_options_are_rejected_by_the_parser() {
+        for args in [
+            &["-q", "lots", "/dev/x"][..],
+            &["-q", "0", "/dev/x"],
+            &["--chunk-size", "3K", "/dev/x"],
+            &["--skip-mount", "-o", "/dev/x"],
+        ] {
+            assert!(Cli::try_parse_from(std::iter::once("hcp").chain(args.iter().copied())).is_err(), "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,740 @@
+//! `hcp start`: plan everything, prepare everything, then switch the origin
+//! inside the shortest window possible.
+//!
+//! Order matters for the frozen window: every check, the store, the `-real`
+//! device, the snapshot's table and the origin's new table are made *before*
+//! the filesystem is frozen. Inside the window there are only four ioctls
+//! from this one process: FIFREEZE, suspend the origin, resume the snapshot,
+//! resume the origin (which swaps in the preloaded `snapshot-origin` table),
+//! FITHAW. Anything that fails before the switch is undone in reverse order.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::blockdev::BlockDevice;
+use crate::devnum::DevNum;
+use crate::dm::device::{make_node, Dm, Suspend};
+use crate::dm::table::{Linear, Persistence, Snapshot, SnapshotOrigin, TargetParams};
+use crate::error::{Error, Result, ResultExt};
+use crate::freeze::{Frozen, SignalBlock};
+use crate::loopdev::{AttachOptions, LoopDevice};
+use crate::mountinfo::MountTable;
+use crate::size::{format_bytes, ChunkSize, Quota};
+use crate::state::{self, Lock, MountRecord, Origin, Phase, Session, Store, RECORD_VERSION};
+
+use super::{
+    now_unix, require_root, snapshot_node, DEFAULT_MOUNT_DIR, DEFAULT_STORE_DIR, UUID_COW, UUID_ORIGIN, UUID_REAL,
+    UUID_SNAPSHOT,
+};
+
+/// The quota when `-q` is not given.
+pub const DEFAULT_QUOTA: Quota = Quota::Percent(10);
+/// The smallest store hcp accepts: the header, a metadata area and some data.
+const MIN_STORE_BYTES: u64 = 1 << 20;
+
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    pub device: String,
+    pub mount_point: Option<PathBuf>,
+    pub read_only: bool,
+    pub skip_mount: bool,
+    /// `-c`: a block device, a directory, or a new file path.
+    pub store: Option<PathBuf>,
+    pub quota: Option<Quota>,
+    pub chunk: ChunkSize,
+    pub preallocate: bool,
+}
+
+/// What `start` did, as printed and as `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Started {
+    pub session: String,
+    pub origin: PathBuf,
+    pub snapshot: PathBuf,
+    pub store: PathBuf,
+    pub store_loop_device: Option<PathBuf>,
+    pub quota_bytes: u64,
+    pub chunk_bytes: u64,
+    /// Set for a wrapped plain device: the device every write must now go
+    /// through.
+    pub write_through: Option<PathBuf>,
+    pub mount_point: Option<PathBuf>,
+    pub read_only: bool,
+    pub filesystem: Option<String>,
+    /// Why the snapshot could not be mounted (the session is kept).
+    pub mount_error: Option<String>,
+    pub created: String,
+    pub timing: Timing,
+}
+
+/// Measured on hcp's monotonic clock.
+#[derive(Clone, Debug, Serialize)]
+pub struct Timing {
+    /// From the start of the command until the snapshot was live.
+    pub snapshot_seconds: f64,
+    /// From the start of FIFREEZE to the end of FITHAW; null when nothing
+    /// was mounted.
+    pub frozen_seconds: Option<f64>,
+    /// How long the FIFREEZE call itself took (it syncs the filesystem).
+    pub freeze_call_seconds: Option<f64>,
+    /// From the suspend of the origin to the end of its resume.
+    pub suspended_seconds: Option<f64>,
+}
+
+/// How the origin is switched.
+enum OriginPlan {
+    /// A dm device: switched live. `create_real` is set for its first
+    /// session: `-real` is made from its table and the origin reloaded.
+    Live {
+        name: String,
+        real_name: String,
+        real: DevNum,
+        create_real: bool,
+        wrapped: bool,
+        mounted_at: Option<PathBuf>,
+    },
+    /// A plain device nothing holds: wrapped in an origin of hcp's own.
+    Wrap { name: String, raw: BlockDevice },
+}
+
+enum StorePlan {
+    /// A file hcp creates and attaches through a loop device.
+    File { path: PathBuf },
+    /// A whole block device, or its first `quota` bytes through `hcpN-cow`.
+    Device { dev: BlockDevice, limit: Option<u64> },
+}
+
+pub fn start(opts: &StartOptions) -> Result<Started> {
+    let begun = Instant::now();
+    require_root()?;
+    let dm = Dm::open()?;
+    let _lock = Lock::acquire()?;
+    let sessions = state::load_all()?;
+    let mounts = MountTable(crate::mountinfo::read()?);
+
+    let named = BlockDevice::resolve(&opts.device)?;
+    let plan = plan_origin(&dm, &named, &sessions, &mounts)?;
+    let (origin_dev, origin_label) = match &plan {
+        OriginPlan::Live { name, .. } => (BlockDevice::from_devnum(dm_devnum(&dm, name)?)?, name.clone()),
+        OriginPlan::Wrap { raw, .. } => (raw.clone(), raw.kernel_name.clone()),
+    };
+    let id = next_id(&dm, &sessions)?;
+    let quota = opts.quota.unwrap_or(DEFAULT_QUOTA).resolve(origin_dev.size_bytes);
+    let min_store = MIN_STORE_BYTES.max(16 * opts.chunk.bytes());
+    if quota < min_store {
+        return Err(Error::usage(format!(
+            "quota {} is too small: a snapshot store needs at least {}; give a larger -q",
+            format_bytes(quota),
+            format_bytes(min_store)
+        )));
+    }
+    let store_plan = plan_store(opts, &origin_dev, &origin_label, &id, quota, min_store, &mounts)?;
+    let mount_point = if opts.skip_mount {
+        None
+    } else {
+        let path = opts
+            .mount_point
+            .clone()
+            .unwrap_or_else(|| Path::new(DEFAULT_MOUNT_DIR).join(format!("{origin_label}_{id}")));
+        check_mount_point(&path, &mounts)?;
+        Some(path)
+    };
+
+    // Everything checked: from here on each change has its undo.
+    let mut undo = Undo::default();
+    let (store, store_dev, store_bytes) = prepare_store(&dm, &store_plan, &id, quota, opts, &mut undo)?;
+    zero_header(&store_dev, opts.chunk)?;
+
+    let snapshot_path = snapshot_node(&id);
+    let (origin_name, real_devnum, length) = match &plan {
+        OriginPlan::Live { name, real, create_real, real_name, .. } => {
+            let real = if *create_real {
+                let table = dm.table(name)?;
+                let uuid = format!("{UUID_REAL}{name}");
+                let real = dm.create(real_name, &truncate_uuid(&uuid), &table)?;
+                let dm_ref = &dm;
+                let real_name = real_name.clone();
+                undo.push(format!("remove {real_name}"), move || dm_ref.remove(&real_name));
+                real
+            } else {
+                *real
+            };
+            (name.clone(), real, origin_dev.size_sectors())
+        }
+        OriginPlan::Wrap { name, raw } => (name.clone(), raw.devnum, raw.size_sectors()),
+    };
+    let snap = Snapshot {
+        origin: real_devnum,
+        cow: store_dev.devnum,
+        persistent: Persistence::Persistent,
+        chunk_sectors: opts.chunk.sectors(),
+    };
+    let snap_uuid = truncate_uuid(&format!("{UUID_SNAPSHOT}{id}-{origin_name}"));
+    let snap_devnum = dm.create_inactive(&id, &snap_uuid, &[snap.table_line(length)])?;
+    {
+        let dm_ref = &dm;
+        let id = id.clone();
+        undo.push(format!("remove {id}"), move || dm_ref.remove(&id));
+    }
+    let origin_table = SnapshotOrigin { origin: real_devnum }.table_line(length);
+    if let OriginPlan::Live { name, create_real: true, .. } = &plan {
+        dm.load(name, std::slice::from_ref(&origin_table))?;
+        let dm_ref = &dm;
+        let name = name.clone();
+        undo.push(format!("clear the inactive table of {name}"), move || dm_ref.clear_inactive(&name));
+    }
+    let mount_record = match &mount_point {
+        Some(path) => Some(MountRecord {
+            path: path.clone(),
+            read_only: opts.read_only,
+            created_dir: create_mount_dir(path, &mut undo)?,
+        }),
+        None => None,
+    };
+
+    let (origin_path, wrapped, real_label) = match &plan {
+        OriginPlan::Live { name, real_name, wrapped, .. } => {
+            let real_label = if *wrapped { real_path(real_devnum) } else { real_name.clone() };
+            (named_origin_path(&named, name), *wrapped, real_label)
+        }
+        OriginPlan::Wrap { raw, .. } => (raw.display_path(), true, raw.display_path().display().to_string()),
+    };
+    let mut session = Session {
+        version: RECORD_VERSION,
+        id: id.clone(),
+        phase: Phase::Starting,
+        origin: Origin { path: origin_path.clone(), dm_name: origin_name.clone(), real: real_label, wrapped },
+        snapshot_path: snapshot_path.clone(),
+        store,
+        mount: mount_record,
+        created_unix: now_unix(),
+        chunk_bytes: opts.chunk.bytes(),
+        quota_bytes: store_bytes,
+    };
+    state::save(&session)?;
+    {
+        let id = id.clone();
+        undo.push(format!("remove the record of {id}"), move || state::delete(&id));
+    }
+
+    // The switch.
+    let mut timing =
+        Timing { snapshot_seconds: 0.0, frozen_seconds: None, freeze_call_seconds: None, suspended_seconds: None };
+    match &plan {
+        OriginPlan::Live { name, create_real, mounted_at, .. } => {
+            let window = switch_live(&dm, name, &id, *create_real, mounted_at.as_deref())?;
+            timing.frozen_seconds = window.frozen.map(|d| d.as_secs_f64());
+            timing.freeze_call_seconds = window.freeze_call.map(|d| d.as_secs_f64());
+            timing.suspended_seconds = Some(window.suspended.as_secs_f64());
+        }
+        OriginPlan::Wrap { name, raw } => {
+            // Nothing can write yet: the wrapper does not exist. Activate the
+            // snapshot first, so the first write through the wrapper is
+            // already copied aside.
+            dm.resume(&id)?;
+            let uuid = truncate_uuid(&format!("{UUID_ORIGIN}{}", raw.kernel_name));
+            dm.create(name, &uuid, &[origin_table])?;
+        }
+    }
+    undo.disarm();
+    timing.snapshot_seconds = begun.elapsed().as_secs_f64();
+
+    make_node(&snapshot_path, snap_devnum)?;
+    session.phase = Phase::Active;
+    state::save(&session)?;
+
+    let mut started = Started {
+        session: id.clone(),
+        origin: origin_path,
+        snapshot: snapshot_path.clone(),
+        store: session.store.path.clone(),
+        store_loop_device: session.store.loop_device.clone(),
+        quota_bytes: store_bytes,
+        chunk_bytes: opts.chunk.bytes(),
+        write_through: matches!(plan, OriginPlan::Wrap { .. }).then(|| crate::dm::device::node_path(&origin_name)),
+        mount_point: None,
+        read_only: opts.read_only,
+        filesystem: None,
+        mount_error: None,
+        created: super::format_time(session.created_unix),
+        timing,
+    };
+    if let Some(record) = &session.mount {
+        match crate::mount::mount_snapshot(&snapshot_path, &record.path, opts.read_only) {
+            Ok(fs) => {
+                started.mount_point = Some(record.path.clone());
+                started.filesystem = Some(fs);
+            }
+            Err(e) => {
+                // The session stays: the snapshot is good, only the mount failed.
+                started.mount_error = Some(e.to_string());
+                if record.created_dir {
+                    let _ = std::fs::remove_dir(&record.path);
+                }
+                session.mount = None;
+                state::save(&session)?;
+            }
+        }
+    }
+    Ok(started)
+}
+
+/// Decides how the origin is switched, refusing what cannot work.
+fn plan_origin(dm: &Dm, named: &BlockDevice, sessions: &[Session], mounts: &MountTable) -> Result<OriginPlan> {
+    let shown = named.display_path();
+    let Some(ident) = &named.dm else {
+        // A plain device. Already wrapped by hcp: snapshot through the wrapper.
+        for holder in named.holders() {
+            let h = BlockDevice::from_devnum(holder)?;
+            if let Some(hdm) = h.dm.as_ref().filter(|d| d.uuid.starts_with(UUID_ORIGIN)) {
+                return live_plan(dm, &h, &hdm.name, sessions, mounts);
+            }
+        }
+        if let Some(m) = mounts.mounts_of(named.devnum).first() {
+            return Err(Error::refused(format!(
+                "{} is mounted at {} and is not a device-mapper device: device-mapper cannot be slid under a mounted \
+                 plain partition. Snapshot an LVM or dm volume instead, or unmount {} and run hcp again (it then wraps \
+                 the device)",
+                shown.display(),
+                m.mount_point.display(),
+                shown.display()
+            )));
+        }
+        if let Some(holder) = named.holders().first() {
+            return Err(Error::busy(format!(
+                "{} is in use by device {holder} built on it: snapshot that device instead",
+                shown.display()
+            )));
+        }
+        check_not_open_exclusively(&shown)?;
+        return Ok(OriginPlan::Wrap { name: format!("hcp-{}", named.kernel_name), raw: named.clone() });
+    };
+    for (prefix, what) in [
+        (UUID_SNAPSHOT, "an hcp snapshot"),
+        (UUID_COW, "an hcp store"),
+        (UUID_REAL, "the data device under an hcp origin"),
+    ] {
+        if ident.uuid.starts_with(prefix) {
+            return Err(Error::usage(format!(
+                "{} is {what}: snapshots of hcp's own devices are not supported; snapshot the origin instead (`hcp -l` lists them)",
+                shown.display()
+            )));
+        }
+    }
+    live_plan(dm, named, &ident.name, sessions, mounts)
+}
+
+fn live_plan(
+    dm: &Dm,
+    origin: &BlockDevice,
+    name: &str,
+    sessions: &[Session],
+    mounts: &MountTable,
+) -> Result<OriginPlan> {
+    let mounted_at = mounts.mounts_of(origin.devnum).first().map(|m| m.mount_point.clone());
+    let table = dm.table(name)?;
+    let wrapped = origin.dm.as_ref().is_some_and(|d| d.uuid.starts_with(UUID_ORIGIN));
+    let real_name = format!("{name}-real");
+    if wrapped || sessions.iter().any(|s| s.origin.dm_name == name) {
+        // Already an origin of hcp's: further snapshots share its real device.
+        let [line] = table.as_slice() else {
+            return Err(Error::system(format!("origin {name} has an unexpected table; run `hcp recover`")));
+        };
+        let real = SnapshotOrigin::from_line(line)?.origin;
+        return Ok(OriginPlan::Live {
+            name: name.to_string(),
+            real_name,
+            real,
+            create_real: false,
+            wrapped,
+            mounted_at,
+        });
+    }
+    if let Some(line) = table.iter().find(|l| l.target_type.starts_with("snapshot")) {
+        return Err(Error::refused(format!(
+            "{name} is already part of a snapshot made by another tool (its table has a `{}` target): remove that \
+             snapshot first (e.g. lvremove), or snapshot another volume",
+            line.target_type
+        )));
+    }
+    if table.is_empty() {
+        return Err(Error::refused(format!("{name} has no table loaded: there is nothing to snapshot")));
+    }
+    if dm.exists(&real_name)? {
+        return Err(Error::refused(format!(
+            "a dm device {real_name} exists already and hcp needs that name: remove it if it is a leftover \
+             (`hcp recover`, or `dmsetup remove {real_name}`)"
+        )));
+    }
+    Ok(OriginPlan::Live {
+        name: name.to_string(),
+        real_name,
+        real: DevNum { major: 0, minor: 0 },
+        create_real: true,
+        wrapped: false,
+        mounted_at,
+    })
+}
+
+fn plan_store(
+    opts: &StartOptions,
+    origin: &BlockDevice,
+    origin_label: &str,
+    id: &str,
+    quota: u64,
+    min_store: u64,
+    mounts: &MountTable,
+) -> Result<StorePlan> {
+    let file_name = format!("{origin_label}.{id}.cow");
+    let Some(given) = &opts.store else {
+        let path = Path::new(DEFAULT_STORE_DIR).join(file_name);
+        check_file_store(&path, origin)?;
+        return Ok(StorePlan::File { path });
+    };
+    let meta = std::fs::metadata(given);
+    if let Ok(meta) = &meta {
+        if meta.file_type().is_block_device() {
+            return plan_device_store(given, origin, quota, opts.quota.is_some(), min_store, mounts);
+        }
+        if meta.is_dir() {
+            let path = given.join(file_name);
+            check_file_store(&path, origin)?;
+            return Ok(StorePlan::File { path });
+        }
+        return Err(Error::usage(format!(
+            "store {} exists: give a block device, a directory, or a new file path for -c",
+            given.display()
+        )));
+    }
+    check_file_store(given, origin)?;
+    Ok(StorePlan::File { path: given.clone() })
+}
+
+/// A file store must not live on the origin: every write to the store
+/// would itself be copied aside into the store.
+fn check_file_store(path: &Path, origin: &BlockDevice) -> Result<()> {
+    if path.exists() {
+        return Err(Error::usage(format!("store file {} exists already: give a new path for -c", path.display())));
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // The default directory is made on demand; check where it would live.
+    let existing = dir.ancestors().find(|d| d.exists()).unwrap_or(Path::new("/"));
+    if !dir.exists() && !dir.starts_with(DEFAULT_STORE_DIR) {
+        return Err(Error::usage(format!(
+            "directory {} for the store does not exist: create it or give another -c",
+            dir.display()
+        )));
+    }
+    let fs_dev = DevNum::from_user(std::fs::metadata(existing).map_err(|e| Error::io(existing.display(), e))?.dev());
+    if let Ok(fs_bd) = BlockDevice::from_devnum(fs_dev) {
+        if fs_bd.stacked_on(origin.devnum) {
+            return Err(Error::refused(format!(
+                "store {} would be on the origin {} itself: copy-on-write into the origin recurses; put the store on \
+                 another device (-c /other/dir or -c /dev/sdX)",
+                path.display(),
+                origin.display_path().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn plan_device_store(
+    given: &Path,
+    origin: &BlockDevice,
+    quota: u64,
+    quota_given: bool,
+    min_store: u64,
+    mounts: &MountTable,
+) -> Result<StorePlan> {
+    let dev = BlockDevice::resolve(&given.display().to_string())?;
+    if dev.stacked_on(origin.devnum) || origin.stacked_on(dev.devnum) {
+        return Err(Error::refused(format!(
+            "store {} is the origin or shares its blocks: copy-on-write into the origin recurses; give a separate device",
+            given.display()
+        )));
+    }
+    if let Some(m) = mounts.mounts_of(dev.devnum).first() {
+        return Err(Error::busy(format!(
+            "store {} is mounted at {}: unmount it or give another device (its contents would be overwritten)",
+            given.display(),
+            m.mount_point.display()
+        )));
+    }
+    if let Some(holder) = dev.holders().first() {
+        return Err(Error::busy(format!("store {} is in use by device {holder}: give a free device", given.display())));
+    }
+    check_not_open_exclusively(given)?;
+    if dev.size_bytes < min_store {
+        return Err(Error::usage(format!(
+            "store {} is too small ({}): a snapshot store needs at least {}",
+            given.display(),
+            format_bytes(dev.size_bytes),
+            format_bytes(min_store)
+        )));
+    }
+    if quota_given && quota > dev.size_bytes {
+        return Err(Error::usage(format!(
+            "quota {} is larger than the store device {} ({})",
+            format_bytes(quota),
+            given.display(),
+            format_bytes(dev.size_bytes)
+        )));
+    }
+    let limit = (quota_given && quota < dev.size_bytes).then_some(quota);
+    Ok(StorePlan::Device { dev, limit })
+}
+
+/// An exclusive open fails with EBUSY when anything holds the device:
+/// a mount, dm, md, or a program that opened it with O_EXCL.
+fn check_not_open_exclusively(path: &Path) -> Result<()> {
+    match OpenOptions::new().read(true).custom_flags(libc::O_EXCL).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(Error::busy(format!(
+            "{} is in use (opened exclusively by a program or the kernel): stop what uses it and retry",
+            path.display()
+        ))),
+        Err(e) => Err(Error::io(format!("opening {}", path.display()), e)),
+    }
+}
+
+fn check_mount_point(path: &Path, mounts: &MountTable) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_dir() => Err(Error::usage(format!(
+            "mount point {} is not a directory: give a directory (or a new path) with -m",
+            path.display()
+        ))),
+        Ok(_) if mounts.mount_at(path).is_some() => {
+            Err(Error::busy(format!("{} is a mount point already: give another directory with -m", path.display())))
+        }
+        Ok(_) => Ok(()),
+        Err(_) if path.parent().is_some_and(|p| p.exists()) || path.starts_with(DEFAULT_MOUNT_DIR) => Ok(()),
+        Err(_) => Err(Error::usage(format!(
+            "mount point {}: its parent directory does not exist; create it or give another -m",
+            path.display()
+        ))),
+    }
+}
+
+/// Creates the mount point if missing (0700: a writable snapshot may hold
+/// files their owners could not otherwise reach); returns whether it did.
+fn create_mount_dir<'a>(path: &Path, undo: &mut Undo<'a>) -> Result<bool> {
+    if path.exists() {
+        return Ok(false);
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| Error::io(format!("creating mount point {}", path.display()), e))?;
+    let owned = path.to_path_buf();
+    undo.push(format!("remove {}", path.display()), move || {
+        std::fs::remove_dir(&owned).map_err(|e| Error::io(owned.display(), e))
+    });
+    Ok(true)
+}
+
+/// Creates and attaches a file store, or readies a device store; returns
+/// the record, the block device dm will use, and its size.
+fn prepare_store<'a>(
+    dm: &'a Dm,
+    plan: &StorePlan,
+    id: &str,
+    quota: u64,
+    opts: &StartOptions,
+    undo: &mut Undo<'a>,
+) -> Result<(Store, BlockDevice, u64)> {
+    match plan {
+        StorePlan::File { path } => {
+            if let Some(dir) = path.parent() {
+                if !dir.exists() {
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir)
+                        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+                }
+            }
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| Error::io(format!("creating store file {}", path.display()), e))?;
+            let owned = path.clone();
+            undo.push(format!("delete {}", path.display()), move || {
+                std::fs::remove_file(&owned).map_err(|e| Error::io(owned.display(), e))
+            });
+            size_store_file(&file, path, quota, opts.preallocate)?;
+            drop(file);
+            let lo = LoopDevice::attach(path, AttachOptions { read_only: false, direct_io: true, autoclear: false })
+                .context(format!("attaching store {}", path.display()))?;
+            let lo_path = lo.path.clone();
+            let dev = BlockDevice::from_devnum(lo.devnum()?)?;
+            undo.push(format!("detach {}", lo_path.display()), move || lo.detach());
+            let store = Store { path: path.clone(), loop_device: Some(lo_path), created_file: true, size_bytes: quota };
+            Ok((store, dev, quota))
+        }
+        StorePlan::Device { dev, limit: None } => {
+            let store =
+                Store { path: dev.display_path(), loop_device: None, created_file: false, size_bytes: dev.size_bytes };
+            Ok((store, dev.clone(), dev.size_bytes))
+        }
+        StorePlan::Device { dev, limit: Some(bytes) } => {
+            // Only the first `bytes` of the device, so the quota holds.
+            let name = format!("{id}-cow");
+            let line = Linear { device: dev.devnum, offset: 0 }.table_line(bytes >> 9);
+            let devnum = dm.create(&name, &truncate_uuid(&format!("{UUID_COW}{id}")), &[line])?;
+            let owned = name.clone();
+            undo.push(format!("remove {name}"), move || dm.remove(&owned));
+            let store = Store { path: dev.display_path(), loop_device: None, created_file: false, size_bytes: *bytes };
+            Ok((store, BlockDevice::from_devnum(devnum)?, *bytes))
+        }
+    }
+}
+
+fn size_store_file(file: &File, path: &Path, bytes: u64, preallocate: bool) -> Result<()> {
+    if preallocate {
+        let len = libc::off_t::try_from(bytes).map_err(|_| Error::usage("quota too large"))?;
+        // SAFETY: fallocate on a file we own.
+        let rc = unsafe { libc::fallocate(std::os::unix::io::AsRawFd::as_raw_fd(file), 0, 0, len) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(match err.raw_os_error() {
+                Some(libc::ENOSPC) => Error::usage(format!(
+                    "not enough free space for a preallocated store of {} at {}: give a smaller -q or another -c",
+                    format_bytes(bytes),
+                    path.display()
+                )),
+                _ => Error::io(format!("preallocating {}", path.display()), err),
+            });
+        }
+        Ok(())
+    } else {
+        file.set_len(bytes).map_err(|e| Error::io(format!("sizing store file {}", path.display()), e))
+    }
+}
+
+/// dm-snapshot reads the store's first chunk as its header: a stale one
+/// from an earlier use would bring back old exceptions. A new file is all
+/// zeroes already; a device is zeroed here.
+fn zero_header(store: &BlockDevice, chunk: ChunkSize) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let path = store.display_path();
+    let f = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("opening store {}", path.display()), e))?;
+    f.write_all_at(&vec![0u8; chunk.bytes() as usize], 0)
+        .and_then(|()| f.sync_data())
+        .map_err(|e| Error::io(format!("clearing the header of store {}", path.display()), e))
+}
+
+struct Window {
+    frozen: Option<Duration>,
+    freeze_call: Option<Duration>,
+    suspended: Duration,
+}
+
+/// The frozen window of a dm origin. On failure the origin is resumed with
+/// its old table and the filesystem thawed before the error returns.
+fn switch_live(dm: &Dm, origin: &str, snapshot: &str, reload: bool, mounted_at: Option<&Path>) -> Result<Window> {
+    // Ctrl-C between freeze and thaw must not leave the filesystem frozen:
+    // signals wait until the window is over.
+    let signals = SignalBlock::new()?;
+    let frozen = mounted_at.map(Frozen::freeze).transpose()?;
+    let how = if frozen.is_some() { Suspend::SkipLockfs } else { Suspend::Lockfs };
+    let suspend_start = Instant::now();
+    let switched = dm.suspend(origin, how).and_then(|()| {
+        let switched = dm.resume(snapshot).and_then(|()| dm.resume(origin));
+        if switched.is_err() {
+            // Back to the old table: drop the preloaded one, then resume.
+            if reload {
+                let _ = dm.clear_inactive(origin);
+            }
+            let _ = dm.resume(origin);
+        }
+        switched
+    });
+    let suspended = suspend_start.elapsed();
+    let freeze_call = frozen.as_ref().map(|f| f.freeze_call);
+    let thawed = frozen.map(Frozen::thaw).transpose();
+    drop(signals);
+    switched?;
+    let frozen = thawed?;
+    Ok(Window { frozen, freeze_call, suspended })
+}
+
+/// The lowest `hcpN` (N from 1) that no session and no dm device uses.
+fn next_id(dm: &Dm, sessions: &[Session]) -> Result<String> {
+    for n in 1..10_000 {
+        let id = format!("hcp{n}");
+        if !sessions.iter().any(|s| s.id == id) && !dm.exists(&id)? {
+            return Ok(id);
+        }
+    }
+    Err(Error::busy("no free hcp device number below 10000: remove old sessions"))
+}
+
+fn dm_devnum(dm: &Dm, name: &str) -> Result<DevNum> {
+    DevNum::of_block_device(&crate::dm::device::node_path(name)).or_else(|_| {
+        dm.list()?
+            .into_iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, d, _)| d)
+            .ok_or_else(|| Error::not_found(format!("no dm device {name}")))
+    })
+}
+
+/// The origin as the user should see it in listings.
+fn named_origin_path(named: &BlockDevice, origin_name: &str) -> PathBuf {
+    match &named.dm {
+        Some(_) => crate::dm::device::node_path(origin_name),
+        None => named.display_path(),
+    }
+}
+
+fn real_path(devnum: DevNum) -> String {
+    BlockDevice::from_devnum(devnum)
+        .map(|d| d.display_path().display().to_string())
+        .unwrap_or_else(|_| devnum.to_string())
+}
+
+/// dm UUIDs hold at most 128 bytes.
+fn truncate_uuid(uuid: &str) -> String {
+    uuid.chars().take(128).collect()
+}
+
+/// Undo steps, run in reverse order unless disarmed: on an error return and
+/// on a panic alike.
+#[derive(Default)]
+struct Undo<'a> {
+    steps: Vec<(String, UndoStep<'a>)>,
+}
+
+type UndoStep<'a> = Box<dyn FnOnce() -> Result<()> + 'a>;
+
+impl<'a> Undo<'a> {
+    fn push(&mut self, what: String, step: impl FnOnce() -> Result<()> + 'a) {
+        self.steps.push((what, Box::new(step)));
+    }
+
+    fn disarm(&mut self) {
+        self.steps.clear();
+    }
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        while let Some((what, step)) = self.steps.pop() {
+            if let Err(e) = step() {
+                eprintln!("hcp: while undoing a failed start, could not {what}: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! Snapshot sessions end to end, through the real `hcp` binary, on the guest
+//! kernel's dm-snapshot with real ext4 and xfs (these run in the VM, through
+//! `cargo xtask test`, on every guest kernel).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
+use hcp::dm::device::Dm;
+use hcp::dm::table::{Linear, TargetParams};
+use hcp_tests::{require_root, run, LoopDevice};
+use serde_json::Value;
+
+/// hcp serialises session changes with a lock that fails fast; the tests
+/// of this file take turns.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The `hcp` binary built beside this test binary (target/<profile>/hcp).
+fn hcp_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("hcp");
+    assert!(bin.exists(), "{} is missing: build it first (cargo build -p hcp-user)", bin.display());
+    bin
+}
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn hcp(args: &[&str]) -> Output {
+    let out = std::process::Command::new(hcp_bin()).args(args).output().expect("run hcp");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs hcp with `--json`, asserting success, and parses its output.
+fn hcp_json(args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = hcp(&all);
+    assert_eq!(out.code, 0, "hcp {args:?} failed: {}{}", out.stdout, out.stderr);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("hcp {args:?} printed no JSON ({e}): {}", out.stdout))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fs {
+    Ext4,
+    Xfs,
+}
+
+impl Fs {
+    fn mkfs(self, dev: &Path) {
+        let dev = dev.to_str().unwrap();
+        match self {
+            Fs::Ext4 => run("/usr/sbin/mkfs.ext4", &["-q", "-F", dev]),
+            Fs::Xfs => run("/usr/sbin/mkfs.xfs", &["-q", "-f", dev]),
+        };
+    }
+
+    /// A read-only check of a filesystem that is not mounted.
+    fn fsck(self, dev: &Path) {
+        let dev = dev.to_str().unwrap();
+        match self {
+            Fs::Ext4 => run("/usr/sbin/e2fsck", &["-fn", dev]),
+            Fs::Xfs => run("/usr/sbin/xfs_repair", &["-n", dev]),
+        };
+    }
+}
+
+/// A dm-linear volume over a loop device: what an LVM LV looks like to hcp.
+struct Volume {
+    name: String,
+    loop_dev: LoopDevice,
+    mount: Option<PathBuf>,
+}
+
+impl Volume {
+    fn new(name: &str, mib: u64) -> Volume {
+        let loop_dev = LoopDevice::new(mib << 20);
+        let dm = Dm::open().expect("device-mapper (these tests run in the VM)");
+        let line = Linear { device: loop_dev.devnum(), offset: 0 }.table_line(mib << 11);
+        dm.create(name, &format!("TEST-{name}"), &[line]).expect("create test volume");
+        Volume { name: name.to_string(), loop_dev, mount: None }
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/dev/mapper/{}", self.name))
+    }
+
+    fn table(&self) -> String {
+        let dm = Dm::open().unwrap();
+        dm.table(&self.name).unwrap().iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n")
+    }
+
+    fn mount(&mut self, fs: Fs) -> PathBuf {
+        fs.mkfs(&self.path());
+        let dir = temp_dir(&format!("{}-mnt", self.name));
+        run("mount", &[self.path().to_str().unwrap(), dir.to_str().unwrap()]);
+        self.mount = Some(dir.clone());
+        dir
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        // Whatever a failed test left: sessions first, then the volume.
+        let _ = hcp(&["remove", self.path().to_str().unwrap()]);
+        if let Some(dir) = &self.mount {
+            let _ = std::process::Command::new("umount").arg(dir).status();
+        }
+        if let Ok(dm) = Dm::open() {
+            let _ = dm.remove(&self.name);
+        }
+        let _ = &self.loop_dev;
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir =
+        std::env::temp_dir().join(format!("hcp-{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Files with known checksums (here: known contents).
+fn write_files(dir: &Path, tag: &str) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for i in 0..8u32 {
+        let data: Vec<u8> = (0..(64 * 1024 + i * 4099)).map(|b| (b as u8) ^ (i as u8) ^ tag.len() as u8).collect();
+        let path = dir.join(format!("{tag}-{i}.bin"));
+        fs::write(&path, &data).unwrap();
+        files.insert(PathBuf::from(path.file_name().unwrap()), data);
+    }
+    run("sync", &[]);
+    files
+}
+
+fn assert_files(dir: &Path, files: &BTreeMap<PathBuf, Vec<u8>>) {
+    for (name, data) in files {
+        let got = fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{} in {}: {e}", name.display(), dir.display()));
+        assert!(got == *data, "{} differs in {}", name.display(), dir.display());
+    }
+}
+
+/// A writer that keeps appending and fsyncing to a file on the origin.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    writes: Arc<AtomicU64>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(path: PathBuf) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        let (s, w) = (stop.clone(), writes.clone());
+        let handle = thread::spawn(move || {
+            let mut f = fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+            while !s.load(Ordering::Relaxed) {
+                f.write_all(&[0x77; 4096]).unwrap();
+                f.sync_data().unwrap();
+                w.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Writer { stop, writes, handle: Some(handle) }
+    }
+
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().expect("writer thread");
+        self.writes.load(Ordering::Relaxed)
+    }
+}
+
+/// What a failed command must leave unchanged.
+#[derive(Debug, PartialEq)]
+struct SystemState {
+    dm: Vec<String>,
+    loops: Vec<String>,
+    mounts: Vec<String>,
+    records: Vec<String>,
+}
+
+impl SystemState {
+    fn take() -> SystemState {
+        let dm = Dm::open().unwrap();
+        let mut names: Vec<String> = dm
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _, _)| {
+                format!("{n}: {}", dm.table(&n).unwrap().iter().map(|l| l.to_string()).collect::<Vec<_>>().join("; "))
+            })
+            .collect();
+        names.sort();
+        let mut loops: Vec<String> = fs::read_dir("/sys/block")
+            .unwrap()
+            .filter_map(|e| {
+                let p = e.ok()?.path();
+                let b = fs::read_to_string(p.join("loop/backing_file")).ok()?;
+                Some(format!("{}={}", p.file_name()?.to_str()?, b.trim()))
+            })
+            .collect();
+        loops.sort();
+        let mounts = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .map(|l| l.split(' ').skip(2).take(3).collect::<Vec<_>>().join(" "))
+            .collect();
+        let mut records: Vec<String> = fs::read_dir("/run/hcp/sessions")
+            .map(|d| d.filter_map(|e| Some(e.ok()?.file_name().to_str()?.to_string())).collect())
+            .unwrap_or_default();
+        records.sort();
+        SystemState { dm: names, loops, mounts, records }
+    }
+}
+
+fn live_snapshot_is_consistent(fs_type: Fs) {
+    require_root();
+    let _serial = serial();
+    let mut vol = Volume::new(&format!("t-live-{fs_type:?}").to_lowercase(), 96);
+    let origin_dir = vol.mount(fs_type);
+    let before = write_files(&origin_dir, "before");
+    let table_before = vol.table();
+    let writer = Writer::start(origin_dir.join("stream.log"));
+    thread::sleep(Duration::from_millis(300));
+
+    let started = hcp_json(&["start", vol.path().to_str().unwrap()]);
+    let written_during = writer.stop();
+    assert!(written_during > 0, "the writer made progress");
+    let snap = PathBuf::from(started["snapshot"].as_str().expect("snapshot path"));
+    let mount = PathBuf::from(started["mount_point"].as_str().expect("mounted"));
+    assert!(snap.starts_with("/dev/") && snap.file_name().unwrap().to_str().unwrap().starts_with("hcp"), "{started}");
+    assert!(started["timing"]["frozen_seconds"].as_f64().expect("frozen, since mounted") > 0.0, "{started}");
+    assert!(started["timing"]["suspended_seconds"].as_f64().unwrap() > 0.0, "{started}");
+    assert_eq!(started["filesystem"], if fs_type == Fs::Ext4 { "ext4" } else { "xfs" });
+
+    // The origin moves on; the snapshot keeps what was there.
+    let after = write_files(&origin_dir, "after");
+    for name in before.keys() {
+        fs::write(origin_dir.join(name), b"overwritten").unwrap();
+    }
+    run("sync", &[]);
+    assert_files(&mount, &before);
+    assert!(!mount.join("after-0.bin").exists(), "a file written after the start leaked into the snapshot");
+    assert_files(&origin_dir, &after);
+    let snap_log = fs::metadata(mount.join("stream.log")).unwrap().len();
+    let origin_log = fs::metadata(origin_dir.join("stream.log")).unwrap().len();
+    assert!(origin_log > snap_log, "origin log {origin_log} bytes, snapshot's {snap_log}: the origin moved on");
+
+    let listed = hcp_json(&["list"]);
+    let entry = listed.as_array().unwrap().iter().find(|e| e["virtual_device"] == started["snapshot"]).expect("listed");
+    assert_eq!(entry["state"], "active", "{entry}");
+    assert!(entry["changed_bytes"].as_u64().unwrap() >= 8 * 64 * 1024, "overwrites were copied aside: {entry}");
+    assert_eq!(entry["real_device"], vol.path().to_str().unwrap());
+
+    // fsck of the snapshot, unmounted.
+    run("umount", &[mount.to_str().unwrap()]);
+    fs_type.fsck(&snap);
+
+    let removed = hcp_json(&["remove", snap.to_str().unwrap()]);
+    assert_eq!(removed[0]["origin_restored"], true, "{removed}");
+    assert_eq!(vol.table(), table_before, "the origin's table is back as it was");
+    assert!(!snap.exists(), "{} is gone", snap.display());
+    assert!(!PathBuf::from(started["store"].as_str().unwrap()).exists(), "store file deleted");
+    assert!(SystemState::take().records.is_empty(), "no session records left");
+    assert_files(&origin_dir, &after);
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn live_snapshot_of_mounted_ext4_is_consistent() {
+    live_snapshot_is_consistent(Fs::Ext4);
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn live_snapshot_of_mounted_xfs_is_consistent() {
+    live_snapshot_is_consistent(Fs::Xfs);
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn two_sessions_of_one_origin_removed_in_either_order() {
+    require_root();
+    let _serial = serial();
+    for first_removed in [0usize, 1] {
+        let mut vol = Volume::new(&format!("t-two-{first_removed}"), 64);
+        let dir = vol.mount(Fs::Ext4);
+        let table_before = vol.table();
+        let v1 = write_files(&dir, "one");
+        let a = hcp_json(&["start", "-o", vol.path().to_str().unwrap()]);
+        let v2 = write_files(&dir, "two");
+        let b = hcp_json(&["start", vol.path().to_str().unwrap()]);
+        let (ma, mb) =
+            (PathBuf::from(a["mount_point"].as_str().unwrap()), PathBuf::from(b["mount_point"].as_str().unwrap()));
+        assert_files(&ma, &v1);
+        assert!(!ma.join("two-0.bin").exists());
+        assert_files(&mb, &v1);
+        assert_files(&mb, &v2);
+        let shown = hcp_json(&["show", vol.path().to_str().unwrap()]);
+        assert_eq!(shown["snapshots"].as_array().unwrap().len(), 2, "{shown}");
+
+        let order = if first_removed == 0 { [&a, &b] } else { [&b, &a] };
+        let r1 = hcp_json(&["remove", order[0]["snapshot"].as_str().unwrap()]);
+        assert_eq!(r1[0]["origin_restored"], false, "{r1}");
+        assert_ne!(vol.table(), table_before, "the origin is still a snapshot origin");
+        let survivor = if first_removed == 0 { (&mb, &v2) } else { (&ma, &v1) };
+        assert_files(survivor.0, survivor.1);
+        let r2 = hcp_json(&["remove", order[1]["snapshot"].as_str().unwrap()]);
+        assert_eq!(r2[0]["origin_restored"], true, "{r2}");
+        assert_eq!(vol.table(), table_before);
+        assert_files(&dir, &v2);
+    }
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn a_full_store_invalidates_the_snapshot_not_the_origin() {
+    require_root();
+    let _serial = serial();
+    let mut vol = Volume::new("t-full", 64);
+    let dir = vol.mount(Fs::Ext4);
+    write_files(&dir, "base");
+    let started = hcp_json(&["start", "--skip-mount", "-q", "2M", vol.path().to_str().unwrap()]);
+    // Overwrite far more than 2 MiB of existing data.
+    let big = vec![0x42u8; 16 << 20];
+    fs::write(dir.join("big.bin"), &big).unwrap();
+    run("sync", &[]);
+    let listed = hcp_json(&["list"]);
+    let entry = listed.as_array().unwrap().iter().find(|e| e["session"] == started["session"]).unwrap();
+    assert_eq!(entry["state"], "invalid", "{entry}");
+    // The origin keeps working.
+    fs::write(dir.join("still.txt"), b"writable").unwrap();
+    run("sync", &[]);
+    assert_eq!(fs::read(dir.join("big.bin")).unwrap(), big);
+    hcp_json(&["remove", started["session"].as_str().unwrap()]);
+    assert!(SystemState::take().records.is_empty());
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn a_plain_device_is_wrapped_and_its_raw_mount_refused() {
+    require_root();
+    let _serial = serial();
+    let raw = LoopDevice::new(32 << 20);
+    let pattern = vec![0x11u8; 1 << 20];
+    fs::OpenOptions::new().write(true).open(&raw.path).unwrap().write_all(&pattern).unwrap();
+    let started = hcp_json(&["start", "--skip-mount", raw.path.to_str().unwrap()]);
+    let through = PathBuf::from(started["write_through"].as_str().expect("a device to write through"));
+    assert!(through.exists(), "{}", through.display());
+
+    let new = vec![0x22u8; 1 << 20];
+    let mut w = fs::OpenOptions::new().write(true).open(&through).unwrap();
+    w.write_all(&new).unwrap();
+    w.sync_all().unwrap();
+    drop(w);
+    let snap = PathBuf::from(started["snapshot"].as_str().unwrap());
+    let mut head = vec![0u8; 1 << 20];
+    std::io::Read::read_exact(&mut fs::File::open(&snap).unwrap(), &mut head).unwrap();
+    assert!(head == pattern, "the snapshot keeps the old content");
+    let mut raw_head = vec![0u8; 1 << 20];
+    std::io::Read::read_exact(&mut fs::File::open(&raw.path).unwrap(), &mut raw_head).unwrap();
+    assert!(raw_head == new, "writes through the origin reached the disk");
+
+    // dm holds the raw device: mounting it (or opening it exclusively) fails.
+    let dir = temp_dir("raw-mount");
+    let mount =
+        std::process::Command::new("mount").args([raw.path.to_str().unwrap(), dir.to_str().unwrap()]).output().unwrap();
+    assert!(!mount.status.success(), "mounting the wrapped raw device must fail");
+
+    hcp_json(&["remove", snap.to_str().unwrap()]);
+    assert!(!through.exists(), "the wrapper is removed with the last session");
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn bad_input_changes_nothing() {
+    require_root();
+    let _serial = serial();
+    let mut vol = Volume::new("t-bad", 64);
+    let dir = vol.mount(Fs::Ext4);
+    let plain = LoopDevice::new(16 << 20);
+    Fs::Ext4.mkfs(&plain.path);
+    let plain_mnt = temp_dir("plain-mnt");
+    run("mount", &[plain.path.to_str().unwrap(), plain_mnt.to_str().unwrap()]);
+    let session = hcp_json(&["start", "--skip-mount", vol.path().to_str().unwrap()]);
+    let hcp_dev = session["snapshot"].as_str().unwrap().to_string();
+    let a_file = dir.join("regular-file");
+    fs::write(&a_file, b"x").unwrap();
+    let store_on_origin = dir.join("store.cow");
+    let vol_path = vol.path().to_str().unwrap().to_string();
+
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["start", "/dev/nonexistent-hcp-test"], 3, "does not exist"),
+        (vec!["start", "/proc/self/status"], 2, "is not a block device"),
+        (vec!["start", &hcp_dev], 2, "is an hcp snapshot"),
+        (vec!["start", plain.path.to_str().unwrap()], 5, "is mounted at"),
+        (vec!["start", "-c", store_on_origin.to_str().unwrap(), &vol_path], 5, "on the origin"),
+        (vec!["start", "-c", plain.path.to_str().unwrap(), &vol_path], 4, "is mounted at"),
+        (vec!["start", "-q", "lots", &vol_path], 2, "invalid"),
+        (vec!["start", "-q", "4K", &vol_path], 2, "too small"),
+        (vec!["start", "--chunk-size", "3K", &vol_path], 2, "power of two"),
+        (vec!["start", "-m", a_file.to_str().unwrap(), &vol_path], 2, "is not a directory"),
+        (vec!["remove", "/dev/hcp999"], 3, "no hcp session"),
+        (vec!["show", plain.path.to_str().unwrap()], 3, "no hcp sessions"),
+    ];
+    for (args, code, message) in cases {
+        let before = SystemState::take();
+        let out = hcp(&args);
+        assert_eq!(out.code, code, "hcp {args:?}: exit {}, stderr: {}", out.code, out.stderr);
+        assert!(out.stderr.contains(message), "hcp {args:?}: stderr lacks {message:?}: {}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "one line of error: {}", out.stderr);
+        assert_eq!(SystemState::take(), before, "hcp {args:?} changed the system");
+    }
+
+    // A second start racing the first: the lock is held, so it fails at once.
+    let lock = fs::OpenOptions::new().write(true).open("/run/hcp/lock").unwrap();
+    // SAFETY: flock on our own descriptor.
+    assert_eq!(unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0);
+    let before = SystemState::take();
+    let out = hcp(&["start", &vol_path]);
+    assert_eq!(out.code, 4, "racing start: {}", out.stderr);
+    assert!(out.stderr.contains("another hcp command"), "{}", out.stderr);
+    assert_eq!(SystemState::take(), before);
+    drop(lock);
+
+    // Not root.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", hcp_bin().to_str().unwrap(), "start", &vol_path])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "non-root: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must run as root"));
+
+    run("umount", &[plain_mnt.to_str().unwrap()]);
+    hcp_json(&["remove", &hcp_dev]);
+}
