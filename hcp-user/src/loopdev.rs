@@ -113,8 +113,10 @@ pub struct AttachOptions {
     pub read_only: bool,
     /// The loop driver reads and writes the file with direct I/O, so store
     /// blocks are not cached twice (once for the loop device, once for the
-    /// file). The kernel silently falls back to buffered I/O when the file's
-    /// filesystem cannot do it; `/sys/block/loopN/loop/dio` says which won.
+    /// file). Asked only where the file opens with `O_DIRECT`: on a file the
+    /// kernel cannot do it for (overlayfs over tmpfs, on 6.1) it can accept
+    /// the flag and then fail every I/O. `/sys/block/loopN/loop/dio` says
+    /// which mode won.
     pub direct_io: bool,
     /// The kernel detaches the device when its last opener closes it
     /// (`LO_FLAGS_AUTOCLEAR`). hcp attaches stores this way so that removing
@@ -211,6 +213,7 @@ impl LoopDevice {
                 backing_path.display()
             )));
         }
+        let opts = AttachOptions { direct_io: opts.direct_io && opens_direct(&backing_path), ..opts };
         let control = open_loop_control()?;
 
         for attempt in 0..ATTACH_ATTEMPTS {
@@ -499,6 +502,11 @@ fn config_flags(opts: AttachOptions) -> u32 {
         flags |= LO_FLAGS_DIRECT_IO;
     }
     flags
+}
+
+/// Whether `path` can be opened for direct I/O.
+fn opens_direct(path: &Path) -> bool {
+    OpenOptions::new().read(true).custom_flags(libc::O_DIRECT | libc::O_CLOEXEC).open(path).is_ok()
 }
 
 /// Binds `backing` to the open loop device.

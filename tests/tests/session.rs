@@ -233,7 +233,8 @@ impl SystemState {
 fn live_snapshot_is_consistent(fs_type: Fs) {
     require_root();
     let _serial = serial();
-    let mut vol = Volume::new(&format!("t-live-{fs_type:?}").to_lowercase(), 96);
+    // mkfs.xfs wants 300 MB at least; the backing file is sparse.
+    let mut vol = Volume::new(&format!("t-live-{fs_type:?}").to_lowercase(), 320);
     let origin_dir = vol.mount(fs_type);
     let before = write_files(&origin_dir, "before");
     let table_before = vol.table();

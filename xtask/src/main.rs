@@ -3,7 +3,10 @@
 //! - `setup`: install what a fresh machine lacks (idempotent).
 //! - `vm`: run a host command inside a qemu guest booting a Debian kernel.
 //! - `test`: every check CI runs: fmt, clippy, unit, host and VM tests.
+//! - `demo`: the main job: a snapshot of a busy scratch volume, proven consistent.
 
+mod demo;
+mod initramfs;
 mod kernel;
 mod setup;
 mod test;
@@ -29,6 +32,8 @@ enum Task {
     Vm(vm::VmArgs),
     /// Run every check CI runs.
     Test(test::TestArgs),
+    /// Snapshot a busy scratch volume and prove the snapshot consistent.
+    Demo(demo::DemoArgs),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run().map(|()| 0),
         Task::Vm(args) => vm::run(&args),
         Task::Test(args) => test::run(&args).map(|()| 0),
+        Task::Demo(args) => demo::run(&args).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
