@@ -131,8 +131,9 @@ pub struct Frozen {
     mount_point: PathBuf,
     /// The mount point directory, open; None once thawed.
     dir: Option<File>,
-    /// When FIFREEZE returned, i.e. the filesystem was fully frozen.
-    pub frozen_at: Instant,
+    /// When FIFREEZE was called: new writes are held from then on, while it
+    /// flushes what is dirty.
+    pub freeze_started: Instant,
     /// How long the FIFREEZE call took. Most of it is the filesystem writing
     /// back dirty data and its journal; writers are already held back during
     /// it, so the time they stall is this plus what [`Frozen::thaw`] returns.
@@ -175,7 +176,7 @@ impl Frozen {
         Ok(Frozen {
             mount_point: mount_point.to_path_buf(),
             dir: Some(dir),
-            frozen_at: Instant::now(),
+            freeze_started: start,
             freeze_call,
             _signals: signals,
         })
@@ -185,13 +186,13 @@ impl Frozen {
         &self.mount_point
     }
 
-    /// Thaws the filesystem; returns how long it stayed frozen (from the end
-    /// of FIFREEZE to the end of FITHAW). Signals held back meanwhile are
+    /// Thaws the filesystem; returns how long writers were held: from the
+    /// start of FIFREEZE to the end of FITHAW. Signals held back meanwhile are
     /// delivered when this returns.
     pub fn thaw(mut self) -> Result<Duration> {
         let dir = self.dir.take().expect("only thaw and drop take the directory, and both consume the Frozen");
         let result = thaw_fd(&dir);
-        let frozen_for = self.frozen_at.elapsed();
+        let frozen_for = self.freeze_started.elapsed();
         match result {
             Ok(()) => Ok(frozen_for),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(Error::system(format!(
@@ -220,7 +221,7 @@ impl Drop for Frozen {
         match result {
             Ok(()) => eprintln!(
                 "hcp: thawed {shown} after {:.3?} frozen: it was still frozen when hcp gave it up (error or panic)",
-                self.frozen_at.elapsed()
+                self.freeze_started.elapsed()
             ),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
             Err(e) => eprintln!("hcp: could not thaw {shown}: {e}; thaw it by hand: fsfreeze --unfreeze {shown}"),
@@ -233,7 +234,7 @@ impl fmt::Debug for Frozen {
         f.debug_struct("Frozen")
             .field("mount_point", &self.mount_point)
             .field("thawed", &self.dir.is_none())
-            .field("frozen_at", &self.frozen_at)
+            .field("freeze_started", &self.freeze_started)
             .field("freeze_call", &self.freeze_call)
             .finish()
     }

@@ -23,7 +23,9 @@ pub fn started(s: &Started, json: bool) {
     );
     println!("Snapshot completed: {:.3} s", s.timing.snapshot_seconds);
     match (s.timing.frozen_seconds, s.timing.freeze_call_seconds) {
-        (Some(frozen), Some(call)) => println!("File system frozen: {frozen:.3} s (of which FIFREEZE {call:.3} s)"),
+        (Some(frozen), Some(call)) => {
+            println!("File system frozen: {frozen:.3} s (of which FIFREEZE, flushing it, took {call:.3} s)")
+        }
         _ => println!("File system frozen: 0.000 s (not mounted, nothing to freeze)"),
     }
     if let Some(suspended) = s.timing.suspended_seconds {

@@ -28,8 +28,8 @@ writer=$!
 trap 'kill $writer 2>/dev/null || true' EXIT
 sleep 1
 
-say "hcp start: snapshot the live volume (the writer keeps going)"
-run hcp start /dev/demo/data
+say "hcp start: snapshot the live volume (the writer keeps going), room for 96 MiB of changes"
+run hcp start -q 96M /dev/demo/data
 
 say "hcp -l: the session"
 run hcp -l
