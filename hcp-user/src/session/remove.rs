@@ -90,14 +90,23 @@ fn remove_one(dm: &Dm, session: &Session, sessions: &[Session], keep_store: bool
             )));
         }
     }
-    if let Some(m) = &session.mount {
-        let mounts = MountTable(crate::mountinfo::read()?);
-        if mounts
-            .mount_at(&m.path)
-            .is_some_and(|mount| mount.source.ends_with(&session.id) || mount.dev == snapshot_devnum(session))
-        {
-            crate::mount::unmount(&m.path)?;
-        }
+    // Our own mount is the one opener we undo; any other (a mount
+    // elsewhere, a program reading the snapshot) makes removal wait.
+    let mounts = MountTable(crate::mountinfo::read()?);
+    let our_mount = session
+        .mount
+        .as_ref()
+        .filter(|m| mounts.mount_at(&m.path).is_some_and(|mount| mount.dev == snapshot_devnum(session)));
+    if dm.exists(&session.id)? && dm.open_count(&session.id)? > i32::from(our_mount.is_some()) {
+        return Err(Error::busy(format!(
+            "{} is in use (mounted elsewhere or open by a program): close it and retry (`fuser -v {}` lists the \
+             processes)",
+            session.snapshot_path.display(),
+            session.snapshot_path.display()
+        )));
+    }
+    if let Some(m) = our_mount {
+        crate::mount::unmount(&m.path)?;
     }
     let mut record = session.clone();
     record.phase = Phase::Removing;
