@@ -86,7 +86,11 @@ fn integration_test_binaries() -> Result<Vec<PathBuf>> {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        let is_test = msg["reason"] == "compiler-artifact" && msg["profile"]["test"] == true;
+        // Integration test targets only: the crate's own (empty) unit test
+        // binary would end the VM's output on "0 passed".
+        let is_test = msg["reason"] == "compiler-artifact"
+            && msg["profile"]["test"] == true
+            && msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"));
         if let (true, Some(exe)) = (is_test, msg["executable"].as_str()) {
             binaries.push(PathBuf::from(exe));
         }
