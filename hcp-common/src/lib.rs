@@ -7,6 +7,9 @@
 //! types in and out of maps.
 #![no_std]
 
+pub mod bio;
 pub mod block;
+pub mod hist;
 
 pub use block::{BlockTpLayout, DevIoStats, IoOp, OpCount, TpFields, IO_OPS};
+pub use hist::LatencyHist;

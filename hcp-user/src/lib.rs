@@ -5,10 +5,13 @@
 
 pub mod block_io;
 pub mod blockdev;
+pub mod btf;
 pub mod devnum;
 pub mod dm;
 pub mod error;
 pub mod freeze;
+pub mod hist;
+pub mod io_latency;
 pub mod loopdev;
 pub mod mount;
 pub mod mountinfo;

@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use aya::{Ebpf, EbpfLoader};
+use hcp_common::bio::BioLayout;
 use hcp_common::{BlockTpLayout, TpFields};
 
 use crate::tracefs;
@@ -17,10 +18,30 @@ pub fn load() -> Result<Ebpf> {
         bio_queue: block_fields(&tracefs, "block_bio_queue")?,
         rq_complete: block_fields(&tracefs, "block_rq_complete")?,
     };
+    let bio = bio_layout()?;
     EbpfLoader::new()
         .override_global("BLOCK_TP_LAYOUT", &layout, true)
+        .override_global("BIO_LAYOUT", &bio, true)
         .load(OBJECT)
         .context("loading hcp's eBPF programs (needs root, or CAP_BPF and CAP_PERFMON)")
+}
+
+/// The offsets of the kernel struct fields the bio programs read.
+fn bio_layout() -> Result<BioLayout> {
+    let btf = crate::btf::KernelBtf::load()?;
+    let offset = |path: &str, size: u32| -> Result<u32> {
+        let found = btf.member_size(path)?;
+        anyhow::ensure!(found == size, "kernel field {path} is {found} bytes, hcp reads {size}");
+        Ok(btf.member_offset(path)?)
+    };
+    Ok(BioLayout {
+        bio_bdev: offset("bio.bi_bdev", 8)?,
+        bio_opf: offset("bio.bi_opf", 4)?,
+        bdev_dev: offset("block_device.bd_dev", 4)?,
+        rq_part: offset("request.part", 8)?,
+        rq_cmd_flags: offset("request.cmd_flags", 4)?,
+        _pad: 0,
+    })
 }
 
 fn block_fields(tracefs: &std::path::Path, event: &str) -> Result<TpFields> {

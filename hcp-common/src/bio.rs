@@ -1,0 +1,167 @@
+//! Per-session I/O latency on each device of a traced session, at the level
+//! where the device completes I/O, keyed by the kernel object itself (never
+//! by sector) so that split, remapped or reordered I/O never pairs the wrong
+//! start with an end:
+//!
+//! - bio-based devices (device-mapper: the origin, `-real`, the snapshot)
+//!   complete bios: `block_bio_queue` to `block_bio_complete`;
+//! - request-based (blk-mq) devices (a loop store, a disk) complete requests,
+//!   and the block layer traces no bio completion there: `block_rq_issue` to
+//!   `block_rq_complete`, the device's service time, as biolatency measures.
+
+use crate::IoOp;
+
+/// The part a device plays in a session. Attribution is by role, kept in
+/// the `DEV_ROLE` map (keyed by the kernel's `dev_t`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The origin dm device applications write to.
+    Origin = 0,
+    /// The device under the origin that holds its data (`<name>-real`, or
+    /// the raw device under hcp's wrapper).
+    Real = 1,
+    /// The changed-blocks store (its loop device, or the block device).
+    Store = 2,
+    /// The snapshot device, `/dev/hcpN`.
+    Snapshot = 3,
+}
+
+pub const ROLES: usize = 4;
+
+impl Role {
+    pub const ALL: [Role; ROLES] = [Role::Origin, Role::Real, Role::Store, Role::Snapshot];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Origin => "origin",
+            Role::Real => "real",
+            Role::Store => "store",
+            Role::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// Value of `DEV_ROLE`: which session a device belongs to, and as what.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DevRole {
+    /// The session's number (N of `hcpN`).
+    pub session: u32,
+    /// A [`Role`] as u32.
+    pub role: u32,
+}
+
+/// What a latency sample spans.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// A bio, from submission to completion (bio-based devices).
+    Bio = 0,
+    /// A request, from issue to the device to completion (blk-mq devices).
+    Request = 1,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Bio => "bio",
+            Level::Request => "request",
+        }
+    }
+}
+
+/// Key of the latency histograms: one per session, role, level and
+/// direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LatKey {
+    pub session: u32,
+    /// A [`Role`].
+    pub role: u8,
+    /// A [`Level`].
+    pub level: u8,
+    /// An [`IoOp`].
+    pub op: u8,
+    pub _pad: u8,
+}
+
+/// A bio or request in flight, keyed by its address in `IO_START`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BioStart {
+    pub start_ns: u64,
+    pub key: LatKey,
+}
+
+/// Offsets inside kernel structs, read from the running kernel's BTF by
+/// user space and written into the read-only global `BIO_LAYOUT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BioLayout {
+    /// `struct bio` -> `struct block_device *bi_bdev`
+    pub bio_bdev: u32,
+    /// `struct bio` -> `blk_opf_t bi_opf`
+    pub bio_opf: u32,
+    /// `struct block_device` -> `dev_t bd_dev`
+    pub bdev_dev: u32,
+    /// `struct request` -> `struct block_device *part`
+    pub rq_part: u32,
+    /// `struct request` -> `blk_opf_t cmd_flags`
+    pub rq_cmd_flags: u32,
+    pub _pad: u32,
+}
+
+/// Events that could not be measured, per session. Reported beside every
+/// figure set, so that a loss is visible.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BioLosses {
+    /// Starts not recorded because the in-flight map was full.
+    pub inflight_full: u64,
+    /// Samples dropped because the histogram map was full.
+    pub histogram_full: u64,
+    /// Completions of a traced device whose start was never seen (the bio
+    /// was queued before tracing began, or its start was lost).
+    pub unmatched: u64,
+    /// Kernel struct reads that failed. The device, and so the session, is
+    /// unknown then: these are counted under session 0, which no session uses.
+    pub read_errors: u64,
+}
+
+/// The `REQ_OP_*` in the low bits of `bi_opf` or a request's `cmd_flags`
+/// (`REQ_OP_BITS` = 8) as an
+/// [`IoOp`]: read 0, write 1, flush 2, discard 3, secure erase 5, write
+/// zeroes 9, zone append 13.
+#[inline(always)]
+pub fn op_of_opf(opf: u32) -> IoOp {
+    match opf & 0xff {
+        0 => IoOp::Read,
+        1 | 9 | 13 => IoOp::Write,
+        3 | 5 => IoOp::Discard,
+        _ => IoOp::Other,
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integers without padding holes.
+    unsafe impl aya::Pod for super::DevRole {}
+    unsafe impl aya::Pod for super::LatKey {}
+    unsafe impl aya::Pod for super::BioLayout {}
+    unsafe impl aya::Pod for super::BioLosses {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opf_ops() {
+        assert_eq!(op_of_opf(0), IoOp::Read);
+        assert_eq!(op_of_opf(1 | 1 << 11 | 1 << 17), IoOp::Write, "flags above the op bits are ignored");
+        assert_eq!(op_of_opf(2), IoOp::Other);
+        assert_eq!(op_of_opf(3), IoOp::Discard);
+        assert_eq!(op_of_opf(9), IoOp::Write);
+    }
+}

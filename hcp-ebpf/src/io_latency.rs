@@ -1,0 +1,166 @@
+//! I/O latency per session, role, level and direction (see
+//! `hcp_common::bio`): a start is recorded keyed by the bio's or request's
+//! address, and its completion becomes a histogram sample. tp_btf (BTF-typed
+//! raw tracepoints) hands us the kernel objects themselves, which the classic
+//! tracepoint records do not carry.
+//!
+//! aya's Rust programs cannot relocate field offsets (CO-RE), so the offsets
+//! of the few fields read come from the kernel's BTF, via user space, in
+//! `BIO_LAYOUT`.
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{btf_tracepoint, map},
+    maps::{HashMap, PerCpuHashMap},
+    programs::BtfTracePointContext,
+};
+use hcp_common::bio::{op_of_opf, BioLayout, BioLosses, BioStart, DevRole, LatKey, Level};
+use hcp_common::hist::LatencyHist;
+
+/// Set by user space before load.
+#[no_mangle]
+static BIO_LAYOUT: BioLayout = BioLayout { bio_bdev: 0, bio_opf: 0, bdev_dev: 0, rq_part: 0, rq_cmd_flags: 0, _pad: 0 };
+
+/// Traced devices (kernel `dev_t`) and the session and role of each.
+#[map]
+static DEV_ROLE: HashMap<u32, DevRole> = HashMap::with_max_entries(1024, 0);
+
+/// Bios and requests in flight on traced devices, by address. Sized for deep
+/// queues on several devices; a full map is counted in `IO_LOSSES`.
+#[map]
+static IO_START: HashMap<u64, BioStart> = HashMap::with_max_entries(65536, 0);
+
+/// Latency histograms, per CPU so the I/O path never contends on a lock.
+#[map]
+static IO_LATENCY: PerCpuHashMap<LatKey, LatencyHist> = PerCpuHashMap::with_max_entries(1024, 0);
+
+/// A histogram is far bigger than the 512-byte BPF stack: a new key starts
+/// from this zeroed static and is then updated in place.
+static ZERO_HIST: LatencyHist = LatencyHist::zeroed();
+
+/// What could not be measured, per session number.
+#[map]
+static IO_LOSSES: PerCpuHashMap<u32, BioLosses> = PerCpuHashMap::with_max_entries(256, 0);
+
+#[btf_tracepoint(function = "block_bio_queue")]
+pub fn bio_queue(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct bio *bio)
+    let bio: u64 = ctx.arg(0);
+    let layout = layout();
+    on_start(bio, Level::Bio, read_device(bio, layout.bio_bdev, layout.bio_opf, &layout));
+    0
+}
+
+#[btf_tracepoint(function = "block_bio_complete")]
+pub fn bio_complete(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct request_queue *q, struct bio *bio)
+    let bio: u64 = ctx.arg(1);
+    let layout = layout();
+    on_complete(bio, || read_device(bio, layout.bio_bdev, layout.bio_opf, &layout));
+    0
+}
+
+#[btf_tracepoint(function = "block_rq_issue")]
+pub fn rq_issue(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct request *rq)
+    let rq: u64 = ctx.arg(0);
+    let layout = layout();
+    on_start(rq, Level::Request, read_device(rq, layout.rq_part, layout.rq_cmd_flags, &layout));
+    0
+}
+
+#[btf_tracepoint(function = "block_rq_complete")]
+pub fn rq_complete(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct request *rq, blk_status_t error, unsigned int nr_bytes)
+    let rq: u64 = ctx.arg(0);
+    let layout = layout();
+    on_complete(rq, || read_device(rq, layout.rq_part, layout.rq_cmd_flags, &layout));
+    0
+}
+
+#[inline(always)]
+fn layout() -> BioLayout {
+    // SAFETY: a read-only global written by user space before load.
+    unsafe { core::ptr::read_volatile(&BIO_LAYOUT) }
+}
+
+#[inline(always)]
+fn on_start(object: u64, level: Level, device: Result<Option<(u32, u32)>, ()>) {
+    let (dev, opf) = match device {
+        Ok(Some(device)) => device,
+        Ok(None) => return, // no device (some flush requests): nothing to charge
+        Err(()) => {
+            // Not attributable to a session: charged to session 0, which no
+            // session uses, so that wrong offsets show up rather than nothing.
+            count_loss(0, |l| l.read_errors += 1);
+            return;
+        }
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(role) = (unsafe { DEV_ROLE.get(dev) }).copied() else { return };
+    let key =
+        LatKey { session: role.session, role: role.role as u8, level: level as u8, op: op_of_opf(opf) as u8, _pad: 0 };
+    // SAFETY: a helper without preconditions.
+    let start = BioStart { start_ns: unsafe { bpf_ktime_get_ns() }, key };
+    if IO_START.insert(object, start, 0).is_err() {
+        count_loss(role.session, |l| l.inflight_full += 1);
+    }
+}
+
+#[inline(always)]
+fn on_complete(object: u64, device: impl FnOnce() -> Result<Option<(u32, u32)>, ()>) {
+    // SAFETY: the value is copied out before the entry is deleted.
+    let Some(start) = (unsafe { IO_START.get(object) }).copied() else {
+        // Only a traced device's completion without a start is a loss.
+        if let Ok(Some((dev, _))) = device() {
+            // SAFETY: the value is copied out at once.
+            if let Some(role) = (unsafe { DEV_ROLE.get(dev) }).copied() {
+                count_loss(role.session, |l| l.unmatched += 1);
+            }
+        }
+        return;
+    };
+    let _ = IO_START.remove(object);
+    // SAFETY: a helper without preconditions.
+    let elapsed = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.start_ns);
+    if IO_LATENCY.get_ptr_mut(start.key).is_none() {
+        // By reference: a copy of the histogram would not fit on the stack.
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        let _ = IO_LATENCY.insert(start.key, &ZERO_HIST, 0);
+    }
+    match IO_LATENCY.get_ptr_mut(start.key) {
+        // SAFETY: this CPU's copy of our own map value.
+        Some(hist) => unsafe { (*hist).record(elapsed) },
+        None => count_loss(start.key.session, |l| l.histogram_full += 1),
+    }
+}
+
+/// `object->bdev_field->bd_dev` and `object->opf_field`: the device and
+/// operation of a bio (`bi_bdev`, `bi_opf`) or a request (`part`,
+/// `cmd_flags`); `Ok(None)` when it has no device.
+#[inline(always)]
+fn read_device(object: u64, bdev_field: u32, opf_field: u32, layout: &BioLayout) -> Result<Option<(u32, u32)>, ()> {
+    // SAFETY: reads through bpf_probe_read_kernel, which fails cleanly on a
+    // bad address; the offsets come from this kernel's BTF.
+    unsafe {
+        let bdev: u64 = bpf_probe_read_kernel((object + u64::from(bdev_field)) as *const u64).map_err(drop)?;
+        if bdev == 0 {
+            return Ok(None);
+        }
+        let dev: u32 = bpf_probe_read_kernel((bdev + u64::from(layout.bdev_dev)) as *const u32).map_err(drop)?;
+        let opf: u32 = bpf_probe_read_kernel((object + u64::from(opf_field)) as *const u32).map_err(drop)?;
+        Ok(Some((dev, opf)))
+    }
+}
+
+#[inline(always)]
+fn count_loss(session: u32, bump: impl FnOnce(&mut BioLosses)) {
+    if let Some(losses) = IO_LOSSES.get_ptr_mut(session) {
+        // SAFETY: this CPU's copy of our own map value.
+        bump(unsafe { &mut *losses });
+    } else {
+        let mut losses = BioLosses::default();
+        bump(&mut losses);
+        let _ = IO_LOSSES.insert(session, losses, 0);
+    }
+}

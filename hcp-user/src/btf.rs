@@ -1,0 +1,569 @@
+//! Byte offsets of kernel struct members, from the running kernel's BTF.
+//!
+//! aya's Rust eBPF programs get no CO-RE field relocations, so they read
+//! kernel structs with `bpf_probe_read_kernel` at offsets that user space
+//! looks up here and writes into read-only globals before load, as it does
+//! for tracepoint records (see `tracefs`). Struct layouts move between
+//! kernels and configs, so hard-coded offsets would read garbage.
+//!
+//! aya keeps its BTF types crate-private, so this is a reader of its own for
+//! the part of the format (the kernel's Documentation/bpf/btf.rst) that member
+//! lookup needs. It is ours rather than the btf-rs crate's because btf-rs is
+//! LGPL (hcp is MIT/Apache), pulls in a proc-macro crate and mmap support,
+//! and would still leave the nested-path walk below to us.
+
+use crate::error::{Error, Result};
+
+const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+const MAGIC: u16 = 0xeb9f;
+const HEADER_LEN: usize = 24;
+
+// Type kinds, from include/uapi/linux/btf.h.
+const INT: u8 = 1;
+const PTR: u8 = 2;
+const ARRAY: u8 = 3;
+const STRUCT: u8 = 4;
+const UNION: u8 = 5;
+const ENUM: u8 = 6;
+const FWD: u8 = 7;
+const TYPEDEF: u8 = 8;
+const VOLATILE: u8 = 9;
+const CONST: u8 = 10;
+const RESTRICT: u8 = 11;
+const FUNC: u8 = 12;
+const FUNC_PROTO: u8 = 13;
+const VAR: u8 = 14;
+const DATASEC: u8 = 15;
+const FLOAT: u8 = 16;
+const DECL_TAG: u8 = 17;
+const TYPE_TAG: u8 = 18;
+const ENUM64: u8 = 19;
+
+/// How deep typedef chains and anonymous members may nest before the blob is
+/// taken to be cyclic; real kernel types stay far below this.
+const MAX_DEPTH: u32 = 32;
+
+/// One type, reduced to what member lookup needs. The index in
+/// `KernelBtf::types` is the type id; id 0 is `void`.
+#[derive(Clone, Copy, Default)]
+struct Type {
+    name: u32,
+    kind: u8,
+    kind_flag: bool,
+    /// The size in bytes (INT, STRUCT, UNION, ENUM*, FLOAT) or the referenced
+    /// type id (PTR, TYPEDEF, the modifiers).
+    size_or_type: u32,
+    /// INT: the encoding word. ARRAY: the element type id. STRUCT, UNION:
+    /// the index of the first member in `KernelBtf::members`.
+    extra: u32,
+    /// ARRAY: the element count. STRUCT, UNION: the member count.
+    count: u32,
+}
+
+struct Member {
+    name: u32,
+    type_id: u32,
+    /// The raw offset word: a bit offset, or with the struct's kind_flag,
+    /// bitfield size (high 8 bits) and bit offset (low 24 bits).
+    offset: u32,
+}
+
+/// A resolved member: where it starts and what it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Found {
+    bit_offset: u32,
+    /// Nonzero for a bitfield.
+    bits: u32,
+    type_id: u32,
+}
+
+/// The kernel's types, parsed once; look members up with
+/// [`KernelBtf::member_offset`] and [`KernelBtf::member_size`].
+pub struct KernelBtf {
+    strings: Vec<u8>,
+    types: Vec<Type>,
+    members: Vec<Member>,
+    /// Whose BTF this is, for messages: "kernel 6.12.48-amd64".
+    source: String,
+}
+
+impl KernelBtf {
+    /// Reads the running kernel's BTF from /sys/kernel/btf/vmlinux.
+    pub fn load() -> Result<KernelBtf> {
+        let bytes = match std::fs::read(VMLINUX) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::refused(format!(
+                    "{VMLINUX} does not exist: this kernel was built without CONFIG_DEBUG_INFO_BTF, \
+                     which hcp needs to find kernel struct members"
+                )));
+            }
+            Err(err) => return Err(Error::io(format!("reading {VMLINUX}"), err)),
+        };
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let source = match release.trim() {
+            "" => "the running kernel".to_string(),
+            release => format!("kernel {release}"),
+        };
+        Self::parse_from(&bytes, source).map_err(|e| e.context(VMLINUX))
+    }
+
+    /// Parses a raw BTF blob (the contents of /sys/kernel/btf/vmlinux).
+    pub fn parse(bytes: &[u8]) -> Result<KernelBtf> {
+        Self::parse_from(bytes, "the given BTF".to_string())
+    }
+
+    /// The byte offset of `path` ("bio.bi_iter.bi_size": a struct name, then
+    /// members) from the start of the outer struct.
+    pub fn member_offset(&self, path: &str) -> Result<u32> {
+        let found = self.resolve(path)?;
+        if found.bit_offset % 8 != 0 {
+            return Err(Error::refused(format!(
+                "{path}: a bitfield at bit {} of {}, not on a byte boundary ({})",
+                found.bit_offset,
+                outer(path),
+                self.source
+            )));
+        }
+        Ok(found.bit_offset / 8)
+    }
+
+    /// The size in bytes of the member at `path`, through typedefs and
+    /// qualifiers; a pointer is 8 bytes (the kernels hcp supports are 64-bit).
+    pub fn member_size(&self, path: &str) -> Result<u32> {
+        let found = self.resolve(path)?;
+        if found.bits != 0 {
+            return Err(Error::refused(format!(
+                "{path}: a bitfield of {} bits in {}, not readable as whole bytes ({})",
+                found.bits,
+                outer(path),
+                self.source
+            )));
+        }
+        self.size_of(found.type_id)
+            .ok_or_else(|| Error::refused(format!("{path}: a member of unknown size ({})", self.source)))
+    }
+
+    fn parse_from(bytes: &[u8], source: String) -> Result<KernelBtf> {
+        let bad = |what: &str| Error::system(format!("malformed BTF: {what}"));
+        let word = |at: usize| bytes.get(at..at + 4).map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
+        if bytes.len() < HEADER_LEN {
+            return Err(bad("shorter than its header"));
+        }
+        // Sysfs BTF is in the kernel's byte order, which is ours.
+        match u16::from_ne_bytes([bytes[0], bytes[1]]) {
+            MAGIC => {}
+            m if m == MAGIC.swap_bytes() => return Err(bad("the other byte order than this machine's")),
+            _ => return Err(bad("no BTF magic number")),
+        }
+        if bytes[2] != 1 {
+            return Err(bad(&format!("version {}, expected 1", bytes[2])));
+        }
+        // Offsets count from the end of the header, whose length is given so
+        // that newer headers (more fields after these) still parse.
+        let header_len = word(4).expect("header checked") as usize;
+        let section = |off_at: usize| -> Result<std::ops::Range<usize>> {
+            let start = header_len + word(off_at).expect("header checked") as usize;
+            let end = start + word(off_at + 4).expect("header checked") as usize;
+            if header_len < HEADER_LEN || end > bytes.len() {
+                return Err(bad("a section runs past the end"));
+            }
+            Ok(start..end)
+        };
+        let (type_sec, str_sec) = (section(8)?, section(16)?);
+
+        let mut btf =
+            KernelBtf { strings: bytes[str_sec].to_vec(), types: vec![Type::default()], members: Vec::new(), source };
+        let mut w = Words { bytes: &bytes[..type_sec.end], at: type_sec.start };
+        while w.at < type_sec.end {
+            let (name, info, size_or_type) = (w.next()?, w.next()?, w.next()?);
+            let kind = ((info >> 24) & 0x1f) as u8;
+            let vlen = info & 0xffff;
+            let mut t = Type { name, kind, kind_flag: info >> 31 != 0, size_or_type, extra: 0, count: 0 };
+            // Every kind's trailing data must be skipped, even those we never
+            // look at, to reach the next type.
+            let skip_words = match kind {
+                INT => {
+                    t.extra = w.next()?;
+                    0
+                }
+                ARRAY => {
+                    t.extra = w.next()?;
+                    w.next()?; // index type
+                    t.count = w.next()?;
+                    0
+                }
+                STRUCT | UNION => {
+                    t.extra = btf.members.len() as u32;
+                    t.count = vlen;
+                    for _ in 0..vlen {
+                        btf.members.push(Member { name: w.next()?, type_id: w.next()?, offset: w.next()? });
+                    }
+                    0
+                }
+                ENUM | FUNC_PROTO => 2 * vlen,
+                ENUM64 | DATASEC => 3 * vlen,
+                VAR | DECL_TAG => 1,
+                PTR | FWD | TYPEDEF | VOLATILE | CONST | RESTRICT | FUNC | FLOAT | TYPE_TAG => 0,
+                _ => return Err(bad(&format!("unknown kind {kind} at type id {}", btf.types.len()))),
+            };
+            for _ in 0..skip_words {
+                w.next()?;
+            }
+            btf.types.push(t);
+        }
+        Ok(btf)
+    }
+
+    fn resolve(&self, path: &str) -> Result<Found> {
+        let mut parts = path.split('.');
+        let outer = parts.next().unwrap_or_default();
+        let members: Vec<&str> = parts.collect();
+        if outer.is_empty() || members.is_empty() || members.iter().any(|m| m.is_empty()) {
+            return Err(Error::usage(format!("{path:?}: expected struct.member[.member...]")));
+        }
+        // A name has several definitions when they differ (vmlinux on 6.18
+        // has a dozen such, e.g. `console`). Those without the path are
+        // passed over; those with it must agree, or nothing is safe to read.
+        let mut answer: Option<Result<Found>> = None;
+        for id in 1..self.types.len() as u32 {
+            let t = self.types[id as usize];
+            if !matches!(t.kind, STRUCT | UNION) || self.name(t.name) != outer.as_bytes() {
+                continue;
+            }
+            let this = self.walk(id, outer, &members);
+            answer = match (answer, this) {
+                (Some(Ok(a)), Ok(b)) if !self.same_layout(a, b) => {
+                    return Err(Error::refused(format!(
+                        "{path}: struct {outer} has conflicting definitions ({})",
+                        self.source
+                    )));
+                }
+                (Some(Ok(a)), _) => Some(Ok(a)),
+                (_, this) => Some(this),
+            };
+        }
+        answer.unwrap_or_else(|| Err(Error::refused(format!("{path}: no struct {outer} ({})", self.source))))
+    }
+
+    fn same_layout(&self, a: Found, b: Found) -> bool {
+        (a.bit_offset, a.bits, self.size_of(a.type_id)) == (b.bit_offset, b.bits, self.size_of(b.type_id))
+    }
+
+    /// Follows `members` down from struct `id`, summing offsets.
+    fn walk(&self, id: u32, outer: &str, members: &[&str]) -> Result<Found> {
+        let mut at = Found { bit_offset: 0, bits: 0, type_id: id };
+        let mut parent = outer;
+        for (i, &member) in members.iter().enumerate() {
+            let path = || format!("{outer}.{}", members[..=i].join("."));
+            let Some(composite) = self.composite(at.type_id) else {
+                return Err(Error::refused(format!("{}: {parent} is not a struct or union ({})", path(), self.source)));
+            };
+            let Some(found) = self.find_member(composite, member, 0) else {
+                return Err(Error::refused(format!("{}: {parent} has no member {member} ({})", path(), self.source)));
+            };
+            at = Found { bit_offset: at.bit_offset.saturating_add(found.bit_offset), ..found };
+            parent = member;
+        }
+        Ok(at)
+    }
+
+    /// Member `name` of struct or union `id`, looking inside anonymous
+    /// struct and union members as C does.
+    fn find_member(&self, id: u32, name: &str, depth: u32) -> Option<Found> {
+        let t = self.types[id as usize];
+        let members = self.members.get(t.extra as usize..(t.extra + t.count) as usize)?;
+        for m in members {
+            let (mut bit_offset, mut bits) =
+                if t.kind_flag { (m.offset & 0xff_ffff, m.offset >> 24) } else { (m.offset, 0) };
+            if !t.kind_flag {
+                // Without kind_flag a bitfield shows as an INT whose encoding
+                // gives an extra bit offset and a width below its size.
+                if let Some(int) = self.types.get(m.type_id as usize).filter(|i| i.kind == INT) {
+                    let (width, extra) = (int.extra & 0xff, (int.extra >> 16) & 0xff);
+                    bit_offset = bit_offset.saturating_add(extra);
+                    bits = if int.size_or_type.checked_mul(8) == Some(width) && extra == 0 { 0 } else { width };
+                }
+            }
+            if self.name(m.name).is_empty() && depth < MAX_DEPTH {
+                if let Some(inner) = self.composite(m.type_id) {
+                    if let Some(f) = self.find_member(inner, name, depth + 1) {
+                        return Some(Found { bit_offset: bit_offset.saturating_add(f.bit_offset), ..f });
+                    }
+                }
+            } else if self.name(m.name) == name.as_bytes() {
+                return Some(Found { bit_offset, bits, type_id: m.type_id });
+            }
+        }
+        None
+    }
+
+    /// The struct or union behind `id`, through typedefs and qualifiers.
+    fn composite(&self, id: u32) -> Option<u32> {
+        let id = self.strip(id)?;
+        matches!(self.types[id as usize].kind, STRUCT | UNION).then_some(id)
+    }
+
+    /// `id` with typedefs and qualifiers followed away.
+    fn strip(&self, mut id: u32) -> Option<u32> {
+        for _ in 0..MAX_DEPTH {
+            let t = self.types.get(id as usize)?;
+            match t.kind {
+                TYPEDEF | VOLATILE | CONST | RESTRICT | TYPE_TAG => id = t.size_or_type,
+                _ => return Some(id),
+            }
+        }
+        None
+    }
+
+    /// The size in bytes of type `id`; `None` for void, functions and
+    /// forward declarations.
+    fn size_of(&self, mut id: u32) -> Option<u32> {
+        // Arrays of arrays multiply up; a loop rather than recursion, so a
+        // cyclic blob ends at MAX_DEPTH.
+        let mut count = 1u32;
+        for _ in 0..MAX_DEPTH {
+            let t = self.types[self.strip(id)? as usize];
+            match t.kind {
+                INT | STRUCT | UNION | ENUM | ENUM64 | FLOAT => return t.size_or_type.checked_mul(count),
+                PTR => return count.checked_mul(8),
+                ARRAY => (id, count) = (t.extra, count.checked_mul(t.count)?),
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// The NUL-terminated name at `off` in the string section.
+    fn name(&self, off: u32) -> &[u8] {
+        let tail = self.strings.get(off as usize..).unwrap_or_default();
+        &tail[..tail.iter().position(|&b| b == 0).unwrap_or(tail.len())]
+    }
+}
+
+/// Reads the type section a word at a time.
+struct Words<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Words<'_> {
+    fn next(&mut self) -> Result<u32> {
+        let word = self.bytes.get(self.at..self.at + 4);
+        let word = word.ok_or_else(|| Error::system("malformed BTF: a type runs past the end"))?;
+        self.at += 4;
+        Ok(u32::from_ne_bytes(word.try_into().expect("4 bytes")))
+    }
+}
+
+fn outer(path: &str) -> &str {
+    path.split('.').next().unwrap_or(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes a BTF blob type by type; ids are handed out in order from 1.
+    struct Blob {
+        strings: Vec<u8>,
+        types: Vec<u32>,
+        next_id: u32,
+    }
+
+    impl Blob {
+        fn new() -> Blob {
+            Blob { strings: vec![0], types: Vec::new(), next_id: 1 }
+        }
+
+        fn name(&mut self, name: &str) -> u32 {
+            if name.is_empty() {
+                return 0;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(name.as_bytes());
+            self.strings.push(0);
+            off
+        }
+
+        /// A type with `vlen`, `kind_flag` and the words that follow it.
+        fn add(&mut self, name: &str, kind: u8, vlen: u32, kind_flag: bool, size_or_type: u32, tail: &[u32]) -> u32 {
+            let name = self.name(name);
+            let info = (u32::from(kind_flag) << 31) | (u32::from(kind) << 24) | vlen;
+            self.types.extend([name, info, size_or_type]);
+            self.types.extend_from_slice(tail);
+            self.next_id += 1;
+            self.next_id - 1
+        }
+
+        fn composite(&mut self, kind: u8, name: &str, size: u32, kind_flag: bool, members: &[(&str, u32, u32)]) -> u32 {
+            let mut tail = Vec::new();
+            for &(member, type_id, offset) in members {
+                tail.extend([self.name(member), type_id, offset]);
+            }
+            self.add(name, kind, members.len() as u32, kind_flag, size, &tail)
+        }
+
+        fn finish(self) -> Vec<u8> {
+            let type_len = self.types.len() as u32 * 4;
+            let mut out = Vec::new();
+            out.extend(MAGIC.to_ne_bytes());
+            out.extend([1, 0]);
+            for w in [HEADER_LEN as u32, 0, type_len, type_len, self.strings.len() as u32] {
+                out.extend(w.to_ne_bytes());
+            }
+            for w in self.types {
+                out.extend(w.to_ne_bytes());
+            }
+            out.extend(self.strings);
+            out
+        }
+    }
+
+    /// A `struct bio` lookalike with every kind before it, so that skipping
+    /// each kind's trailing data is tested too.
+    fn sample() -> Vec<u8> {
+        let mut b = Blob::new();
+        let uint = b.add("unsigned int", INT, 0, false, 4, &[32]);
+        let u64_ = b.add("long long unsigned int", INT, 0, false, 8, &[64]);
+        let u32_ = b.add("u32", TYPEDEF, 0, false, uint, &[]);
+        let sector_t = b.add("sector_t", TYPEDEF, 0, false, u64_, &[]);
+        let (a, c) = (b.name("A"), b.name("B"));
+        b.add("req_op", ENUM, 2, false, 4, &[a, 0, c, 1]);
+        b.add("big", ENUM64, 1, false, 8, &[a, 1, 2]);
+        let proto = b.add("", FUNC_PROTO, 2, false, uint, &[0, uint, 0, u64_]);
+        let func = b.add("submit_bio", FUNC, 0, false, proto, &[]);
+        let var = b.add("x", VAR, 0, false, uint, &[1]);
+        b.add(".data", DATASEC, 1, false, 4, &[var, 0, 4]);
+        b.add("tag", DECL_TAG, 0, false, func, &[u32::MAX]);
+        b.add("double", FLOAT, 0, false, 8, &[]);
+        b.add("request", FWD, 0, false, 0, &[]);
+        let iter = b.composite(STRUCT, "bvec_iter", 16, false, &[("bi_sector", sector_t, 0), ("bi_size", u32_, 64)]);
+        let bdev = b.composite(STRUCT, "block_device", 16, false, &[("bd_start", sector_t, 0), ("bd_dev", u32_, 64)]);
+        let bdev_ptr = b.add("", PTR, 0, false, bdev, &[]);
+        let tagged_ptr = b.add("user", TYPE_TAG, 0, false, bdev_ptr, &[]);
+        let const_iter = b.add("", CONST, 0, false, iter, &[]);
+        let volatile_iter = b.add("", VOLATILE, 0, false, const_iter, &[]);
+        let iter_t = b.add("iter_t", TYPEDEF, 0, false, volatile_iter, &[]);
+        let halves = b.composite(STRUCT, "", 8, false, &[("lo", u32_, 0), ("hi", u32_, 32)]);
+        let either = b.composite(UNION, "", 8, false, &[("whole", u64_, 0), ("", halves, 0)]);
+        let vec4 = b.add("", ARRAY, 0, false, 0, &[uint, uint, 4]);
+        // kind_flag: offsets carry the bitfield width in their high byte.
+        b.composite(
+            STRUCT,
+            "bio",
+            56,
+            true,
+            &[
+                ("bi_bdev", bdev_ptr, 0),
+                ("bi_opf", u32_, 64),
+                ("bi_flags", uint, (3 << 24) | 96),
+                ("bi_ioprio", uint, (5 << 24) | 99),
+                ("", either, 128),
+                ("bi_iter", iter_t, 192),
+                ("bi_vec", vec4, 320),
+                ("bi_user", tagged_ptr, 448),
+            ],
+        );
+        // The older bitfield encoding: a 4-bit INT at bit 4 of its word.
+        let nibble = b.add("unsigned int", INT, 0, false, 4, &[(4 << 16) | 4]);
+        let byte = b.add("unsigned char", INT, 0, false, 1, &[8]);
+        b.composite(STRUCT, "old", 8, false, &[("mode", nibble, 32), ("tail", byte, 40)]);
+        b.finish()
+    }
+
+    #[test]
+    fn offsets_and_sizes() {
+        let btf = KernelBtf::parse(&sample()).unwrap();
+        for (path, offset, size) in [
+            ("bio.bi_bdev", 0, 8),
+            ("bio.bi_opf", 8, 4),
+            ("bio.whole", 16, 8),
+            ("bio.hi", 20, 4),
+            ("bio.bi_iter", 24, 16),
+            ("bio.bi_iter.bi_sector", 24, 8),
+            ("bio.bi_iter.bi_size", 32, 4),
+            ("bio.bi_vec", 40, 16),
+            ("bio.bi_user", 56, 8),
+            ("block_device.bd_dev", 8, 4),
+            ("old.tail", 5, 1),
+        ] {
+            assert_eq!(btf.member_offset(path).unwrap(), offset, "offset of {path}");
+            assert_eq!(btf.member_size(path).unwrap(), size, "size of {path}");
+        }
+    }
+
+    #[test]
+    fn bitfields() {
+        let btf = KernelBtf::parse(&sample()).unwrap();
+        assert_eq!(btf.member_offset("bio.bi_flags").unwrap(), 12);
+        let err = btf.member_size("bio.bi_flags").unwrap_err();
+        assert!(err.message().contains("bitfield of 3 bits"), "{err}");
+        let err = btf.member_offset("bio.bi_ioprio").unwrap_err();
+        assert!(err.message().contains("bio.bi_ioprio") && err.message().contains("bit 99"), "{err}");
+        assert_eq!(btf.member_offset("old.mode").unwrap_err().kind, crate::error::Kind::Refused);
+        assert!(btf.member_size("old.mode").unwrap_err().message().contains("bitfield of 4 bits"));
+    }
+
+    #[test]
+    fn errors_name_struct_member_and_source() {
+        let btf = KernelBtf::parse(&sample()).unwrap();
+        let err = btf.member_offset("bio.bi_iter.bi_nope").unwrap_err();
+        assert_eq!(err.message(), "bio.bi_iter.bi_nope: bi_iter has no member bi_nope (the given BTF)");
+        let err = btf.member_offset("request.q").unwrap_err();
+        assert_eq!(err.message(), "request.q: no struct request (the given BTF)");
+        // Pointers are not followed: that would be a second read.
+        let err = btf.member_offset("bio.bi_bdev.bd_dev").unwrap_err();
+        assert_eq!(err.message(), "bio.bi_bdev.bd_dev: bi_bdev is not a struct or union (the given BTF)");
+        for path in ["bio", "bio.", ".bi_opf", "bio..bi_opf"] {
+            assert_eq!(btf.member_offset(path).unwrap_err().kind, crate::error::Kind::Usage, "{path}");
+        }
+    }
+
+    #[test]
+    fn malformed_blobs() {
+        let blob = sample();
+        for (bytes, what) in [
+            (&blob[..10], "shorter than its header"),
+            (&blob[..blob.len() - 1], "past the end"),
+            (&[0u8; 24][..], "no BTF magic"),
+        ] {
+            let err = KernelBtf::parse(bytes).err().expect("must fail");
+            assert!(err.message().contains(what), "{err}");
+        }
+        let mut unknown = Blob::new();
+        unknown.add("", 31, 0, false, 0, &[]);
+        let err = KernelBtf::parse(&unknown.finish()).err().expect("must fail");
+        assert!(err.message().contains("unknown kind 31"), "{err}");
+    }
+
+    /// The members hcp reads, in the BTF of the kernel running the tests.
+    #[test]
+    fn running_kernel() {
+        if !std::path::Path::new(VMLINUX).exists() {
+            eprintln!("skipped: {VMLINUX} does not exist (kernel built without CONFIG_DEBUG_INFO_BTF)");
+            return;
+        }
+        let start = std::time::Instant::now();
+        let btf = KernelBtf::load().unwrap();
+        let loaded = start.elapsed();
+        let bytes = std::fs::read(VMLINUX).unwrap();
+        let start = std::time::Instant::now();
+        KernelBtf::parse(&bytes).unwrap();
+        let parsed = start.elapsed();
+        let types = btf.types.len() - 1;
+        println!("{}: {types} types; read and parsed in {loaded:?}, parsed alone in {parsed:?}", btf.source);
+        for (path, size) in [
+            ("bio.bi_bdev", 8),
+            ("bio.bi_opf", 4),
+            ("bio.bi_iter.bi_sector", 8),
+            ("bio.bi_iter.bi_size", 4),
+            ("block_device.bd_dev", 4),
+        ] {
+            let offset = btf.member_offset(path).unwrap();
+            let found = btf.member_size(path).unwrap();
+            println!("  {path}: offset {offset}, size {found}");
+            assert_eq!(found, size, "size of {path}");
+        }
+    }
+}

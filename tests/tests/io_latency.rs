@@ -1,0 +1,59 @@
+//! Latency histograms count exactly the I/O a test issues, charged to the
+//! session and role of their device: requests on a loop device (here and on
+//! the guest kernels).
+
+use std::time::Instant;
+
+use hcp::common::bio::{DevRole, LatKey, Level, Role};
+use hcp::common::IoOp;
+use hcp::io_latency::IoLatencyTracer;
+use hcp_tests::{open_direct, pread_exact, pwrite_all, require_root, AlignedBuf, LoopDevice};
+
+#[test]
+fn histograms_count_each_request_once_by_session_role_and_direction() {
+    require_root();
+    let traced = LoopDevice::new(16 << 20);
+    let untraced = LoopDevice::new(16 << 20);
+    let session = 7;
+    let role = DevRole { session, role: Role::Store as u32 };
+    let tracer = IoLatencyTracer::attach(&[(traced.devnum(), role)]).expect("attach bio latency tracer");
+
+    let (writes, reads) = (40u64, 24u64);
+    let began = Instant::now();
+    let dev = open_direct(&traced.path);
+    let block = AlignedBuf::new(4096, 0x3c);
+    for i in 0..writes {
+        pwrite_all(&dev, &block, i * 4096);
+    }
+    let mut back = AlignedBuf::new(4096, 0);
+    for i in 0..reads {
+        pread_exact(&dev, &mut back, i * 4096);
+    }
+    let other = open_direct(&untraced.path);
+    for i in 0..7 {
+        pwrite_all(&other, &block, i * 4096);
+    }
+    let wall = began.elapsed().as_nanos() as u64;
+
+    let hists = tracer.histograms().expect("read histograms");
+    // A loop device is request-based: each O_DIRECT call is one request.
+    let key =
+        |op: IoOp| LatKey { session, role: Role::Store as u8, level: Level::Request as u8, op: op as u8, _pad: 0 };
+    let find = |op| hists.iter().find(|(k, _)| *k == key(op)).map(|(_, h)| *h);
+    let w = find(IoOp::Write).expect("a write histogram");
+    let r = find(IoOp::Read).expect("a read histogram");
+    assert_eq!(w.count, writes, "one sample per write request");
+    assert_eq!(r.count, reads, "one sample per read request");
+    assert_eq!(w.buckets.iter().sum::<u64>(), writes, "bucket counts add up to the sample count");
+    assert!(w.max_ns > 0 && w.max_ns <= wall, "max {} ns within the {wall} ns the I/O took", w.max_ns);
+    assert!(w.sum_ns >= w.max_ns && w.sum_ns <= wall, "sum {} ns", w.sum_ns);
+    assert_eq!(
+        hists.len(),
+        2,
+        "nothing else is charged (the untraced device, other sessions): {:?}",
+        hists.iter().map(|(k, _)| k).collect::<Vec<_>>()
+    );
+    let losses = tracer.losses(session).expect("losses");
+    assert_eq!((losses.inflight_full, losses.histogram_full, losses.unmatched), (0, 0, 0), "{losses:?}");
+    assert_eq!(tracer.losses(0).expect("losses").read_errors, 0, "every bio's fields were readable");
+}
