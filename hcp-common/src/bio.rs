@@ -1,5 +1,5 @@
-//! Per-session I/O latency on each device of a traced session, at the level
-//! where the device completes I/O, keyed by the kernel object itself (never
+//! I/O latency on each traced device, at the level where the device
+//! completes I/O, keyed by the kernel object itself (never
 //! by sector) so that split, remapped or reordered I/O never pairs the wrong
 //! start with an end:
 //!
@@ -11,8 +11,10 @@
 
 use crate::IoOp;
 
-/// The part a device plays in a session. Attribution is by role, kept in
-/// the `DEV_ROLE` map (keyed by the kernel's `dev_t`).
+/// The part a device plays in a session. Everything in the kernel is keyed
+/// by device (the `IO_DEVICES` map holds the traced ones, with their role),
+/// so that sessions sharing an origin share its figures; user space sums a
+/// session's devices.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -42,16 +44,6 @@ impl Role {
     }
 }
 
-/// Value of `DEV_ROLE`: which session a device belongs to, and as what.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DevRole {
-    /// The session's number (N of `hcpN`).
-    pub session: u32,
-    /// A [`Role`] as u32.
-    pub role: u32,
-}
-
 /// What a latency sample spans.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,19 +63,17 @@ impl Level {
     }
 }
 
-/// Key of the latency histograms: one per session, role, level and
-/// direction.
+/// Key of the latency histograms: one per device, level and direction.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LatKey {
-    pub session: u32,
-    /// A [`Role`].
-    pub role: u8,
+    /// The kernel's `dev_t`.
+    pub dev: u32,
     /// A [`Level`].
     pub level: u8,
     /// An [`IoOp`].
     pub op: u8,
-    pub _pad: u8,
+    pub _pad: u16,
 }
 
 /// A bio or request in flight, keyed by its address in `IO_START`.
@@ -112,7 +102,7 @@ pub struct BioLayout {
     pub _pad: u32,
 }
 
-/// Events that could not be measured, per session. Reported beside every
+/// Events that could not be measured, per device. Reported beside every
 /// figure set, so that a loss is visible.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -124,8 +114,8 @@ pub struct BioLosses {
     /// Completions of a traced device whose start was never seen (the bio
     /// was queued before tracing began, or its start was lost).
     pub unmatched: u64,
-    /// Kernel struct reads that failed. The device, and so the session, is
-    /// unknown then: these are counted under session 0, which no session uses.
+    /// Kernel struct reads that failed. The device is unknown then: these
+    /// are counted under device 0, which no block device has.
     pub read_errors: u64,
 }
 
@@ -146,7 +136,6 @@ pub fn op_of_opf(opf: u32) -> IoOp {
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] integers without padding holes.
-    unsafe impl aya::Pod for super::DevRole {}
     unsafe impl aya::Pod for super::LatKey {}
     unsafe impl aya::Pod for super::BioLayout {}
     unsafe impl aya::Pod for super::BioLosses {}

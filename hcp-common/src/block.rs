@@ -1,5 +1,5 @@
-//! Per-device block I/O accounting, filled by the `block_bio_queue` and
-//! `block_rq_complete` tracepoint programs.
+//! Per-device block I/O accounting, filled by the `block_bio_queue`,
+//! `block_rq_complete` and `block_bio_remap` tracepoint programs.
 
 /// The direction class of a block I/O, decoded from the tracepoint's `rwbs`
 /// string (see [`IoOp::from_rwbs`]). Used as an index into per-class arrays.
@@ -34,6 +34,15 @@ impl IoOp {
             b'D' => IoOp::Discard,
             _ => IoOp::Other,
         }
+    }
+
+    /// Whether `rwbs` is a FUA write (an `F` after the operation letter):
+    /// how dm-snapshot commits its store's metadata, which sets it apart from
+    /// the data chunks it copies.
+    #[inline(always)]
+    pub fn is_fua_write(rwbs: &[u8; 8]) -> bool {
+        let op_at = if rwbs[0] == b'F' && matches!(rwbs[1], b'W' | b'R' | b'D' | b'F' | b'N') { 1 } else { 0 };
+        rwbs[op_at] == b'W' && (rwbs[op_at + 1] == b'F' || rwbs[op_at + 2] == b'F')
     }
 
     pub fn name(self) -> &'static str {
@@ -76,9 +85,28 @@ pub struct DevIoStats {
     /// Only request-based (blk-mq) devices complete requests; a dm device
     /// never shows up here.
     pub rq_completed: [OpCount; IO_OPS],
+    /// The FUA writes among `bio_queued[Write]` (see [`IoOp::is_fua_write`]).
+    pub bio_fua_writes: OpCount,
     /// Events of this device whose record could not be read (the read of a
     /// field failed). Counted so that a loss is visible, never silent.
     pub read_errors: u64,
+}
+
+/// Key of the `DEV_REMAP` map: bios that a stacked device (`from`, e.g. a dm
+/// origin or snapshot) passed down to `dev`. What `dev` queued beyond these
+/// was submitted to it directly, e.g. by dm-snapshot's copier.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RemapKey {
+    pub dev: u32,
+    pub from: u32,
+}
+
+/// Value of `DEV_REMAP`, by [`IoOp`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemapStats {
+    pub ops: [OpCount; IO_OPS],
 }
 
 /// Byte offsets, inside one tracepoint's record, of the fields hcp reads.
@@ -93,7 +121,8 @@ pub struct TpFields {
     pub nr_sector: u32,
     /// `char rwbs[8]`
     pub rwbs: u32,
-    pub _pad: u32,
+    /// `dev_t old_dev` (4 bytes): `block_bio_remap` only, 0 elsewhere.
+    pub old_dev: u32,
 }
 
 /// The read-only global `BLOCK_TP_LAYOUT` of the eBPF object.
@@ -102,6 +131,7 @@ pub struct TpFields {
 pub struct BlockTpLayout {
     pub bio_queue: TpFields,
     pub rq_complete: TpFields,
+    pub bio_remap: TpFields,
 }
 
 #[cfg(feature = "user")]
@@ -109,6 +139,8 @@ mod pod {
     // SAFETY: plain #[repr(C)] integers without padding holes.
     unsafe impl aya::Pod for super::DevIoStats {}
     unsafe impl aya::Pod for super::BlockTpLayout {}
+    unsafe impl aya::Pod for super::RemapKey {}
+    unsafe impl aya::Pod for super::RemapStats {}
 }
 
 #[cfg(test)]
@@ -144,6 +176,22 @@ mod tests {
             ("", IoOp::Other),
         ] {
             assert_eq!(IoOp::from_rwbs(&rwbs(s)), op, "rwbs {s:?}");
+        }
+    }
+
+    #[test]
+    fn fua_writes_are_told_apart() {
+        for (s, fua) in [
+            ("WFS", true),
+            ("FWFS", true),
+            ("WF", true),
+            ("W", false),
+            ("WS", false),
+            ("FWS", false),
+            ("RF", false),
+            ("F", false),
+        ] {
+            assert_eq!(IoOp::is_fua_write(&rwbs(s)), fua, "rwbs {s:?}");
         }
     }
 

@@ -11,5 +11,5 @@ pub mod bio;
 pub mod block;
 pub mod hist;
 
-pub use block::{BlockTpLayout, DevIoStats, IoOp, OpCount, TpFields, IO_OPS};
+pub use block::{BlockTpLayout, DevIoStats, IoOp, OpCount, RemapKey, RemapStats, TpFields, IO_OPS};
 pub use hist::LatencyHist;

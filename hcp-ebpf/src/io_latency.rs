@@ -1,4 +1,4 @@
-//! I/O latency per session, role, level and direction (see
+//! I/O latency per device, level and direction (see
 //! `hcp_common::bio`): a start is recorded keyed by the bio's or request's
 //! address, and its completion becomes a histogram sample. tp_btf (BTF-typed
 //! raw tracepoints) hands us the kernel objects themselves, which the classic
@@ -14,16 +14,17 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuHashMap},
     programs::BtfTracePointContext,
 };
-use hcp_common::bio::{op_of_opf, BioLayout, BioLosses, BioStart, DevRole, LatKey, Level};
+use hcp_common::bio::{op_of_opf, BioLayout, BioLosses, BioStart, LatKey, Level};
 use hcp_common::hist::LatencyHist;
 
 /// Set by user space before load.
 #[no_mangle]
 static BIO_LAYOUT: BioLayout = BioLayout { bio_bdev: 0, bio_opf: 0, bdev_dev: 0, rq_part: 0, rq_cmd_flags: 0, _pad: 0 };
 
-/// Traced devices (kernel `dev_t`) and the session and role of each.
+/// Traced devices (kernel `dev_t`), with their `Role` (for whoever reads
+/// the map; the programs only test membership).
 #[map]
-static DEV_ROLE: HashMap<u32, DevRole> = HashMap::with_max_entries(1024, 0);
+static IO_DEVICES: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 
 /// Bios and requests in flight on traced devices, by address. Sized for deep
 /// queues on several devices; a full map is counted in `IO_LOSSES`.
@@ -38,7 +39,7 @@ static IO_LATENCY: PerCpuHashMap<LatKey, LatencyHist> = PerCpuHashMap::with_max_
 /// from this zeroed static and is then updated in place.
 static ZERO_HIST: LatencyHist = LatencyHist::zeroed();
 
-/// What could not be measured, per session number.
+/// What could not be measured, per device (0: not attributable).
 #[map]
 static IO_LOSSES: PerCpuHashMap<u32, BioLosses> = PerCpuHashMap::with_max_entries(256, 0);
 
@@ -85,37 +86,37 @@ fn layout() -> BioLayout {
 }
 
 #[inline(always)]
-fn on_start(object: u64, level: Level, device: Result<Option<(u32, u32)>, ()>) {
-    let (dev, opf) = match device {
-        Ok(Some(device)) => device,
-        Ok(None) => return, // no device (some flush requests): nothing to charge
-        Err(()) => {
-            // Not attributable to a session: charged to session 0, which no
-            // session uses, so that wrong offsets show up rather than nothing.
-            count_loss(0, |l| l.read_errors += 1);
-            return;
-        }
+fn on_start(object: u64, level: Level, device: Option<(u32, u32)>) {
+    let Some((dev, opf)) = device else {
+        // Not attributable: charged to device 0, which no block device has,
+        // so that wrong offsets show up rather than nothing.
+        count_loss(0, |l| l.read_errors += 1);
+        return;
     };
-    // SAFETY: the value is copied out at once.
-    let Some(role) = (unsafe { DEV_ROLE.get(dev) }).copied() else { return };
-    let key =
-        LatKey { session: role.session, role: role.role as u8, level: level as u8, op: op_of_opf(opf) as u8, _pad: 0 };
+    if dev == 0 {
+        return; // no device (some flush requests): nothing to charge
+    }
+    // SAFETY: a membership test of our own map.
+    if unsafe { IO_DEVICES.get(dev) }.is_none() {
+        return;
+    }
+    let key = LatKey { dev, level: level as u8, op: op_of_opf(opf) as u8, _pad: 0 };
     // SAFETY: a helper without preconditions.
     let start = BioStart { start_ns: unsafe { bpf_ktime_get_ns() }, key };
     if IO_START.insert(object, start, 0).is_err() {
-        count_loss(role.session, |l| l.inflight_full += 1);
+        count_loss(dev, |l| l.inflight_full += 1);
     }
 }
 
 #[inline(always)]
-fn on_complete(object: u64, device: impl FnOnce() -> Result<Option<(u32, u32)>, ()>) {
+fn on_complete(object: u64, device: impl FnOnce() -> Option<(u32, u32)>) {
     // SAFETY: the value is copied out before the entry is deleted.
     let Some(start) = (unsafe { IO_START.get(object) }).copied() else {
         // Only a traced device's completion without a start is a loss.
-        if let Ok(Some((dev, _))) = device() {
-            // SAFETY: the value is copied out at once.
-            if let Some(role) = (unsafe { DEV_ROLE.get(dev) }).copied() {
-                count_loss(role.session, |l| l.unmatched += 1);
+        if let Some((dev, _)) = device().filter(|(dev, _)| *dev != 0) {
+            // SAFETY: a membership test of our own map.
+            if unsafe { IO_DEVICES.get(dev) }.is_some() {
+                count_loss(dev, |l| l.unmatched += 1);
             }
         }
         return;
@@ -131,36 +132,36 @@ fn on_complete(object: u64, device: impl FnOnce() -> Result<Option<(u32, u32)>, 
     match IO_LATENCY.get_ptr_mut(start.key) {
         // SAFETY: this CPU's copy of our own map value.
         Some(hist) => unsafe { (*hist).record(elapsed) },
-        None => count_loss(start.key.session, |l| l.histogram_full += 1),
+        None => count_loss(start.key.dev, |l| l.histogram_full += 1),
     }
 }
 
 /// `object->bdev_field->bd_dev` and `object->opf_field`: the device and
 /// operation of a bio (`bi_bdev`, `bi_opf`) or a request (`part`,
-/// `cmd_flags`); `Ok(None)` when it has no device.
+/// `cmd_flags`). Device 0 when it has none; `None` when a read failed.
 #[inline(always)]
-fn read_device(object: u64, bdev_field: u32, opf_field: u32, layout: &BioLayout) -> Result<Option<(u32, u32)>, ()> {
+fn read_device(object: u64, bdev_field: u32, opf_field: u32, layout: &BioLayout) -> Option<(u32, u32)> {
     // SAFETY: reads through bpf_probe_read_kernel, which fails cleanly on a
     // bad address; the offsets come from this kernel's BTF.
     unsafe {
-        let bdev: u64 = bpf_probe_read_kernel((object + u64::from(bdev_field)) as *const u64).map_err(drop)?;
+        let bdev: u64 = bpf_probe_read_kernel((object + u64::from(bdev_field)) as *const u64).ok()?;
+        let opf: u32 = bpf_probe_read_kernel((object + u64::from(opf_field)) as *const u32).ok()?;
         if bdev == 0 {
-            return Ok(None);
+            return Some((0, opf));
         }
-        let dev: u32 = bpf_probe_read_kernel((bdev + u64::from(layout.bdev_dev)) as *const u32).map_err(drop)?;
-        let opf: u32 = bpf_probe_read_kernel((object + u64::from(opf_field)) as *const u32).map_err(drop)?;
-        Ok(Some((dev, opf)))
+        let dev: u32 = bpf_probe_read_kernel((bdev + u64::from(layout.bdev_dev)) as *const u32).ok()?;
+        Some((dev, opf))
     }
 }
 
 #[inline(always)]
-fn count_loss(session: u32, bump: impl FnOnce(&mut BioLosses)) {
-    if let Some(losses) = IO_LOSSES.get_ptr_mut(session) {
+fn count_loss(dev: u32, bump: impl FnOnce(&mut BioLosses)) {
+    if let Some(losses) = IO_LOSSES.get_ptr_mut(dev) {
         // SAFETY: this CPU's copy of our own map value.
         bump(unsafe { &mut *losses });
     } else {
         let mut losses = BioLosses::default();
         bump(&mut losses);
-        let _ = IO_LOSSES.insert(session, losses, 0);
+        let _ = IO_LOSSES.insert(dev, losses, 0);
     }
 }

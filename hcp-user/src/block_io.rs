@@ -1,5 +1,6 @@
 //! Per-device block I/O counts and bytes, by direction, counted in the kernel
-//! by the `block_bio_queue` and `block_rq_complete` programs.
+//! by the `block_io` programs: bios queued, requests completed, FUA writes,
+//! and bios passed down from one traced device to another.
 
 use std::collections::BTreeMap;
 
@@ -7,10 +8,13 @@ use anyhow::{Context, Result};
 use aya::maps::{MapData, PerCpuHashMap, PerCpuValues};
 use aya::programs::TracePoint;
 use aya::Ebpf;
-use hcp_common::{DevIoStats, IO_OPS};
+use hcp_common::{DevIoStats, OpCount, RemapKey, RemapStats, IO_OPS};
 
 use crate::devnum::DevNum;
 use crate::probes;
+
+/// The classic tracepoint programs (category `block`), named after their events.
+pub const PROGRAMS: [&str; 3] = ["block_bio_queue", "block_rq_complete", "block_bio_remap"];
 
 /// Counts block I/O of a fixed set of devices while it lives; dropping it
 /// detaches the programs.
@@ -18,49 +22,93 @@ pub struct BlockIoTracer {
     // Owns the programs, and so the links: they detach when it drops.
     _ebpf: Ebpf,
     counts: PerCpuHashMap<MapData, u32, DevIoStats>,
+    remaps: PerCpuHashMap<MapData, RemapKey, RemapStats>,
 }
 
 impl BlockIoTracer {
     /// Starts counting I/O of `devices` (each given by its device number).
     pub fn attach(devices: &[DevNum]) -> Result<BlockIoTracer> {
         let mut ebpf = probes::load()?;
-        let map = ebpf.take_map("DEV_IO").context("eBPF object lacks map DEV_IO")?;
-        let mut counts: PerCpuHashMap<MapData, u32, DevIoStats> = PerCpuHashMap::try_from(map)?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-        // The map is the filter too: a device is counted once it has an entry.
-        for dev in devices {
-            let zero = PerCpuValues::try_from(vec![DevIoStats::default(); cpus])?;
-            counts.insert(dev.to_kernel(), zero, 0).with_context(|| format!("tracing device {dev}"))?;
-        }
-        for event in ["block_bio_queue", "block_rq_complete"] {
-            let prog: &mut TracePoint =
-                ebpf.program_mut(event).with_context(|| format!("eBPF object lacks program {event}"))?.try_into()?;
-            prog.load().with_context(|| format!("loading program {event}"))?;
-            prog.attach("block", event).with_context(|| format!("attaching to tracepoint block:{event}"))?;
-        }
-        Ok(BlockIoTracer { _ebpf: ebpf, counts })
+        let mut counts = PerCpuHashMap::try_from(ebpf.take_map("DEV_IO").context("eBPF object lacks map DEV_IO")?)?;
+        add_devices(&mut counts, devices)?;
+        attach_programs(&mut ebpf)?;
+        let remaps = PerCpuHashMap::try_from(ebpf.take_map("DEV_REMAP").context("eBPF object lacks map DEV_REMAP")?)?;
+        Ok(BlockIoTracer { _ebpf: ebpf, counts, remaps })
     }
 
     /// The counts of every traced device so far, summed over CPUs.
     pub fn read(&self) -> Result<BTreeMap<DevNum, DevIoStats>> {
-        let mut out = BTreeMap::new();
-        for entry in self.counts.iter() {
-            let (dev, per_cpu) = entry?;
-            out.insert(DevNum::from_kernel(dev), sum(per_cpu.iter()));
-        }
-        Ok(out)
+        read_counts(&self.counts)
+    }
+
+    /// Bios passed down between traced devices, `(to, from)`, by direction.
+    pub fn remaps(&self) -> Result<BTreeMap<(DevNum, DevNum), RemapStats>> {
+        read_remaps(&self.remaps)
     }
 }
 
-fn sum<'a>(per_cpu: impl Iterator<Item = &'a DevIoStats>) -> DevIoStats {
-    per_cpu.fold(DevIoStats::default(), |mut total, cpu| {
-        for op in 0..IO_OPS {
-            total.bio_queued[op].count += cpu.bio_queued[op].count;
-            total.bio_queued[op].bytes += cpu.bio_queued[op].bytes;
-            total.rq_completed[op].count += cpu.rq_completed[op].count;
-            total.rq_completed[op].bytes += cpu.rq_completed[op].bytes;
-        }
-        total.read_errors += cpu.read_errors;
-        total
-    })
+/// Loads and attaches the classic tracepoint programs of a loaded object.
+pub fn attach_programs(ebpf: &mut Ebpf) -> Result<()> {
+    for event in PROGRAMS {
+        let prog: &mut TracePoint =
+            ebpf.program_mut(event).with_context(|| format!("eBPF object lacks program {event}"))?.try_into()?;
+        prog.load().with_context(|| format!("loading program {event}"))?;
+        prog.attach("block", event).with_context(|| format!("attaching to tracepoint block:{event}"))?;
+    }
+    Ok(())
+}
+
+/// Starts counting `devices`: the `DEV_IO` map is the filter too, a device
+/// is counted once it has an entry.
+pub fn add_devices(map: &mut PerCpuHashMap<MapData, u32, DevIoStats>, devices: &[DevNum]) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    for dev in devices {
+        let zero = PerCpuValues::try_from(vec![DevIoStats::default(); cpus])?;
+        map.insert(dev.to_kernel(), zero, 0).with_context(|| format!("tracing device {dev}"))?;
+    }
+    Ok(())
+}
+
+/// A `DEV_IO` map's counts, summed over CPUs.
+pub fn read_counts(map: &PerCpuHashMap<MapData, u32, DevIoStats>) -> Result<BTreeMap<DevNum, DevIoStats>> {
+    let mut out = BTreeMap::new();
+    for entry in map.iter() {
+        let (dev, per_cpu) = entry?;
+        let total = per_cpu.iter().fold(DevIoStats::default(), |mut total, cpu| {
+            add_ops(&mut total.bio_queued, &cpu.bio_queued);
+            add_ops(&mut total.rq_completed, &cpu.rq_completed);
+            add(&mut total.bio_fua_writes, &cpu.bio_fua_writes);
+            total.read_errors += cpu.read_errors;
+            total
+        });
+        out.insert(DevNum::from_kernel(dev), total);
+    }
+    Ok(out)
+}
+
+/// A `DEV_REMAP` map's counts, `(to, from)`, summed over CPUs.
+pub fn read_remaps(
+    map: &PerCpuHashMap<MapData, RemapKey, RemapStats>,
+) -> Result<BTreeMap<(DevNum, DevNum), RemapStats>> {
+    let mut out = BTreeMap::new();
+    for entry in map.iter() {
+        let (key, per_cpu) = entry?;
+        let total = per_cpu.iter().fold(RemapStats::default(), |mut total, cpu| {
+            add_ops(&mut total.ops, &cpu.ops);
+            total
+        });
+        out.insert((DevNum::from_kernel(key.dev), DevNum::from_kernel(key.from)), total);
+    }
+    Ok(out)
+}
+
+fn add(total: &mut OpCount, more: &OpCount) {
+    total.count += more.count;
+    total.bytes += more.bytes;
+}
+
+fn add_ops(total: &mut [OpCount; IO_OPS], more: &[OpCount; IO_OPS]) {
+    for (t, m) in total.iter_mut().zip(more) {
+        add(t, m);
+    }
 }

@@ -17,6 +17,10 @@ pub fn load() -> Result<Ebpf> {
     let layout = BlockTpLayout {
         bio_queue: block_fields(&tracefs, "block_bio_queue")?,
         rq_complete: block_fields(&tracefs, "block_rq_complete")?,
+        bio_remap: TpFields {
+            old_dev: tracefs::Format::read(&tracefs, "block", "block_bio_remap")?.offset_of("old_dev", 4)?,
+            ..block_fields(&tracefs, "block_bio_remap")?
+        },
     };
     let bio = bio_layout()?;
     EbpfLoader::new()
@@ -52,6 +56,6 @@ fn block_fields(tracefs: &std::path::Path, event: &str) -> Result<TpFields> {
         // Only the first bytes (flags and op letter) are decoded; the array
         // has been 8 or 10 bytes depending on the kernel.
         rwbs: format.offset_of("rwbs", 8)?,
-        _pad: 0,
+        old_dev: 0,
     })
 }

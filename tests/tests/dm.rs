@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use devicemapper::{DevId, DmName, DmOptions, DM};
 use hcp::block_io::BlockIoTracer;
-use hcp::common::bio::{DevRole, LatKey, Level, Role};
+use hcp::common::bio::{LatKey, Level, Role};
 use hcp::common::{IoOp, OpCount};
 use hcp::devnum::DevNum;
 use hcp::io_latency::IoLatencyTracer;
@@ -48,9 +48,7 @@ fn linear_mapping_moves_io_and_is_traced_as_bios() {
     assert_eq!(DevNum::of_block_device(&node).expect("dm node"), dm_dev);
 
     let tracer = BlockIoTracer::attach(&[dm_dev, backing.devnum()]).expect("attach tracer");
-    let session = 3;
-    let role = |role: Role| DevRole { session, role: role as u32 };
-    let latency = IoLatencyTracer::attach(&[(dm_dev, role(Role::Origin)), (backing.devnum(), role(Role::Real))])
+    let latency = IoLatencyTracer::attach(&[(dm_dev, Role::Origin), (backing.devnum(), Role::Real)])
         .expect("attach latency tracer");
     let block = AlignedBuf::new(4096, 0xc3);
     let writes = 10u64;
@@ -77,16 +75,20 @@ fn linear_mapping_moves_io_and_is_traced_as_bios() {
     assert_eq!(stats[&dm_dev].rq_completed[w], OpCount::default(), "dm device requests: {stats:?}");
     assert_eq!(stats[&backing.devnum()].bio_queued[w], written, "backing device bios: {stats:?}");
     assert_eq!(stats[&backing.devnum()].rq_completed[w], written, "backing device requests: {stats:?}");
+    // Every bio the loop device queued was passed down by the dm device.
+    let remaps = tracer.remaps().expect("read remaps");
+    assert_eq!(remaps[&(backing.devnum(), dm_dev)].ops[w], written, "remapped from the dm device: {remaps:?}");
+    assert_eq!(remaps.len(), 1, "no other remaps: {remaps:?}");
 
     // Latency: bios on the dm device (bio-based), requests on the loop device.
     let hists = latency.histograms().expect("read histograms");
-    let count = |role: Role, level: Level| {
-        let key = LatKey { session, role: role as u8, level: level as u8, op: IoOp::Write as u8, _pad: 0 };
+    let count = |dev: DevNum, level: Level| {
+        let key = LatKey { dev: dev.to_kernel(), level: level as u8, op: IoOp::Write as u8, _pad: 0 };
         hists.iter().find(|(k, _)| *k == key).map_or(0, |(_, h)| h.count)
     };
-    assert_eq!(count(Role::Origin, Level::Bio), writes, "a sample per bio on the dm device");
-    assert_eq!(count(Role::Real, Level::Request), writes, "a sample per request on the loop device");
-    assert_eq!(count(Role::Origin, Level::Request), 0, "a dm device completes no requests");
-    let losses = latency.losses(session).expect("losses");
+    assert_eq!(count(dm_dev, Level::Bio), writes, "a sample per bio on the dm device");
+    assert_eq!(count(backing.devnum(), Level::Request), writes, "a sample per request on the loop device");
+    assert_eq!(count(dm_dev, Level::Request), 0, "a dm device completes no requests");
+    let losses = latency.losses(Some(dm_dev)).expect("losses");
     assert_eq!((losses.inflight_full, losses.histogram_full, losses.unmatched), (0, 0, 0), "{losses:?}");
 }

@@ -1,22 +1,19 @@
-//! Latency histograms count exactly the I/O a test issues, charged to the
-//! session and role of their device: requests on a loop device (here and on
-//! the guest kernels).
+//! Latency histograms count exactly the I/O a test issues, charged to its
+//! device: requests on a loop device (here and on the guest kernels).
 
 use std::time::Instant;
 
-use hcp::common::bio::{DevRole, LatKey, Level, Role};
+use hcp::common::bio::{LatKey, Level, Role};
 use hcp::common::IoOp;
 use hcp::io_latency::IoLatencyTracer;
 use hcp_tests::{open_direct, pread_exact, pwrite_all, require_root, AlignedBuf, LoopDevice};
 
 #[test]
-fn histograms_count_each_request_once_by_session_role_and_direction() {
+fn histograms_count_each_request_once_by_device_and_direction() {
     require_root();
     let traced = LoopDevice::new(16 << 20);
     let untraced = LoopDevice::new(16 << 20);
-    let session = 7;
-    let role = DevRole { session, role: Role::Store as u32 };
-    let tracer = IoLatencyTracer::attach(&[(traced.devnum(), role)]).expect("attach bio latency tracer");
+    let tracer = IoLatencyTracer::attach(&[(traced.devnum(), Role::Store)]).expect("attach latency tracer");
 
     let (writes, reads) = (40u64, 24u64);
     let began = Instant::now();
@@ -38,7 +35,7 @@ fn histograms_count_each_request_once_by_session_role_and_direction() {
     let hists = tracer.histograms().expect("read histograms");
     // A loop device is request-based: each O_DIRECT call is one request.
     let key =
-        |op: IoOp| LatKey { session, role: Role::Store as u8, level: Level::Request as u8, op: op as u8, _pad: 0 };
+        |op: IoOp| LatKey { dev: traced.devnum().to_kernel(), level: Level::Request as u8, op: op as u8, _pad: 0 };
     let find = |op| hists.iter().find(|(k, _)| *k == key(op)).map(|(_, h)| *h);
     let w = find(IoOp::Write).expect("a write histogram");
     let r = find(IoOp::Read).expect("a read histogram");
@@ -50,10 +47,10 @@ fn histograms_count_each_request_once_by_session_role_and_direction() {
     assert_eq!(
         hists.len(),
         2,
-        "nothing else is charged (the untraced device, other sessions): {:?}",
+        "nothing else is charged (the untraced device): {:?}",
         hists.iter().map(|(k, _)| k).collect::<Vec<_>>()
     );
-    let losses = tracer.losses(session).expect("losses");
+    let losses = tracer.losses(Some(traced.devnum())).expect("losses");
     assert_eq!((losses.inflight_full, losses.histogram_full, losses.unmatched), (0, 0, 0), "{losses:?}");
-    assert_eq!(tracer.losses(0).expect("losses").read_errors, 0, "every bio's fields were readable");
+    assert_eq!(tracer.losses(None).expect("losses").read_errors, 0, "every bio's fields were readable");
 }
