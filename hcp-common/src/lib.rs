@@ -9,6 +9,7 @@
 
 pub mod bio;
 pub mod block;
+pub mod freeze;
 pub mod hist;
 
 pub use block::{BlockTpLayout, DevIoStats, IoOp, OpCount, RemapKey, RemapStats, TpFields, IO_OPS};

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod block_io;
+mod freeze;
 mod io_latency;
 
 /// tp_btf and bpf_probe_read_kernel need a GPL-compatible license.

@@ -83,6 +83,13 @@ enum Command {
     },
     /// Show the hcp devices of DEVICE.
     Show { device: String },
+    /// What a traced session costs: COW overhead, copy-out, amplification.
+    Stats { session: String },
+    /// Tracing of a running session.
+    Trace {
+        #[command(subcommand)]
+        command: TraceCommand,
+    },
     /// Show hcp's version.
     Version,
 }
@@ -120,12 +127,30 @@ struct StartArgs {
     #[arg(long)]
     preallocate: bool,
 
+    /// Measure, in the kernel, what the session costs for its whole life
+    /// (see `hcp stats`).
+    #[arg(long)]
+    trace: bool,
+
+    /// With --trace: measure the origin's write latency for this long before
+    /// taking the snapshot, as the baseline of the COW overhead (0 skips).
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
+    baseline: std::time::Duration,
+
     /// The device to snapshot: a path, a symlink (/dev/disk/by-*, /dev/VG/LV) or MAJOR:MINOR.
     device: Option<String>,
 }
 
+#[derive(Subcommand)]
+enum TraceCommand {
+    /// Start tracing SESSION (started without --trace).
+    Attach { session: String },
+}
+
 /// What to do, with its options; the `bool` is `--json`.
 pub enum Action {
+    Stats(String, bool),
+    TraceAttach(String, bool),
     Start(StartOptions, bool),
     List(bool),
     Remove(RemoveOptions, bool),
@@ -141,6 +166,8 @@ impl Cli {
             Some(Command::List) => Action::List(json),
             Some(Command::Remove { target, keep_store }) => Action::Remove(RemoveOptions { target, keep_store }, json),
             Some(Command::Show { device }) => Action::Show(device, json),
+            Some(Command::Stats { session }) => Action::Stats(session, json),
+            Some(Command::Trace { command: TraceCommand::Attach { session } }) => Action::TraceAttach(session, json),
             Some(Command::Version) => Action::Version(json),
             None if self.list => Action::List(json),
             None if self.version => Action::Version(json),
@@ -166,6 +193,8 @@ fn start_options(args: StartArgs) -> Result<StartOptions, Error> {
         quota: args.quota,
         chunk: args.chunk_size,
         preallocate: args.preallocate,
+        trace: args.trace,
+        baseline: args.baseline,
     })
 }
 

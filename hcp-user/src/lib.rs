@@ -10,6 +10,7 @@ pub mod devnum;
 pub mod dm;
 pub mod error;
 pub mod freeze;
+pub mod freeze_trace;
 pub mod hist;
 pub mod io_latency;
 pub mod loopdev;
@@ -19,6 +20,8 @@ pub mod probes;
 pub mod session;
 pub mod size;
 pub mod state;
+pub mod stats;
+pub mod trace_pins;
 pub mod tracefs;
 
 pub use hcp_common as common;

@@ -57,6 +57,15 @@ fn run(action: Action) -> Result<ExitCode, Error> {
             render::shown(&hcp::session::show(&device)?, json);
             Ok(ExitCode::SUCCESS)
         }
+        Action::Stats(session, json) => {
+            render::stats(&hcp::session::stats(&session)?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Action::TraceAttach(session, json) => {
+            let snapshot = hcp::session::trace_attach(&session)?;
+            render::trace_attached(&snapshot, json);
+            Ok(ExitCode::SUCCESS)
+        }
         Action::Version(json) => {
             render::version(json);
             Ok(ExitCode::SUCCESS)

@@ -26,6 +26,8 @@ pub fn load() -> Result<Ebpf> {
     EbpfLoader::new()
         .override_global("BLOCK_TP_LAYOUT", &layout, true)
         .override_global("BIO_LAYOUT", &bio, true)
+        // Without syscall tracepoints the rest still loads; FreezeTracer reports it.
+        .override_global("IOCTL_TP_LAYOUT", &crate::freeze_trace::tp_layout(&tracefs).unwrap_or_default(), true)
         .load(OBJECT)
         .context("loading hcp's eBPF programs (needs root, or CAP_BPF and CAP_PERFMON)")
 }

@@ -125,3 +125,99 @@ pub fn version(json: bool) {
     }
     println!("hcp {} (kernel {})", env!("CARGO_PKG_VERSION"), kernel.trim());
 }
+
+pub fn trace_attached(snapshot: &std::path::Path, json: bool) {
+    if json {
+        return print_json(&serde_json::json!({ "traced": snapshot }));
+    }
+    println!("Tracing {}: `hcp stats {}` shows what it costs", snapshot.display(), snapshot.display());
+}
+
+pub fn stats(s: &hcp::stats::SessionStats, json: bool) {
+    use hcp::hist::Summary;
+    if json {
+        return print_json(s);
+    }
+    let ms = |ns: u64| format!("{:.3}", ns as f64 / 1e6);
+    let lat = |l: &Option<Summary>| match l {
+        Some(l) => format!(
+            "latency ms p50 {} p90 {} p99 {} p99.9 {} max {}",
+            ms(l.p50_ns),
+            ms(l.p90_ns),
+            ms(l.p99_ns),
+            ms(l.p999_ns),
+            ms(l.max_ns)
+        ),
+        None => "no samples".to_string(),
+    };
+    let traffic = |name: &str, t: &hcp::stats::Traffic| {
+        println!("{name:<20} {:>9} bios {:>11}   {}", t.count, format_bytes(t.bytes), lat(&t.latency))
+    };
+    println!(
+        "{}: origin {}, traced since {}",
+        s.session,
+        s.origin.display(),
+        hcp::session::format_time(s.traced_since_unix)
+    );
+    traffic("Application writes", &s.app_writes);
+    traffic("Application reads", &s.app_reads);
+    traffic("Snapshot reads", &s.snapshot_reads);
+    traffic("Snapshot writes", &s.snapshot_writes);
+    let c = &s.copy_out;
+    println!(
+        "Copy-out             {} read from the real device in {} chunk copies; {} of data and {} metadata commits ({}) written to the store",
+        format_bytes(c.read_bytes),
+        c.chunk_copies,
+        format_bytes(c.store_data_bytes),
+        c.store_metadata_writes,
+        format_bytes(c.store_metadata_bytes)
+    );
+    let amp = |a: Option<f64>| a.map_or("n/a (no I/O yet)".to_string(), |a| format!("{a:.2}"));
+    println!(
+        "Write amplification  {}  ((real device + store writes) / application writes)",
+        amp(s.write_amplification)
+    );
+    println!(
+        "Read amplification   {}  ((real device + store reads) / origin and snapshot reads)",
+        amp(s.read_amplification)
+    );
+    println!("COW overhead (write latency, ms):   p50      p90      p99    p99.9      max");
+    let row = |name: &str, l: &Option<Summary>| {
+        if let Some(l) = l {
+            println!(
+                "  {name:<30} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                ms(l.p50_ns),
+                ms(l.p90_ns),
+                ms(l.p99_ns),
+                ms(l.p999_ns),
+                ms(l.max_ns)
+            );
+        }
+    };
+    let o = &s.cow_overhead;
+    row("baseline (before the snapshot)", &o.baseline);
+    row("during the session", &o.during);
+    row("real device service time", &o.real_device);
+    for (name, r) in [("ratio to baseline", &o.ratio_to_baseline), ("ratio to real device", &o.ratio_to_real_device)] {
+        if let Some(r) = r {
+            println!("  {name:<30} {:>7.2}x {:>7.2}x {:>7.2}x {:>7.2}x {:>7.2}x", r.p50, r.p90, r.p99, r.p999, r.max);
+        }
+    }
+    let f = &s.freeze;
+    let secs = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3} s"));
+    println!(
+        "Switch (hcp's clock) FIFREEZE {}, file system frozen {}, origin suspended {}",
+        secs(f.freeze_call_seconds),
+        secs(f.frozen_seconds),
+        secs(f.suspended_seconds)
+    );
+    let l = &s.losses;
+    println!(
+        "Not measured         {} starts (in-flight map full), {} samples (histogram map full), {} completions without a start, {} unreadable events",
+        l.inflight_full, l.histogram_full, l.unmatched, l.read_errors
+    );
+    if let Some(h) = &s.app_write_histogram {
+        println!("\nApplication write latency since the snapshot:");
+        print!("{}", hcp::hist::render_log2(h, hcp::hist::Unit::Usecs));
+    }
+}

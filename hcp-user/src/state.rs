@@ -54,6 +54,48 @@ pub struct Session {
     pub created_unix: u64,
     pub chunk_bytes: u64,
     pub quota_bytes: u64,
+    /// Set while the session is traced (`--trace`, `hcp trace attach`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceRecord>,
+}
+
+/// What a traced session needs to report later.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceRecord {
+    pub since_unix: u64,
+    pub devices: Vec<TracedDevice>,
+    /// The origin's write latency before the snapshot (`--baseline`).
+    pub baseline: Option<HistRecord>,
+    /// Every counter of the session's devices as the snapshot went live:
+    /// the session's own figures are what was counted since.
+    pub at_start: Option<crate::stats::CountersRecord>,
+    /// The switch, on hcp's monotonic clock.
+    pub window: Option<WindowRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracedDevice {
+    /// `origin`, `real`, `store` or `snapshot`.
+    pub role: String,
+    /// `MAJOR:MINOR`
+    pub devnum: String,
+    pub path: PathBuf,
+}
+
+/// A latency histogram, sparse: `(bucket, count)` for non-empty buckets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistRecord {
+    pub count: u64,
+    pub sum_ns: u64,
+    pub max_ns: u64,
+    pub buckets: Vec<(u32, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowRecord {
+    pub freeze_call_seconds: Option<f64>,
+    pub frozen_seconds: Option<f64>,
+    pub suspended_seconds: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +271,7 @@ mod tests {
             created_unix: 1_800_000_000,
             chunk_bytes: 4096,
             quota_bytes: 1 << 30,
+            trace: None,
         };
         let text = serde_json::to_string(&s).unwrap();
         assert!(text.contains("\"phase\":\"active\""), "{text}");

@@ -471,3 +471,71 @@ fn bad_input_changes_nothing() {
     run("umount", &[plain_mnt.to_str().unwrap()]);
     hcp_json(&["remove", &hcp_dev]);
 }
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn a_traced_session_reports_what_it_costs() {
+    require_root();
+    let _serial = serial();
+    let mut vol = Volume::new("t-trace", 96);
+    let dir = vol.mount(Fs::Ext4);
+    let big = vec![0x5au8; 8 << 20];
+    fs::write(dir.join("data.bin"), &big).unwrap();
+    run("sync", &[]);
+    let writer = Writer::start(dir.join("stream.log"));
+    let started = hcp_json(&["start", "--trace", "--baseline", "1s", "--skip-mount", vol.path().to_str().unwrap()]);
+    writer.stop();
+    let id = started["session"].as_str().unwrap().to_string();
+
+    // Overwrite 4 MiB of data that existed at the snapshot: each chunk is
+    // copied to the store before the new data lands.
+    let mut f = fs::OpenOptions::new().write(true).open(dir.join("data.bin")).unwrap();
+    f.write_all(&vec![0xa5u8; 4 << 20]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    let s = hcp_json(&["stats", &id]);
+    assert_eq!(s["schema"], "hcp-stats/1", "{s}");
+    let n = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("not a number: {v} in {s}"));
+    assert!(n(&s["app_writes"]["bytes"]) >= 4 << 20, "application writes counted: {}", s["app_writes"]);
+    let copy = &s["copy_out"];
+    assert!(n(&copy["read_bytes"]) >= 4 << 20, "the overwritten chunks were read for copy-out: {copy}");
+    assert!(n(&copy["chunk_copies"]) >= 1024, "{copy}");
+    assert!(n(&copy["store_data_bytes"]) >= 4 << 20, "and written to the store: {copy}");
+    assert!(n(&copy["store_metadata_writes"]) > 0, "metadata commits: {copy}");
+    let wa = s["write_amplification"].as_f64().expect("write amplification");
+    assert!(wa > 1.5, "copy-on-write at least adds the copies: {wa}");
+    let overhead = &s["cow_overhead"];
+    assert!(
+        overhead["baseline"]["count"].as_u64().unwrap_or(0) > 0,
+        "the writer was measured before the snapshot: {overhead}"
+    );
+    assert!(overhead["during"]["count"].as_u64().unwrap_or(0) > 0, "{overhead}");
+    assert!(overhead["ratio_to_baseline"]["p50"].as_f64().is_some(), "{overhead}");
+    assert!(
+        s["freeze"]["frozen_seconds"].as_f64().unwrap() > 0.0,
+        "the origin was mounted, so frozen: {}",
+        s["freeze"]
+    );
+    assert_eq!(n(&s["losses"]["inflight_full"]) + n(&s["losses"]["histogram_full"]), 0, "{}", s["losses"]);
+    assert_eq!(n(&s["losses"]["read_errors"]), 0, "{}", s["losses"]);
+
+    // Reads of the snapshot are counted apart and never pass for copy-out.
+    let snap = started["snapshot"].as_str().unwrap();
+    let mut head = vec![0u8; 1 << 20];
+    std::io::Read::read_exact(&mut fs::File::open(snap).unwrap(), &mut head).unwrap();
+    let after = hcp_json(&["stats", &id]);
+    assert!(n(&after["snapshot_reads"]["bytes"]) >= 1 << 20, "{}", after["snapshot_reads"]);
+    assert_eq!(after["copy_out"]["read_bytes"], s["copy_out"]["read_bytes"], "snapshot reads are not copy-out");
+
+    let text = hcp(&["stats", &id]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    assert!(text.stdout.contains("Write amplification") && text.stdout.contains("COW overhead"), "{}", text.stdout);
+
+    let removed = hcp_json(&["remove", &id]);
+    let report = PathBuf::from(removed[0]["report"].as_str().expect("a final report"));
+    let final_stats: Value = serde_json::from_str(&fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(final_stats["session"], id.as_str());
+    assert!(!Path::new("/sys/fs/bpf/hcp").exists(), "the last traced session's removal detaches the programs");
+    fs::remove_file(report).unwrap();
+}

@@ -28,8 +28,8 @@ writer=$!
 trap 'kill $writer 2>/dev/null || true' EXIT
 sleep 1
 
-say "hcp start: snapshot the live volume (the writer keeps going), room for 96 MiB of changes"
-run hcp start -q 96M /dev/demo/data
+say "hcp start --trace: measure the writer for 2 s, then snapshot the live volume (the writer keeps going)"
+run hcp start --trace --baseline 2s -q 96M /dev/demo/data
 
 say "hcp -l: the session"
 run hcp -l
@@ -42,6 +42,9 @@ sync
 snap=$(ls -d /var/hcp/demo-data_hcp* | head -1)
 printf 'origin log: %s lines; snapshot log: %s lines (frozen at the start)\n' \
   "$(wc -l < /mnt/data/app.log)" "$(wc -l < "$snap/app.log")"
+
+say "hcp stats: what the snapshot cost the running system, measured in the kernel"
+run hcp stats hcp1
 
 say "The snapshot still holds the pre-snapshot files"
 run sh -c "cd $snap && sha256sum -c /tmp/before.sha256"

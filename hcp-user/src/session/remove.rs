@@ -37,6 +37,8 @@ pub struct Removed {
     pub kept_store: Option<PathBuf>,
     /// How long the origin's filesystem was frozen to restore its table.
     pub frozen_seconds: Option<f64>,
+    /// A traced session's final report.
+    pub report: Option<PathBuf>,
     pub seconds: f64,
 }
 
@@ -108,9 +110,19 @@ fn remove_one(dm: &Dm, session: &Session, sessions: &[Session], keep_store: bool
     if let Some(m) = our_mount {
         crate::mount::unmount(&m.path)?;
     }
+    // The final figures, while every device is still there.
+    // (Tracing must never stand in the way of a removal: failures warn.)
+    let report = session.trace.as_ref().and_then(|_| {
+        super::trace::write_report(session)
+            .map_err(|e| eprintln!("hcp: warning: no final report for {}: {e}", session.id))
+            .ok()
+    });
     let mut record = session.clone();
     record.phase = Phase::Removing;
     state::save(&record)?;
+    if let Err(e) = super::trace::detach(session, sessions) {
+        eprintln!("hcp: warning: {e}");
+    }
 
     if let Some(m) = &session.mount {
         if m.created_dir {
@@ -150,6 +162,7 @@ fn remove_one(dm: &Dm, session: &Session, sessions: &[Session], keep_store: bool
         origin_restored: last,
         kept_store,
         frozen_seconds,
+        report,
         seconds: begun.elapsed().as_secs_f64(),
     })
 }

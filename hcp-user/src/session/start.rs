@@ -24,7 +24,8 @@ use crate::freeze::{Frozen, SignalBlock};
 use crate::loopdev::{AttachOptions, LoopDevice};
 use crate::mountinfo::MountTable;
 use crate::size::{format_bytes, ChunkSize, Quota};
-use crate::state::{self, Lock, MountRecord, Origin, Phase, Session, Store, RECORD_VERSION};
+use crate::state::{self, Lock, MountRecord, Origin, Phase, Session, Store, WindowRecord, RECORD_VERSION};
+use hcp_common::bio::Role;
 
 use super::{
     now_unix, require_root, snapshot_node, DEFAULT_MOUNT_DIR, DEFAULT_STORE_DIR, UUID_COW, UUID_ORIGIN, UUID_REAL,
@@ -47,6 +48,10 @@ pub struct StartOptions {
     pub quota: Option<Quota>,
     pub chunk: ChunkSize,
     pub preallocate: bool,
+    /// Measure what the session costs, in the kernel, for its whole life.
+    pub trace: bool,
+    /// With `trace`: how long to measure the origin before the snapshot.
+    pub baseline: Duration,
 }
 
 /// What `start` did, as printed and as `--json`.
@@ -74,7 +79,8 @@ pub struct Started {
 /// Measured on hcp's monotonic clock.
 #[derive(Clone, Debug, Serialize)]
 pub struct Timing {
-    /// From the start of the command until the snapshot was live.
+    /// From the start of the command until the snapshot was live (with
+    /// `--trace`, this includes loading the programs and the baseline).
     pub snapshot_seconds: f64,
     /// From the start of FIFREEZE to the end of FITHAW; null when nothing
     /// was mounted.
@@ -214,11 +220,28 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         created_unix: now_unix(),
         chunk_bytes: opts.chunk.bytes(),
         quota_bytes: store_bytes,
+        trace: None,
     };
     state::save(&session)?;
     {
         let id = id.clone();
         undo.push(format!("remove the record of {id}"), move || state::delete(&id));
+    }
+
+    // Tracing starts before the switch, so that it sees the window.
+    let mut traced = Vec::new();
+    let mut trace_marks = (None, None);
+    if opts.trace {
+        traced = super::trace::devices_of(&session);
+        let added = super::trace::attach(&traced)?;
+        undo.push("stop tracing the session's devices".to_string(), move || {
+            crate::trace_pins::remove_devices(&added).map_err(|e| Error::system(format!("{e:#}")))
+        });
+        if let Some((origin, _, _)) = traced.iter().find(|(_, r, _)| *r == Role::Origin) {
+            let devnums: Vec<_> = traced.iter().map(|(d, _, _)| *d).collect();
+            let (baseline, at_start) = super::trace::baseline(*origin, opts.baseline, &devnums)?;
+            trace_marks = (baseline, Some(at_start));
+        }
     }
 
     // The switch.
@@ -244,6 +267,21 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
     timing.snapshot_seconds = begun.elapsed().as_secs_f64();
 
     make_node(&snapshot_path, snap_devnum)?;
+    if opts.trace {
+        // A wrapped device's origin exists only now; nothing was written
+        // through it yet, so its histogram starts empty.
+        let now = super::trace::devices_of(&session);
+        let late: Vec<_> = now.iter().filter(|d| !traced.iter().any(|t| t.0 == d.0)).cloned().collect();
+        if !late.is_empty() {
+            super::trace::attach(&late)?;
+        }
+        let window = WindowRecord {
+            freeze_call_seconds: timing.freeze_call_seconds,
+            frozen_seconds: timing.frozen_seconds,
+            suspended_seconds: timing.suspended_seconds,
+        };
+        session.trace = Some(super::trace::record(&now, trace_marks.0, trace_marks.1, Some(window)));
+    }
     session.phase = Phase::Active;
     state::save(&session)?;
 
