@@ -91,7 +91,8 @@ pub struct HistRecord {
     pub buckets: Vec<(u32, u64)>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// The switch, timed on hcp's monotonic clock around its calls.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WindowRecord {
     pub freeze_call_seconds: Option<f64>,
     pub frozen_seconds: Option<f64>,

@@ -104,13 +104,11 @@ pub struct Ratios {
     pub max: f64,
 }
 
-/// The switch, as hcp timed it on its own monotonic clock.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Freeze {
-    pub freeze_call_seconds: Option<f64>,
-    pub frozen_seconds: Option<f64>,
-    pub suspended_seconds: Option<f64>,
-}
+/// The switch: how long FIFREEZE took, how long the filesystem stayed
+/// frozen and the origin suspended, on hcp's clock; null where it did not
+/// happen (an unmounted origin is not frozen) or was not seen (a session
+/// traced after its start).
+pub type Freeze = crate::state::WindowRecord;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct DeviceStats {
@@ -401,14 +399,7 @@ pub fn compute(session: &Session, counters: &Counters, now_unix: u64) -> Session
         during: during_summary.clone(),
         real_device,
     };
-    let freeze = trace
-        .and_then(|t| t.window.as_ref())
-        .map(|w| Freeze {
-            freeze_call_seconds: w.freeze_call_seconds,
-            frozen_seconds: w.frozen_seconds,
-            suspended_seconds: w.suspended_seconds,
-        })
-        .unwrap_or_default();
+    let freeze = trace.and_then(|t| t.window.clone()).unwrap_or_default();
 
     let role_of = |dev: DevNum| devices.iter().find(|(_, d, _)| *d == dev).map(|(r, _, _)| r.clone());
     let mut losses = Losses::default();

@@ -512,11 +512,10 @@ fn a_traced_session_reports_what_it_costs() {
     );
     assert!(overhead["during"]["count"].as_u64().unwrap_or(0) > 0, "{overhead}");
     assert!(overhead["ratio_to_baseline"]["p50"].as_f64().is_some(), "{overhead}");
-    assert!(
-        s["freeze"]["frozen_seconds"].as_f64().unwrap() > 0.0,
-        "the origin was mounted, so frozen: {}",
-        s["freeze"]
-    );
+    let freeze = &s["freeze"];
+    let secs = |k: &str| freeze[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {freeze}"));
+    assert!(secs("frozen_seconds") > 0.0, "the origin was mounted, so frozen: {freeze}");
+    assert!(secs("suspended_seconds") > 0.0 && secs("freeze_call_seconds") > 0.0, "{freeze}");
     assert_eq!(n(&s["losses"]["inflight_full"]) + n(&s["losses"]["histogram_full"]), 0, "{}", s["losses"]);
     assert_eq!(n(&s["losses"]["read_errors"]), 0, "{}", s["losses"]);
 

@@ -280,6 +280,7 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
             frozen_seconds: timing.frozen_seconds,
             suspended_seconds: timing.suspended_seconds,
         };
+
         session.trace = Some(super::trace::record(&now, trace_marks.0, trace_marks.1, Some(window)));
     }
     session.phase = Phase::Active;
