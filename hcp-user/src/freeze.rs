@@ -20,48 +20,9 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::mountinfo::{self, MountTable};
 
-/// `_IOC` direction bits and size width: most architectures use the generic
-/// layout; these four families use 3 direction bits and 13 size bits.
-#[cfg(any(
-    target_arch = "powerpc",
-    target_arch = "powerpc64",
-    target_arch = "mips",
-    target_arch = "mips32r6",
-    target_arch = "mips64",
-    target_arch = "mips64r6",
-    target_arch = "sparc",
-    target_arch = "sparc64"
-))]
-mod ioc {
-    pub const WRITE: u32 = 4;
-    pub const READ: u32 = 2;
-    pub const SIZE_BITS: u32 = 13;
-}
-#[cfg(not(any(
-    target_arch = "powerpc",
-    target_arch = "powerpc64",
-    target_arch = "mips",
-    target_arch = "mips32r6",
-    target_arch = "mips64",
-    target_arch = "mips64r6",
-    target_arch = "sparc",
-    target_arch = "sparc64"
-)))]
-mod ioc {
-    pub const WRITE: u32 = 1;
-    pub const READ: u32 = 2;
-    pub const SIZE_BITS: u32 = 14;
-}
-
-/// `_IOWR(ty, nr, T)` where `size_of::<T>() == size`.
-const fn iowr(ty: u8, nr: u8, size: usize) -> u32 {
-    ((ioc::READ | ioc::WRITE) << (16 + ioc::SIZE_BITS)) | ((size as u32) << 16) | ((ty as u32) << 8) | nr as u32
-}
-
-/// `FIFREEZE`, `_IOWR('X', 119, int)` in linux/fs.h.
-const FIFREEZE: u32 = iowr(b'X', 119, std::mem::size_of::<libc::c_int>());
-/// `FITHAW`, `_IOWR('X', 120, int)`.
-const FITHAW: u32 = iowr(b'X', 120, std::mem::size_of::<libc::c_int>());
+// The ioctl numbers are shared with the kernel-side freeze tracer, which
+// must recognise the same calls.
+use hcp_common::freeze::{FIFREEZE, FITHAW};
 
 /// The signals a [`SignalBlock`] holds back: the ones whose default action
 /// ends or stops the process and that a user or an init system sends
@@ -322,22 +283,6 @@ fn fs_type(mount_point: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    #[cfg(any(target_arch = "x86_64", target_arch = "x86", target_arch = "aarch64", target_arch = "riscv64"))]
-    fn ioctl_numbers_match_linux_fs_h() {
-        assert_eq!(FIFREEZE, 0xC004_5877);
-        assert_eq!(FITHAW, 0xC004_5878);
-    }
-
-    #[test]
-    fn iowr_layout() {
-        // _IOWR('X', 119, int): type in bits 8-15, number in 0-7, size above.
-        assert_eq!(FIFREEZE & 0xff, 119);
-        assert_eq!((FIFREEZE >> 8) & 0xff, u32::from(b'X'));
-        assert_eq!((FIFREEZE >> 16) & ((1 << ioc::SIZE_BITS) - 1), 4);
-        assert_eq!(FIFREEZE >> (16 + ioc::SIZE_BITS), ioc::READ | ioc::WRITE);
-    }
 
     fn blocked_now() -> libc::sigset_t {
         // SAFETY: plain data, filled in by pthread_sigmask.
