@@ -84,7 +84,16 @@ enum Command {
     /// Show the hcp devices of DEVICE.
     Show { device: String },
     /// What a traced session costs: COW overhead, copy-out, amplification.
-    Stats { session: String },
+    Stats {
+        session: String,
+        /// Print one JSON line (NDJSON) per interval with the figures of
+        /// that interval, until the session is removed.
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: the interval.
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+    },
     /// Tracing of a running session.
     Trace {
         #[command(subcommand)]
@@ -150,6 +159,7 @@ enum TraceCommand {
 /// What to do, with its options; the `bool` is `--json`.
 pub enum Action {
     Stats(String, bool),
+    FollowStats(String, std::time::Duration),
     TraceAttach(String, bool),
     Start(StartOptions, bool),
     List(bool),
@@ -166,7 +176,8 @@ impl Cli {
             Some(Command::List) => Action::List(json),
             Some(Command::Remove { target, keep_store }) => Action::Remove(RemoveOptions { target, keep_store }, json),
             Some(Command::Show { device }) => Action::Show(device, json),
-            Some(Command::Stats { session }) => Action::Stats(session, json),
+            Some(Command::Stats { session, follow: false, .. }) => Action::Stats(session, json),
+            Some(Command::Stats { session, follow: true, interval }) => Action::FollowStats(session, interval),
             Some(Command::Trace { command: TraceCommand::Attach { session } }) => Action::TraceAttach(session, json),
             Some(Command::Version) => Action::Version(json),
             None if self.list => Action::List(json),

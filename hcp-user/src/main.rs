@@ -61,6 +61,15 @@ fn run(action: Action) -> Result<ExitCode, Error> {
             render::stats(&hcp::session::stats(&session)?, json);
             Ok(ExitCode::SUCCESS)
         }
+        Action::FollowStats(session, interval) => {
+            use std::io::Write;
+            hcp::session::follow_stats(&session, interval, |figures| {
+                // A closed pipe (the reader went away) ends the stream.
+                let line = serde_json::to_string(figures).expect("stats serialise");
+                writeln!(std::io::stdout(), "{line}").and_then(|()| std::io::stdout().flush()).is_ok()
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Action::TraceAttach(session, json) => {
             let snapshot = hcp::session::trace_attach(&session)?;
             render::trace_attached(&snapshot, json);

@@ -29,6 +29,9 @@ pub struct SessionStats {
     pub origin: PathBuf,
     pub traced_since_unix: u64,
     pub read_at_unix: u64,
+    /// With `--follow`: the figures count this interval only (seconds);
+    /// null: they count since the snapshot.
+    pub interval_seconds: Option<f64>,
     /// Application I/O on the origin device (bios), since the snapshot.
     pub app_writes: Traffic,
     pub app_reads: Traffic,
@@ -450,6 +453,7 @@ pub fn compute(session: &Session, counters: &Counters, now_unix: u64) -> Session
         origin: session.origin.path.clone(),
         traced_since_unix: trace.map_or(0, |t| t.since_unix),
         read_at_unix: now_unix,
+        interval_seconds: None,
         app_writes,
         app_reads,
         snapshot_reads,

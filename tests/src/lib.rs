@@ -112,3 +112,14 @@ pub fn pwrite_all(f: &File, buf: &AlignedBuf, offset: u64) {
 pub fn pread_exact(f: &File, buf: &mut AlignedBuf, offset: u64) {
     f.read_exact_at(buf.bytes_mut(), offset).unwrap_or_else(|e| panic!("pread at {offset}: {e}"));
 }
+
+/// Validates `value` against the JSON Schema of `hcp stats --json`
+/// (docs/stats.schema.json), panicking with every violation.
+pub fn assert_matches_stats_schema(value: &serde_json::Value) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/stats.schema.json");
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read the stats schema")).expect("schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let errors: Vec<String> = validator.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "stats do not match docs/stats.schema.json:\n{}\n{value:#}", errors.join("\n"));
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hcp::dm::device::Dm;
 use hcp::dm::table::{Linear, TargetParams};
-use hcp_tests::{require_root, run, LoopDevice};
+use hcp_tests::{assert_matches_stats_schema, require_root, run, LoopDevice};
 use serde_json::Value;
 
 /// hcp serialises session changes with a lock that fails fast; the tests
@@ -496,6 +496,7 @@ fn a_traced_session_reports_what_it_costs() {
 
     let s = hcp_json(&["stats", &id]);
     assert_eq!(s["schema"], "hcp-stats/1", "{s}");
+    assert_matches_stats_schema(&s);
     let n = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("not a number: {v} in {s}"));
     assert!(n(&s["app_writes"]["bytes"]) >= 4 << 20, "application writes counted: {}", s["app_writes"]);
     let copy = &s["copy_out"];
@@ -527,6 +528,28 @@ fn a_traced_session_reports_what_it_costs() {
     assert!(n(&after["snapshot_reads"]["bytes"]) >= 1 << 20, "{}", after["snapshot_reads"]);
     assert_eq!(after["copy_out"]["read_bytes"], s["copy_out"]["read_bytes"], "snapshot reads are not copy-out");
 
+    // --follow: one JSON line per interval, each with that interval's figures.
+    let mut follow = std::process::Command::new(hcp_bin())
+        .args(["stats", &id, "--follow", "--interval", "300ms"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("hcp stats --follow");
+    // Three lines, read as they come (no timing assumed), then stop it.
+    let reader = std::io::BufReader::new(follow.stdout.take().unwrap());
+    let lines: Vec<Value> = std::io::BufRead::lines(reader)
+        .take(3)
+        .map(|l| l.expect("a line"))
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    assert_eq!(lines.len(), 3, "a line per interval: {lines:?}");
+    for line in &lines {
+        assert_matches_stats_schema(line);
+        assert!(line["interval_seconds"].as_f64().unwrap() >= 0.3, "{line}");
+        assert_eq!(line["copy_out"]["chunk_copies"], 0, "nothing was written in the interval: {line}");
+    }
+
     let text = hcp(&["stats", &id]);
     assert_eq!(text.code, 0, "{}", text.stderr);
     assert!(text.stdout.contains("Write amplification") && text.stdout.contains("COW overhead"), "{}", text.stdout);
@@ -535,6 +558,7 @@ fn a_traced_session_reports_what_it_costs() {
     let report = PathBuf::from(removed[0]["report"].as_str().expect("a final report"));
     let final_stats: Value = serde_json::from_str(&fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(final_stats["session"], id.as_str());
+    assert_matches_stats_schema(&final_stats);
     assert!(!Path::new("/sys/fs/bpf/hcp").exists(), "the last traced session's removal detaches the programs");
     fs::remove_file(report).unwrap();
 }

@@ -140,6 +140,35 @@ pub fn stats(target: &str) -> Result<SessionStats> {
     read(find(&sessions, target)?)
 }
 
+/// `hcp stats TARGET --follow`: calls `emit` with the figures of each
+/// `interval` (what was counted during it), until the session is removed or
+/// `emit` returns false.
+pub fn follow(target: &str, interval: Duration, mut emit: impl FnMut(&SessionStats) -> bool) -> Result<()> {
+    let sessions = crate::state::load_all()?;
+    let mut session = find(&sessions, target)?.clone();
+    read(&session)?; // traced at all?
+    let devices: Vec<DevNum> = devices_of(&session).into_iter().map(|(d, _, _)| d).collect();
+    let read_counters = || trace_pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")));
+    let mut before = stats::record_counters(&read_counters()?, &devices);
+    loop {
+        let began = std::time::Instant::now();
+        std::thread::sleep(interval);
+        if !crate::state::load_all()?.iter().any(|s| s.id == session.id) {
+            return Ok(()); // removed: its final report is written
+        }
+        let now = read_counters()?;
+        if let Some(trace) = session.trace.as_mut() {
+            trace.at_start = Some(before);
+        }
+        let mut figures = stats::compute(&session, &now, super::now_unix());
+        figures.interval_seconds = Some(began.elapsed().as_secs_f64());
+        if !emit(&figures) {
+            return Ok(());
+        }
+        before = stats::record_counters(&now, &devices);
+    }
+}
+
 /// `hcp trace attach TARGET`: starts tracing a running session (without a
 /// baseline or the switch, which are over).
 pub fn attach_session(target: &str) -> Result<PathBuf> {
