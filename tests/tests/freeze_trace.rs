@@ -103,13 +103,11 @@ fn sees_this_process_freeze_and_thaw_with_the_frozen_time() {
          ({frozen_for} ns by Frozen::thaw)"
     );
     assert!(kernel >= 200 * MS, "frozen for {kernel} ns, slept 200 ms");
-    // User space also counts from its clock reads to the syscalls and back:
-    // some 15 us on the host, up to 7 ms seen in the emulated VM on a busy
-    // host.
-    assert!(
-        kernel <= frozen_for && frozen_for - kernel < 20 * MS,
-        "frozen {kernel} ns in the kernel, {frozen_for} ns by Frozen::thaw"
-    );
+    // The kernel's span (syscall entry to exit) nests inside the one user
+    // space measures around the calls: some 15 us longer on the host, a few
+    // ms in the emulated VM. How much longer depends on the machine's load,
+    // so only the nesting is asserted.
+    assert!(kernel <= frozen_for, "frozen {kernel} ns in the kernel, {frozen_for} ns by Frozen::thaw");
     assert!(w.unpaired.iter().chain(&w.failed).all(|c| c.call.is_dm()), "{w:?}");
     assert_eq!(tracer.losses().expect("losses"), Default::default(), "nothing lost");
 }

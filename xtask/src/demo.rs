@@ -32,7 +32,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         disks: vec!["256M".to_string()],
         timeout: 600,
         mem: 2048,
-        smp: 2,
+        smp: 1,
         release: false,
         no_build: false,
         verbose: false,

@@ -119,7 +119,7 @@ fn vm_tests(kernel: GuestKernel, binaries: &[PathBuf]) -> Result<()> {
         disks: Vec::new(),
         timeout: 900,
         mem: 2048,
-        smp: 2,
+        smp: 1,
         release: false,
         no_build: false,
         verbose: false,

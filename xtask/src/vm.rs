@@ -55,8 +55,11 @@ pub struct VmArgs {
     /// Guest memory in MiB (the overlay's writes live there too).
     #[arg(long, default_value_t = 2048)]
     pub mem: u32,
-    /// Guest CPUs.
-    #[arg(long, default_value_t = 2)]
+    /// Guest CPUs. One by default: with two, multi-threaded TCG lets one
+    /// vCPU run kernel text that the other is live-patching (static keys,
+    /// flipped whenever a tracepoint or BPF program is attached), and the
+    /// guest oopses on a stray int3 now and then. A single vCPU cannot race.
+    #[arg(long, default_value_t = 1)]
     pub smp: u32,
     /// Put target/release (else target/debug) first on the guest's PATH.
     #[arg(long)]
