@@ -11,6 +11,7 @@ pub mod bio;
 pub mod block;
 pub mod freeze;
 pub mod hist;
+pub mod stall;
 
 pub use block::{BlockTpLayout, DevIoStats, IoOp, OpCount, RemapKey, RemapStats, TpFields, IO_OPS};
 pub use hist::LatencyHist;

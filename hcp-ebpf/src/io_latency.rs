@@ -9,6 +9,7 @@
 //! `BIO_LAYOUT`.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuHashMap},
@@ -32,8 +33,13 @@ static IO_DEVICES: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 static IO_START: HashMap<u64, BioStart> = HashMap::with_max_entries(65536, 0);
 
 /// Latency histograms, per CPU so the I/O path never contends on a lock.
+/// Not preallocated: a histogram is 7 KiB per CPU, and a preallocated map
+/// would take max_entries times that on every CPU (7 MiB each here) where a
+/// session uses a handful of keys. Entries are allocated on a key's first
+/// sample; only tp_btf programs (BPF_PROG_TYPE_TRACING) use the map, which
+/// the verifier lets allocate at run time.
 #[map]
-static IO_LATENCY: PerCpuHashMap<LatKey, LatencyHist> = PerCpuHashMap::with_max_entries(1024, 0);
+static IO_LATENCY: PerCpuHashMap<LatKey, LatencyHist> = PerCpuHashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
 /// A histogram is far bigger than the 512-byte BPF stack: a new key starts
 /// from this zeroed static and is then updated in place.

@@ -6,6 +6,7 @@
 mod block_io;
 mod freeze;
 mod io_latency;
+mod write_stall;
 
 /// tp_btf and bpf_probe_read_kernel need a GPL-compatible license.
 #[link_section = "license"]

@@ -28,7 +28,7 @@ pub struct BlockIoTracer {
 impl BlockIoTracer {
     /// Starts counting I/O of `devices` (each given by its device number).
     pub fn attach(devices: &[DevNum]) -> Result<BlockIoTracer> {
-        let mut ebpf = probes::load()?;
+        let mut ebpf = probes::load(probes::Purpose::BlockIo)?;
         let mut counts = PerCpuHashMap::try_from(ebpf.take_map("DEV_IO").context("eBPF object lacks map DEV_IO")?)?;
         add_devices(&mut counts, devices)?;
         attach_programs(&mut ebpf)?;

@@ -80,16 +80,30 @@ enum Command {
         /// Keep the store file.
         #[arg(long)]
         keep_store: bool,
+        /// Write a traced session's final report to FILE (JSON; its
+        /// histograms go to FILE.hlog) instead of where its start said.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
     },
     /// Show the hcp devices of DEVICE.
     Show { device: String },
     /// What a traced session costs: COW overhead, copy-out, amplification.
     Stats {
-        session: String,
+        /// The session (/dev/hcpN); with --prometheus, every traced session
+        /// when left out.
+        session: Option<String>,
         /// Print one JSON line (NDJSON) per interval with the figures of
         /// that interval, until the session is removed.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["prometheus", "hdr_log"])]
         follow: bool,
+        /// Print the Prometheus text exposition format (for node_exporter's
+        /// textfile collector).
+        #[arg(long, conflicts_with = "hdr_log")]
+        prometheus: bool,
+        /// Print the latency histograms as an HdrHistogram interval log
+        /// (values in nanoseconds).
+        #[arg(long)]
+        hdr_log: bool,
         /// With --follow: the interval.
         #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
         interval: std::time::Duration,
@@ -101,6 +115,18 @@ enum Command {
     },
     /// Show hcp's version.
     Version,
+    /// The guard process of a switch (see the `guard` module); not for users.
+    #[command(name = "__guard", hide = true)]
+    Guard {
+        #[arg(long)]
+        deadline_ms: u64,
+        #[arg(long)]
+        parent: i32,
+        #[arg(long)]
+        resume: Vec<String>,
+        #[arg(long)]
+        thaw: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args, Clone, Default)]
@@ -146,6 +172,12 @@ struct StartArgs {
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
     baseline: std::time::Duration,
 
+    /// With --trace: where the final report goes when the session is
+    /// removed (JSON; its histograms go to FILE.hlog)
+    /// [default: /var/lib/hcp/reports/hcpN-<time>.json].
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+
     /// The device to snapshot: a path, a symlink (/dev/disk/by-*, /dev/VG/LV) or MAJOR:MINOR.
     device: Option<String>,
 }
@@ -156,9 +188,18 @@ enum TraceCommand {
     Attach { session: String },
 }
 
+/// How `hcp stats` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsFormat {
+    Text,
+    Json,
+    Prometheus,
+    HdrLog,
+}
+
 /// What to do, with its options; the `bool` is `--json`.
 pub enum Action {
-    Stats(String, bool),
+    Stats(Option<String>, StatsFormat),
     FollowStats(String, std::time::Duration),
     TraceAttach(String, bool),
     Start(StartOptions, bool),
@@ -166,6 +207,7 @@ pub enum Action {
     Remove(RemoveOptions, bool),
     Show(String, bool),
     Version(bool),
+    Guard(hcp::guard::Plan, i32),
 }
 
 impl Cli {
@@ -174,16 +216,41 @@ impl Cli {
         Ok(match self.command {
             Some(Command::Start(args)) => Action::Start(start_options(args)?, json),
             Some(Command::List) => Action::List(json),
-            Some(Command::Remove { target, keep_store }) => Action::Remove(RemoveOptions { target, keep_store }, json),
+            Some(Command::Remove { target, keep_store, report }) => {
+                Action::Remove(RemoveOptions { target, keep_store, report }, json)
+            }
             Some(Command::Show { device }) => Action::Show(device, json),
-            Some(Command::Stats { session, follow: false, .. }) => Action::Stats(session, json),
-            Some(Command::Stats { session, follow: true, interval }) => Action::FollowStats(session, interval),
+            Some(Command::Stats { session, follow, interval, prometheus, hdr_log }) => {
+                let format = match (json, prometheus, hdr_log) {
+                    (true, true, _) | (true, _, true) => {
+                        return Err(Error::usage("--json cannot be combined with --prometheus or --hdr-log: pick one"))
+                    }
+                    (_, true, _) => StatsFormat::Prometheus,
+                    (_, _, true) => StatsFormat::HdrLog,
+                    (true, ..) => StatsFormat::Json,
+                    _ => StatsFormat::Text,
+                };
+                match (session, follow) {
+                    (Some(session), true) => Action::FollowStats(session, interval),
+                    (None, _) if format != StatsFormat::Prometheus => {
+                        return Err(Error::usage("give the SESSION (/dev/hcpN; `hcp -l` lists them)"))
+                    }
+                    (session, _) => Action::Stats(session, format),
+                }
+            }
             Some(Command::Trace { command: TraceCommand::Attach { session } }) => Action::TraceAttach(session, json),
             Some(Command::Version) => Action::Version(json),
+            Some(Command::Guard { deadline_ms, parent, resume, thaw }) => Action::Guard(
+                hcp::guard::Plan { resume, thaw, deadline: std::time::Duration::from_millis(deadline_ms) },
+                parent,
+            ),
             None if self.list => Action::List(json),
             None if self.version => Action::Version(json),
             None => match (self.remove, self.show) {
-                (Some(target), _) => Action::Remove(RemoveOptions { target, keep_store: self.keep_store }, json),
+                (Some(target), _) => Action::Remove(
+                    RemoveOptions { target, keep_store: self.keep_store, report: self.start.report },
+                    json,
+                ),
                 (None, Some(device)) => Action::Show(device, json),
                 (None, None) => Action::Start(start_options(self.start)?, json),
             },
@@ -206,6 +273,7 @@ fn start_options(args: StartArgs) -> Result<StartOptions, Error> {
         preallocate: args.preallocate,
         trace: args.trace,
         baseline: args.baseline,
+        report: args.report,
     })
 }
 
@@ -236,7 +304,7 @@ mod tests {
         assert!(matches!(action(&["-l"]), Action::List(false)));
         assert!(matches!(action(&["list", "--json"]), Action::List(true)));
         assert!(
-            matches!(action(&["-r", "/dev/hcp1"]), Action::Remove(RemoveOptions { ref target, keep_store: false }, false) if target == "/dev/hcp1")
+            matches!(action(&["-r", "/dev/hcp1"]), Action::Remove(RemoveOptions { ref target, keep_store: false, .. }, false) if target == "/dev/hcp1")
         );
         assert!(matches!(
             action(&["remove", "--keep-store", "hcp1"]),

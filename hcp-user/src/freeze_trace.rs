@@ -15,45 +15,114 @@ use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::Ebpf;
 use hcp_common::freeze::{FreezeCall, FreezeEvent, FreezeLosses, IoctlTpLayout};
+use hcp_common::stall::WriteStall;
 use serde::{Serialize, Serializer};
 
-use crate::{probes, tracefs};
+use crate::devnum::DevNum;
+use crate::{probes, tracefs, write_stall};
 
-/// Records the freeze and suspend calls of every process while it lives;
-/// dropping it detaches the programs.
+/// Records the freeze and suspend calls of every process while it lives,
+/// and optionally the write stalls on one filesystem (see
+/// [`crate::write_stall`]); dropping it detaches the programs.
 pub struct FreezeTracer {
     // Owns the programs, and so the links.
     _ebpf: Ebpf,
     events: RingBuf<MapData>,
     losses: PerCpuArray<MapData, FreezeLosses>,
+    stalls: Option<StallMaps>,
+}
+
+struct StallMaps {
+    _target: Array<MapData, u32>,
+    figures: PerCpuArray<MapData, WriteStall>,
+    inflight: HashMap<MapData, u64, u64>,
 }
 
 impl FreezeTracer {
+    /// Freeze and suspend calls only.
     pub fn attach() -> Result<FreezeTracer> {
-        // `probes::load` loads the freeze programs with a zeroed layout when
-        // the syscall tracepoints' formats cannot be read, so that the other
+        Self::attach_to(None)
+    }
+
+    /// Also the write and sync system calls on the filesystem of device
+    /// `fs_dev`, as long as the tracer lives.
+    pub fn attach_with_stalls(fs_dev: DevNum) -> Result<FreezeTracer> {
+        Self::attach_to(Some(fs_dev))
+    }
+
+    fn attach_to(fs_dev: Option<DevNum>) -> Result<FreezeTracer> {
+        // `probes::load` loads the programs with a zeroed layout when the
+        // syscall tracepoints' formats cannot be read, so that the other
         // programs still load; here that is an error.
-        tp_layout(&tracefs::root()?)?;
-        let mut ebpf = probes::load()?;
-        // The exit first: an entry seen without its exit would leave a
-        // stale in-flight record for the thread's next ioctl exit to emit.
-        for (program, event) in [("freeze_ioctl_exit", "sys_exit_ioctl"), ("freeze_ioctl_enter", "sys_enter_ioctl")] {
+        let tracefs = tracefs::root()?;
+        tp_layout(&tracefs)?;
+        if fs_dev.is_some() {
+            write_stall::layout(&tracefs, &crate::btf::KernelBtf::load()?)?;
+        }
+        let mut ebpf = probes::load(probes::Purpose::Switch)?;
+        // Exits first: an entry seen without its exit would leave a stale
+        // in-flight record for the thread's next exit to take.
+        let mut programs = vec![("freeze_ioctl_exit", "syscalls", "sys_exit_ioctl")];
+        if fs_dev.is_some() {
+            programs.push(("write_stall_exit", "raw_syscalls", "sys_exit"));
+            programs.push(("write_stall_enter", "raw_syscalls", "sys_enter"));
+        }
+        programs.push(("freeze_ioctl_enter", "syscalls", "sys_enter_ioctl"));
+        for (program, category, event) in programs {
             let prog: &mut TracePoint = ebpf
                 .program_mut(program)
                 .with_context(|| format!("eBPF object lacks program {program}"))?
                 .try_into()?;
             prog.load().with_context(|| format!("loading program {program}"))?;
-            prog.attach("syscalls", event)
-                .with_context(|| format!("attaching to tracepoint syscalls:{event} (needs CONFIG_FTRACE_SYSCALLS)"))?;
+            prog.attach(category, event).with_context(|| {
+                format!("attaching to tracepoint {category}:{event} (needs CONFIG_FTRACE_SYSCALLS)")
+            })?;
         }
+        let stalls = match fs_dev {
+            Some(dev) => {
+                // Kept open: the programs refer to it.
+                let mut target: Array<MapData, u32> =
+                    Array::try_from(ebpf.take_map("STALL_TARGET").context("eBPF object lacks map STALL_TARGET")?)?;
+                target.set(0, dev.to_kernel(), 0).context("setting the stall tracer's filesystem")?;
+                let figures =
+                    PerCpuArray::try_from(ebpf.take_map("WRITE_STALL").context("eBPF object lacks map WRITE_STALL")?)?;
+                let inflight = HashMap::try_from(
+                    ebpf.take_map("STALL_INFLIGHT").context("eBPF object lacks map STALL_INFLIGHT")?,
+                )?;
+                Some(StallMaps { _target: target, figures, inflight })
+            }
+            None => None,
+        };
         let events = RingBuf::try_from(ebpf.take_map("FREEZE_EVENTS").context("eBPF object lacks map FREEZE_EVENTS")?)?;
         let losses =
             PerCpuArray::try_from(ebpf.take_map("FREEZE_LOSSES").context("eBPF object lacks map FREEZE_LOSSES")?)?;
-        Ok(FreezeTracer { _ebpf: ebpf, events, losses })
+        Ok(FreezeTracer { _ebpf: ebpf, events, losses, stalls })
+    }
+
+    /// The write stalls so far (None without a stall target).
+    pub fn stalls(&self) -> Result<Option<WriteStall>> {
+        self.stalls.as_ref().map(|s| write_stall::read(&s.figures)).transpose()
+    }
+
+    /// Waits until every traced write call that entered before `before_ns`
+    /// (CLOCK_MONOTONIC) has returned, or `deadline` passes; returns how many
+    /// are still in flight. Writers held by a freeze return soon after the
+    /// thaw; their durations are the stalls.
+    pub fn settle_stalls(&self, before_ns: u64, deadline: Instant) -> usize {
+        let Some(stalls) = &self.stalls else { return 0 };
+        loop {
+            let left = write_stall::in_flight_before(&stalls.inflight, before_ns);
+            if left == 0 || Instant::now() >= deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// The calls that returned since the last drain, in the order they
@@ -81,6 +150,15 @@ impl FreezeTracer {
             total
         }))
     }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock of the programs'
+/// `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The record offsets the programs read, for `probes::load`.

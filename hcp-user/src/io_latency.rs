@@ -31,7 +31,7 @@ pub struct IoLatencyTracer {
 impl IoLatencyTracer {
     /// Starts measuring `devices`, each with the role it plays.
     pub fn attach(devices: &[(DevNum, Role)]) -> Result<IoLatencyTracer> {
-        let mut ebpf = probes::load()?;
+        let mut ebpf = probes::load(probes::Purpose::BlockIo)?;
         let mut traced: HashMap<MapData, u32, u32> =
             HashMap::try_from(ebpf.take_map("IO_DEVICES").context("eBPF object lacks map IO_DEVICES")?)?;
         for (dev, role) in devices {

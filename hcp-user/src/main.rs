@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use hcp::error::Error;
 
-use cli::{Action, Cli};
+use cli::{Action, Cli, StatsFormat};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -57,8 +57,20 @@ fn run(action: Action) -> Result<ExitCode, Error> {
             render::shown(&hcp::session::show(&device)?, json);
             Ok(ExitCode::SUCCESS)
         }
-        Action::Stats(session, json) => {
-            render::stats(&hcp::session::stats(&session)?, json);
+        Action::Stats(session, format) => {
+            let all = match session {
+                Some(session) => vec![hcp::session::stats(&session)?],
+                None => hcp::session::stats_all()?,
+            };
+            match format {
+                StatsFormat::Text | StatsFormat::Json => render::stats(&all[0], format == StatsFormat::Json),
+                StatsFormat::Prometheus => print!("{}", hcp::prometheus::render(&all)),
+                StatsFormat::HdrLog => {
+                    let (start, interval) = hcp::hdr_log::period(&all[0]);
+                    hcp::hdr_log::write(&mut std::io::stdout().lock(), &all[0], start, interval)
+                        .map_err(|e| Error::io("writing the histogram log", e))?;
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Action::FollowStats(session, interval) => {
@@ -75,6 +87,7 @@ fn run(action: Action) -> Result<ExitCode, Error> {
             render::trace_attached(&snapshot, json);
             Ok(ExitCode::SUCCESS)
         }
+        Action::Guard(plan, parent) => Ok(ExitCode::from(hcp::guard::serve(&plan, parent) as u8)),
         Action::Version(json) => {
             render::version(json);
             Ok(ExitCode::SUCCESS)

@@ -31,6 +31,17 @@ pub fn started(s: &Started, json: bool) {
     if let Some(suspended) = s.timing.suspended_seconds {
         println!("Origin suspended: {suspended:.3} s");
     }
+    if let Some(k) = &s.timing.kernel {
+        let secs = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3} s"));
+        println!(
+            "In the kernel: FIFREEZE {}, frozen {}, suspended {}; longest write stall {} ({} write/sync calls timed)",
+            secs(k.freeze_call_seconds),
+            secs(k.frozen_seconds),
+            secs(k.suspended_seconds),
+            secs(k.longest_write_stall_seconds),
+            k.write_calls
+        );
+    }
     println!("Hot Copy created: {}", s.created);
     println!("Hot Copy created at: {}", s.snapshot.display());
     if let Some(through) = &s.write_through {
@@ -211,12 +222,31 @@ pub fn stats(s: &hcp::stats::SessionStats, json: bool) {
         secs(f.frozen_seconds),
         secs(f.suspended_seconds)
     );
+    if let Some(k) = &f.kernel {
+        println!(
+            "Switch (kernel)      FIFREEZE {}, file system frozen {}, origin suspended {}",
+            secs(k.freeze_call_seconds),
+            secs(k.frozen_seconds),
+            secs(k.suspended_seconds)
+        );
+        println!(
+            "Write stall          longest {} over {} write/sync calls on the origin's file system{}{}",
+            secs(k.longest_write_stall_seconds),
+            k.write_calls,
+            if k.writes_still_held > 0 {
+                format!(" ({} still held 2 s after the thaw: a lower bound)", k.writes_still_held)
+            } else {
+                String::new()
+            },
+            if k.lost_events > 0 { format!(" ({} events lost)", k.lost_events) } else { String::new() }
+        );
+    }
     let l = &s.losses;
     println!(
         "Not measured         {} starts (in-flight map full), {} samples (histogram map full), {} completions without a start, {} unreadable events",
         l.inflight_full, l.histogram_full, l.unmatched, l.read_errors
     );
-    if let Some(h) = &s.app_write_histogram {
+    if let Some(h) = s.histograms.iter().find(|h| h.name == "app_write").map(|h| &h.hist) {
         println!("\nApplication write latency since the snapshot:");
         print!("{}", hcp::hist::render_log2(h, hcp::hist::Unit::Usecs));
     }

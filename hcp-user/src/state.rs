@@ -71,6 +71,10 @@ pub struct TraceRecord {
     pub at_start: Option<crate::stats::CountersRecord>,
     /// The switch, on hcp's monotonic clock.
     pub window: Option<WindowRecord>,
+    /// Where `remove` writes the final report (`--report`); None: under
+    /// `/var/lib/hcp/reports/`.
+    #[serde(default)]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,12 +95,44 @@ pub struct HistRecord {
     pub buckets: Vec<(u32, u64)>,
 }
 
-/// The switch, timed on hcp's monotonic clock around its calls.
+/// The switch, timed on hcp's monotonic clock around its calls, and by the
+/// kernel.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WindowRecord {
     pub freeze_call_seconds: Option<f64>,
     pub frozen_seconds: Option<f64>,
     pub suspended_seconds: Option<f64>,
+    /// The same windows measured in the kernel, with the write stalls they
+    /// caused; null for a session traced after its start.
+    #[serde(default)]
+    pub kernel: Option<KernelWindow>,
+}
+
+/// The switch as the kernel saw it: hcp's own calls at the ioctl syscall
+/// tracepoints (entry to return, so never longer than hcp's clock around
+/// them), and the write and sync calls of every process on the origin's
+/// filesystem (see `hcp_common::stall`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KernelWindow {
+    /// FIFREEZE, entry to return.
+    pub freeze_call_seconds: Option<f64>,
+    /// FIFREEZE entry to FITHAW return.
+    pub frozen_seconds: Option<f64>,
+    /// Suspend of the origin, entry, to its resume, return.
+    pub suspended_seconds: Option<f64>,
+    /// The longest write or sync system call on the origin's filesystem,
+    /// from just before the freeze until every call the freeze held had
+    /// returned: what a writing application felt. Null when the origin was
+    /// not mounted (nothing to freeze).
+    pub longest_write_stall_seconds: Option<f64>,
+    /// The write and sync calls timed for it.
+    pub write_calls: u64,
+    /// Calls held by the freeze that had not returned 2 s after the thaw:
+    /// the longest stall may be longer than reported.
+    pub writes_still_held: u64,
+    /// Events not recorded (full ring or map, unreadable fields): a window
+    /// or stall may be missing.
+    pub lost_events: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -50,9 +50,23 @@ pub struct SessionStats {
     pub devices: Vec<DeviceStats>,
     /// Events that could not be measured, over all the session's devices.
     pub losses: Losses,
-    /// The origin's write latency since the snapshot, for terminal display.
+    /// The latency histograms behind the summaries above, for the terminal
+    /// display and the Prometheus and HdrHistogram exports.
     #[serde(skip)]
-    pub app_write_histogram: Option<LatencyHist>,
+    pub histograms: Vec<NamedHistogram>,
+}
+
+/// One of a session's latency histograms, named for export.
+#[derive(Clone, Debug)]
+pub struct NamedHistogram {
+    /// What it times, as a metric-name fragment: `app_write`, `app_read`,
+    /// `snapshot_read`, `snapshot_write`, `baseline_app_write` (origin
+    /// writes in the `--baseline` period), `real_device_write` (the real
+    /// device's own service time).
+    pub name: &'static str,
+    /// One line for humans (Prometheus `# HELP`, HdrHistogram log tags).
+    pub help: &'static str,
+    pub hist: LatencyHist,
 }
 
 /// Bios of one kind: how many, how many bytes, and their latency from
@@ -403,6 +417,37 @@ pub fn compute(session: &Session, counters: &Counters, now_unix: u64) -> Session
         real_device,
     };
     let freeze = trace.and_then(|t| t.window.clone()).unwrap_or_default();
+    let histograms = [
+        ("app_write", "Application writes to the origin, bio submission to completion", during),
+        (
+            "app_read",
+            "Application reads of the origin, bio submission to completion",
+            hist(origin, Level::Bio, IoOp::Read),
+        ),
+        (
+            "snapshot_read",
+            "Reads of the snapshot device, bio submission to completion",
+            hist(snapshot, Level::Bio, IoOp::Read),
+        ),
+        (
+            "snapshot_write",
+            "Writes to the snapshot device, bio submission to completion",
+            hist(snapshot, Level::Bio, IoOp::Write),
+        ),
+        (
+            "baseline_app_write",
+            "Application writes to the origin in the baseline period before the snapshot",
+            trace.and_then(|t| t.baseline.as_ref()).map(from_record),
+        ),
+        (
+            "real_device_write",
+            "Writes serviced by the real origin device (requests, or bios of a dm device)",
+            real_hist,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, help, h)| Some(NamedHistogram { name, help, hist: h.filter(|h| h.count > 0)? }))
+    .collect();
 
     let role_of = |dev: DevNum| devices.iter().find(|(_, d, _)| *d == dev).map(|(r, _, _)| r.clone());
     let mut losses = Losses::default();
@@ -465,7 +510,7 @@ pub fn compute(session: &Session, counters: &Counters, now_unix: u64) -> Session
         freeze,
         devices: device_stats,
         losses,
-        app_write_histogram: during,
+        histograms,
     }
 }
 

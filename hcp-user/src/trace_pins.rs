@@ -66,7 +66,7 @@ pub fn ensure_attached() -> Result<()> {
         std::fs::create_dir_all(staging.join(sub)).with_context(|| format!("creating {}", staging.display()))?;
     }
 
-    let mut ebpf = probes::load()?;
+    let mut ebpf = probes::load(probes::Purpose::BlockIo)?;
     for name in MAPS {
         let map = ebpf.map(name).with_context(|| format!("eBPF object lacks map {name}"))?;
         map.pin(staging.join("maps").join(name)).with_context(|| format!("pinning map {name}"))?;

@@ -27,7 +27,7 @@ fn monotonic_ns() -> u64 {
 /// a test have left it frozen), unmounted and removed on drop.
 struct Ext4 {
     mount_point: PathBuf,
-    _loop_dev: LoopDevice,
+    loop_dev: LoopDevice,
 }
 
 impl Ext4 {
@@ -35,10 +35,13 @@ impl Ext4 {
         let loop_dev = LoopDevice::new(64 << 20);
         let device = loop_dev.path.to_str().expect("utf-8 device path");
         run("/usr/sbin/mkfs.ext4", &["-q", "-F", device]);
-        let mount_point = std::env::temp_dir().join(format!("hcp-freeze-trace-{}", std::process::id()));
+        // Tests of this binary run in parallel, each with its own.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mount_point = std::env::temp_dir().join(format!("hcp-freeze-trace-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&mount_point).expect("create mount point");
         run("mount", &[device, mount_point.to_str().expect("utf-8 path")]);
-        Ext4 { mount_point, _loop_dev: loop_dev }
+        Ext4 { mount_point, loop_dev }
     }
 }
 
@@ -50,12 +53,15 @@ impl Drop for Ext4 {
     }
 }
 
-/// The calls of this process, decoded.
+/// The calls of this thread (tests of this binary run on parallel threads
+/// of one process), decoded, and their windows.
 fn mine(tracer: &mut FreezeTracer) -> (Vec<Call>, ProcessWindows) {
-    let events = tracer.events().expect("drain the freeze events");
-    let me = std::process::id();
-    let calls = events.iter().filter_map(Call::decode).filter(|c| c.pid == me).collect();
-    let windows = windows(&events).process(me).cloned().unwrap_or_default();
+    // SAFETY: no preconditions.
+    let me = unsafe { libc::gettid() } as u32;
+    let events: Vec<_> =
+        tracer.events().expect("drain the freeze events").into_iter().filter(|e| e.tid == me).collect();
+    let calls = events.iter().filter_map(Call::decode).collect();
+    let windows = windows(&events).process(std::process::id()).cloned().unwrap_or_default();
     (calls, windows)
 }
 
@@ -176,4 +182,56 @@ fn sees_dm_suspend_and_resume_named_by_name_or_uuid() {
     assert_eq!(unpaired.iter().map(|c| c.call).collect::<Vec<_>>(), vec![resume], "{w:?}");
     assert!(!w.failed.iter().any(|c| ours(&c)), "{w:?}");
     assert_eq!(tracer.losses().expect("losses"), Default::default(), "nothing lost");
+}
+
+#[test]
+fn a_writer_held_by_a_freeze_is_the_longest_write_stall() {
+    require_root();
+    let fs = Ext4::new();
+    let fs_dev = hcp::devnum::DevNum::of_block_device(&fs.loop_dev.path).expect("the loop device's number");
+    let tracer = FreezeTracer::attach_with_stalls(fs_dev).expect("attach the stall tracer");
+    let path = fs.mount_point.join("log");
+    let mut file = std::fs::File::create(&path).expect("create a file");
+
+    // Writes before the freeze: traced, and quick.
+    for _ in 0..5 {
+        std::io::Write::write_all(&mut file, &[7u8; 4096]).expect("write");
+        file.sync_data().expect("fdatasync");
+    }
+    let before = tracer.stalls().expect("read").expect("a stall target");
+    assert_eq!(before.calls, 10, "five writes and five fdatasyncs: {before:?}");
+
+    // A writer that starts while the filesystem is frozen waits for the thaw.
+    let frozen = Frozen::freeze(&fs.mount_point).expect("freeze");
+    let writer = std::thread::spawn(move || {
+        std::io::Write::write_all(&mut file, &[9u8; 4096]).expect("write while frozen");
+        file.sync_data().expect("fdatasync");
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let frozen_for = frozen.thaw().expect("thaw").as_nanos() as u64;
+    let thawed = monotonic_ns();
+    let left = tracer.settle_stalls(thawed, std::time::Instant::now() + Duration::from_secs(5));
+    writer.join().expect("the writer returned");
+    assert_eq!(left, 0, "the held writer returned after the thaw");
+
+    let after = tracer.stalls().expect("read").expect("a stall target");
+    assert_eq!(after.calls, 12, "the held write and its fdatasync: {after:?}");
+    eprintln!("longest write stall {} ns; frozen {frozen_for} ns", after.max_ns);
+    assert!(after.max_ns >= 250 * MS, "the write waited most of the 300 ms freeze: {after:?}");
+    assert!(after.max_ns <= frozen_for, "and no longer than the filesystem was frozen: {after:?}");
+    assert_eq!(after.max_pid, std::process::id());
+    assert_eq!((after.inflight_full, after.read_errors), (0, 0), "{after:?}");
+
+    // A file elsewhere (the test binary's directory) is not counted.
+    let mut other = tempfile_elsewhere();
+    std::io::Write::write_all(&mut other, &[1u8; 4096]).expect("write elsewhere");
+    other.sync_data().expect("fdatasync elsewhere");
+    assert_eq!(tracer.stalls().expect("read").expect("a stall target").calls, 12, "another filesystem's writes");
+}
+
+fn tempfile_elsewhere() -> std::fs::File {
+    let path = std::env::temp_dir().join(format!("hcp-stall-elsewhere-{}", std::process::id()));
+    let file = std::fs::File::create(&path).expect("create a file in the temp dir");
+    let _ = std::fs::remove_file(&path);
+    file
 }

@@ -483,8 +483,19 @@ fn a_traced_session_reports_what_it_costs() {
     fs::write(dir.join("data.bin"), &big).unwrap();
     run("sync", &[]);
     let writer = Writer::start(dir.join("stream.log"));
-    let started = hcp_json(&["start", "--trace", "--baseline", "1s", "--skip-mount", vol.path().to_str().unwrap()]);
-    writer.stop();
+    let report_dir = temp_dir("t-trace-report");
+    let report_path = report_dir.join("final.json");
+    let started = hcp_json(&[
+        "start",
+        "--trace",
+        "--baseline",
+        "1s",
+        "--report",
+        report_path.to_str().unwrap(),
+        "--skip-mount",
+        vol.path().to_str().unwrap(),
+    ]);
+    let writes = writer.stop();
     let id = started["session"].as_str().unwrap().to_string();
 
     // Overwrite 4 MiB of data that existed at the snapshot: each chunk is
@@ -504,8 +515,11 @@ fn a_traced_session_reports_what_it_costs() {
     assert!(n(&copy["chunk_copies"]) >= 1024, "{copy}");
     assert!(n(&copy["store_data_bytes"]) >= 4 << 20, "and written to the store: {copy}");
     assert!(n(&copy["store_metadata_writes"]) > 0, "metadata commits: {copy}");
+    // Above 1: the copies add to the writes. (The writer's journal rewrites
+    // after the snapshot, a number that depends on timing, pull it towards
+    // 1; the exact figure is asserted on a raw origin below.)
     let wa = s["write_amplification"].as_f64().expect("write amplification");
-    assert!(wa > 1.5, "copy-on-write at least adds the copies: {wa}");
+    assert!(wa > 1.0, "copy-on-write at least adds the copies: {wa}");
     let overhead = &s["cow_overhead"];
     assert!(
         overhead["baseline"]["count"].as_u64().unwrap_or(0) > 0,
@@ -517,6 +531,28 @@ fn a_traced_session_reports_what_it_costs() {
     let secs = |k: &str| freeze[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {freeze}"));
     assert!(secs("frozen_seconds") > 0.0, "the origin was mounted, so frozen: {freeze}");
     assert!(secs("suspended_seconds") > 0.0 && secs("freeze_call_seconds") > 0.0, "{freeze}");
+    // The kernel times each window from syscall entry to return, inside
+    // hcp's clock around the same calls. Tolerance: 100 ms, for a process
+    // preempted between its clock read and the call on the emulated
+    // single-CPU guest (a few ms is typical there, about 15 us on hardware).
+    let kernel = &freeze["kernel"];
+    for k in ["freeze_call_seconds", "frozen_seconds", "suspended_seconds"] {
+        let (by_hcp, in_kernel) = (secs(k), kernel[k].as_f64().unwrap_or_else(|| panic!("kernel {k}: {kernel}")));
+        assert!(in_kernel > 0.0 && in_kernel <= by_hcp, "{k}: kernel {in_kernel} s within hcp's {by_hcp} s");
+        assert!(by_hcp - in_kernel < 0.1, "{k}: kernel {in_kernel} s agrees with hcp's {by_hcp} s within 100 ms");
+    }
+    // The writer was held by the freeze. A write() entering after FIFREEZE
+    // began waits for the thaw; the call it made before (an fdatasync, which
+    // waits for the freeze's own writeback) covers the rest. So at most two
+    // calls span the frozen time and the longer is at least half of it; none
+    // lasts much beyond the thaw.
+    let stall = kernel["longest_write_stall_seconds"].as_f64().expect("a write stall was measured");
+    let frozen = kernel["frozen_seconds"].as_f64().unwrap();
+    eprintln!("kernel window: {kernel}; writer made {writes} writes");
+    assert!(stall >= frozen / 2.0 && stall <= frozen + 1.0, "stall {stall} s, frozen {frozen} s: {kernel}");
+    assert!(n(&kernel["write_calls"]) > 0, "{kernel}");
+    assert_eq!((n(&kernel["writes_still_held"]), n(&kernel["lost_events"])), (0, 0), "{kernel}");
+    assert_eq!(started["timing"]["kernel"], *kernel, "start reports the figures it records");
     assert_eq!(n(&s["losses"]["inflight_full"]) + n(&s["losses"]["histogram_full"]), 0, "{}", s["losses"]);
     assert_eq!(n(&s["losses"]["read_errors"]), 0, "{}", s["losses"]);
 
@@ -554,11 +590,199 @@ fn a_traced_session_reports_what_it_costs() {
     assert_eq!(text.code, 0, "{}", text.stderr);
     assert!(text.stdout.contains("Write amplification") && text.stdout.contains("COW overhead"), "{}", text.stdout);
 
+    // Prometheus: native histograms whose +Inf bucket is the JSON count,
+    // and the switch on both clocks.
+    // (The filesystem's own writeback may add writes at any time: the
+    // count is bracketed by JSON reads before and after.)
+    let before = n(&hcp_json(&["stats", &id])["app_writes"]["latency"]["count"]);
+    let prom = hcp(&["stats", &id, "--prometheus"]);
+    assert_eq!(prom.code, 0, "{}", prom.stderr);
+    let sample = |name: &str| -> f64 {
+        let line =
+            prom.stdout.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name}: {}", prom.stdout));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let count = sample(&format!("hcp_latency_seconds_count{{session=\"{id}\",kind=\"app_write\"}}"));
+    let inf = sample(&format!("hcp_latency_seconds_bucket{{session=\"{id}\",kind=\"app_write\",le=\"+Inf\"}}"));
+    let after = n(&hcp_json(&["stats", &id])["app_writes"]["latency"]["count"]);
+    assert_eq!(count, inf);
+    assert!((before..=after).contains(&(count as u64)), "{before} <= {count} <= {after}: {}", prom.stdout);
+    assert_eq!(
+        sample(&format!("hcp_kernel_frozen_seconds{{session=\"{id}\"}}")),
+        kernel["frozen_seconds"].as_f64().unwrap()
+    );
+    assert!(hcp(&["stats", "--prometheus"]).stdout.contains(&format!("session=\"{id}\"")), "every session by default");
+
+    // The HdrHistogram interval log reads back with the same counts.
+    let log = std::process::Command::new(hcp_bin()).args(["stats", &id, "--hdr-log"]).output().unwrap();
+    assert!(log.status.success(), "{}", String::from_utf8_lossy(&log.stderr));
+    let logged = hdr_log_counts(&log.stdout);
+    let later = n(&hcp_json(&["stats", &id])["app_writes"]["latency"]["count"]);
+    let app_write = logged.get("app_write").copied().unwrap_or_else(|| panic!("no app_write: {logged:?}"));
+    assert!((count as u64..=later).contains(&app_write), "{count} <= {app_write} <= {later}: {logged:?}");
+
     let removed = hcp_json(&["remove", &id]);
     let report = PathBuf::from(removed[0]["report"].as_str().expect("a final report"));
+    assert_eq!(report, report_path, "the report goes where --report said");
     let final_stats: Value = serde_json::from_str(&fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(final_stats["session"], id.as_str());
     assert_matches_stats_schema(&final_stats);
+    assert_eq!(final_stats["freeze"]["kernel"], *kernel, "the switch is in the final report");
+    let final_log =
+        hdr_log_counts(&fs::read(report_dir.join("final.json.hlog")).expect("the histograms beside the report"));
+    assert_eq!(final_log.get("app_write").copied(), final_stats["app_writes"]["latency"]["count"].as_u64());
     assert!(!Path::new("/sys/fs/bpf/hcp").exists(), "the last traced session's removal detaches the programs");
-    fs::remove_file(report).unwrap();
+    fs::remove_dir_all(report_dir).unwrap();
+}
+
+/// The total count of each tagged histogram of an HdrHistogram interval log.
+fn hdr_log_counts(log: &[u8]) -> BTreeMap<String, u64> {
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    use hdrhistogram::serialization::Deserializer;
+    let text = std::str::from_utf8(log).expect("a text log");
+    let mut counts = BTreeMap::new();
+    for entry in IntervalLogIterator::new(text.as_bytes()) {
+        if let LogEntry::Interval(h) = entry.expect("a well-formed log entry") {
+            use base64::Engine as _;
+            let decoded =
+                base64::engine::general_purpose::STANDARD.decode(h.encoded_histogram()).expect("base64 histogram");
+            let hist: hdrhistogram::Histogram<u64> =
+                Deserializer::new().deserialize(&mut decoded.as_slice()).expect("a V2 histogram");
+            counts.insert(h.tag().map(|t| t.as_str().to_string()).unwrap_or_default(), hist.len());
+        }
+    }
+    counts
+}
+
+/// Bytes of the origin written with O_DIRECT, `mib` MiB from `offset_mib`.
+fn write_direct(dev: &Path, offset_mib: u64, mib: u64, byte: u8) {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(dev).unwrap();
+    // O_DIRECT wants an aligned buffer: a Vec of u64s is 8-aligned, so
+    // over-allocate and take a 4 KiB-aligned window.
+    let mut raw = vec![0u8; (1 << 20) + 4096];
+    let skip = raw.as_ptr().align_offset(4096);
+    let buf = &mut raw[skip..skip + (1 << 20)];
+    buf.fill(byte);
+    for i in 0..mib {
+        f.write_all_at(buf, (offset_mib + i) << 20).unwrap();
+    }
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn copy_out_and_amplification_are_exact_on_a_raw_origin() {
+    require_root();
+    let _serial = serial();
+    let vol = Volume::new("t-exact", 64);
+    let dev = vol.path();
+    write_direct(&dev, 0, 32, 0x11);
+    let started =
+        hcp_json(&["start", "--trace", "--baseline", "0", "--skip-mount", "-q", "32M", dev.to_str().unwrap()]);
+    let id = started["session"].as_str().unwrap().to_string();
+    let n = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"));
+
+    // X MiB of fresh data: every 4 KiB chunk is copied out once.
+    const X: u64 = 8;
+    write_direct(&dev, 0, X, 0x22);
+    let s = hcp_json(&["stats", &id]);
+    assert_matches_stats_schema(&s);
+    assert_eq!((n(&s["app_writes"]["count"]), n(&s["app_writes"]["bytes"])), (X, X << 20), "{}", s["app_writes"]);
+    let copy = &s["copy_out"];
+    assert_eq!(n(&copy["read_bytes"]), X << 20, "copy-out reads: {copy}");
+    assert_eq!(n(&copy["chunk_copies"]), (X << 20) / 4096, "one copy per chunk: {copy}");
+    let data = n(&copy["store_data_bytes"]);
+    assert!((X << 20..=(X << 20) + (256 << 10)).contains(&data), "store data, up to metadata: {copy}");
+    assert!(n(&copy["store_metadata_writes"]) > 0, "{copy}");
+    let wa = s["write_amplification"].as_f64().unwrap();
+    eprintln!("{X} MiB fresh: write amplification {wa}, copy-out {copy}");
+    assert!((2.0..=2.1).contains(&wa), "write amplification {wa}: origin + store, over application bytes");
+
+    // The same blocks again: nothing left to copy.
+    write_direct(&dev, 0, X, 0x33);
+    let again = hcp_json(&["stats", &id]);
+    assert_eq!(
+        again["copy_out"]["read_bytes"], copy["read_bytes"],
+        "rewriting adds no copy-out: {}",
+        again["copy_out"]
+    );
+    assert_eq!(again["copy_out"]["chunk_copies"], copy["chunk_copies"]);
+    assert_eq!(n(&again["app_writes"]["bytes"]), 2 * (X << 20));
+
+    // Reading the whole snapshot (changed chunks from the store, the rest
+    // from the real device) is counted apart and copies nothing.
+    let snap = started["snapshot"].as_str().unwrap();
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut fs::File::open(snap).unwrap(), &mut all).unwrap();
+    assert!(all[..(X << 20) as usize].iter().all(|b| *b == 0x11), "the snapshot holds the old data");
+    let read = hcp_json(&["stats", &id]);
+    assert!(n(&read["snapshot_reads"]["bytes"]) >= 64 << 20, "{}", read["snapshot_reads"]);
+    assert_eq!(
+        read["copy_out"]["read_bytes"], copy["read_bytes"],
+        "snapshot reads are not copy-out: {}",
+        read["copy_out"]
+    );
+    assert_eq!(n(&read["losses"]["inflight_full"]) + n(&read["losses"]["histogram_full"]), 0, "{}", read["losses"]);
+    hcp_json(&["remove", &id]);
+}
+
+/// Whether dm device `name` is suspended (`dmsetup info`).
+fn suspended(name: &str) -> bool {
+    let out =
+        std::process::Command::new("dmsetup").args(["info", "-c", "--noheadings", "-o", "suspended", name]).output();
+    let out = out.expect("dmsetup info");
+    String::from_utf8_lossy(&out.stdout).trim() == "Suspended"
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn a_failure_inside_the_switch_never_leaves_the_origin_frozen_or_suspended() {
+    require_root();
+    let _serial = serial();
+    let steps = ["after-freeze", "after-suspend", "before-resume", "before-thaw"];
+    let actions = ["error", "panic", "kill", "hang"];
+    for (i, (step, action)) in steps.iter().flat_map(|s| actions.iter().map(move |a| (s, a))).enumerate() {
+        let name = format!("t-fault{i}");
+        let mut vol = Volume::new(&name, 32);
+        let dir = vol.mount(Fs::Ext4);
+        let files = write_files(&dir, "before");
+        run("sync", &[]);
+        let before = SystemState::take();
+        let started = std::time::Instant::now();
+        let mut cmd = std::process::Command::new(hcp_bin());
+        cmd.args(["start", "--skip-mount", vol.path().to_str().unwrap()]).env("HCP_FAULT", format!("{step}:{action}"));
+        if *action == "hang" {
+            // A short deadline for the guard (only here: a panic's
+            // backtrace in a debug build takes seconds, and the guard
+            // would cut short hcp's own undo).
+            cmd.env("HCP_SWITCH_TIMEOUT", "1.5");
+        }
+        let out = cmd.output().expect("run hcp");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{step}:{action}: hcp must fail: {stderr}");
+        if *action == "hang" {
+            assert!(stderr.contains("deadline"), "{step}:{action}: the guard ended the hang: {stderr}");
+        }
+        // hcp has exited (or was killed): the origin must be running, its
+        // filesystem writable, now.
+        assert!(!suspended(&name), "{step}:{action}: {name} left suspended: {stderr}");
+        let write_start = std::time::Instant::now();
+        let mut f = fs::File::create(dir.join("after.txt")).unwrap();
+        f.write_all(b"still writable").unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        let took = write_start.elapsed();
+        assert!(took < Duration::from_secs(2), "{step}:{action}: a write took {took:?}: {stderr}");
+        assert_files(&dir, &files);
+        eprintln!("{step}:{action}: hcp ended after {:?}; origin writable in {took:?}", started.elapsed());
+        if matches!(*action, "error" | "panic") && *step != "before-thaw" {
+            // Before the origin switched, hcp itself undoes everything it
+            // made. (After, it keeps the origin running on its new table;
+            // undoing that is `hcp recover`'s.)
+            assert_eq!(SystemState::take(), before, "{step}:{action}: rolled back completely: {stderr}");
+        }
+        // A killed hcp leaves a half-made session (for `hcp recover`); its
+        // devices are left to the VM's end.
+        drop(vol);
+    }
 }

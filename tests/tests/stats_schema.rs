@@ -40,6 +40,7 @@ fn stats_of_an_idle_session_match_the_schema() {
             baseline: None,
             at_start: None,
             window: None,
+            report: None,
         }),
     };
     let stats = compute(&session, &Counters::default(), 2);

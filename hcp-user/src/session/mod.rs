@@ -21,7 +21,9 @@ mod trace;
 pub use remove::{remove, RemoveOptions, Removed};
 pub use report::{list, show, ListEntry, SessionState, Shown};
 pub use start::{start, StartOptions, Started};
-pub use trace::{attach_session as trace_attach, follow as follow_stats, report_path, stats};
+pub use trace::{
+    attach_session as trace_attach, follow as follow_stats, histogram_log_path, report_path, stats, stats_all,
+};
 
 use std::path::{Path, PathBuf};
 

@@ -24,6 +24,9 @@ pub struct RemoveOptions {
     pub target: String,
     /// Keep the store file instead of deleting it.
     pub keep_store: bool,
+    /// Where to write a traced session's final report, instead of where its
+    /// start said (one session only).
+    pub report: Option<PathBuf>,
 }
 
 /// One removed session, as printed and as `--json`.
@@ -48,11 +51,22 @@ pub fn remove(opts: &RemoveOptions) -> Result<Vec<Removed>> {
     let _lock = Lock::acquire()?;
     let mut sessions = state::load_all()?;
     let targets = find_targets(&opts.target, &sessions)?;
+    let report = match &opts.report {
+        Some(_) if targets.len() > 1 => {
+            return Err(Error::usage(format!(
+                "{} has {} sessions and --report names one file: remove them one by one (`hcp -l` lists them)",
+                opts.target,
+                targets.len()
+            )))
+        }
+        Some(path) => Some(super::trace::check_report_path(path)?),
+        None => None,
+    };
     let mut removed = Vec::new();
     // Newest first, so an origin's table comes back with its last session.
     for id in targets.into_iter().rev() {
         let session = sessions.iter().find(|s| s.id == id).cloned().expect("target from sessions");
-        removed.push(remove_one(&dm, &session, &sessions, opts.keep_store)?);
+        removed.push(remove_one(&dm, &session, &sessions, opts.keep_store, report.as_deref())?);
         sessions.retain(|s| s.id != id);
     }
     Ok(removed)
@@ -80,7 +94,13 @@ fn find_targets(target: &str, sessions: &[Session]) -> Result<Vec<String>> {
     )))
 }
 
-fn remove_one(dm: &Dm, session: &Session, sessions: &[Session], keep_store: bool) -> Result<Removed> {
+fn remove_one(
+    dm: &Dm,
+    session: &Session,
+    sessions: &[Session],
+    keep_store: bool,
+    report: Option<&Path>,
+) -> Result<Removed> {
     let begun = Instant::now();
     let last = siblings(sessions, session).is_empty();
     if last && session.origin.wrapped && dm.exists(&session.origin.dm_name)? {
@@ -113,7 +133,7 @@ fn remove_one(dm: &Dm, session: &Session, sessions: &[Session], keep_store: bool
     // The final figures, while every device is still there.
     // (Tracing must never stand in the way of a removal: failures warn.)
     let report = session.trace.as_ref().and_then(|_| {
-        super::trace::write_report(session)
+        super::trace::write_report(session, report)
             .map_err(|e| eprintln!("hcp: warning: no final report for {}: {e}", session.id))
             .ok()
     });

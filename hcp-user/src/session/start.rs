@@ -20,11 +20,14 @@ use crate::devnum::DevNum;
 use crate::dm::device::{make_node, Dm, Suspend};
 use crate::dm::table::{Linear, Persistence, Snapshot, SnapshotOrigin, TargetParams};
 use crate::error::{Error, Result, ResultExt};
+use crate::fault;
 use crate::freeze::{Frozen, SignalBlock};
 use crate::loopdev::{AttachOptions, LoopDevice};
 use crate::mountinfo::MountTable;
 use crate::size::{format_bytes, ChunkSize, Quota};
-use crate::state::{self, Lock, MountRecord, Origin, Phase, Session, Store, WindowRecord, RECORD_VERSION};
+use crate::state::{
+    self, KernelWindow, Lock, MountRecord, Origin, Phase, Session, Store, WindowRecord, RECORD_VERSION,
+};
 use hcp_common::bio::Role;
 
 use super::{
@@ -52,6 +55,8 @@ pub struct StartOptions {
     pub trace: bool,
     /// With `trace`: how long to measure the origin before the snapshot.
     pub baseline: Duration,
+    /// With `trace`: where `remove` writes the final report.
+    pub report: Option<PathBuf>,
 }
 
 /// What `start` did, as printed and as `--json`.
@@ -89,6 +94,9 @@ pub struct Timing {
     pub freeze_call_seconds: Option<f64>,
     /// From the suspend of the origin to the end of its resume.
     pub suspended_seconds: Option<f64>,
+    /// With `--trace`: the same windows measured in the kernel, and the
+    /// longest write stall they caused.
+    pub kernel: Option<KernelWindow>,
 }
 
 /// How the origin is switched.
@@ -122,6 +130,13 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
     let sessions = state::load_all()?;
     let mounts = MountTable(crate::mountinfo::read()?);
 
+    let report = match &opts.report {
+        Some(_) if !opts.trace => {
+            return Err(Error::usage("--report needs --trace: only a traced session has figures to report"))
+        }
+        Some(path) => Some(super::trace::check_report_path(path)?),
+        None => None,
+    };
     let named = BlockDevice::resolve(&opts.device)?;
     let plan = plan_origin(&dm, &named, &sessions, &mounts)?;
     let (origin_dev, origin_label) = match &plan {
@@ -150,6 +165,7 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         Some(path)
     };
 
+    fault::configured()?;
     // Everything checked: from here on each change has its undo.
     let mut undo = Undo::default();
     let (store, store_dev, store_bytes) = prepare_store(&dm, &store_plan, &id, quota, opts, &mut undo)?;
@@ -186,12 +202,14 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         let id = id.clone();
         undo.push(format!("remove {id}"), move || dm_ref.remove(&id));
     }
+    fault::at("after-snapshot-create")?;
     let origin_table = SnapshotOrigin { origin: real_devnum }.table_line(length);
     if let OriginPlan::Live { name, create_real: true, .. } = &plan {
         dm.load(name, std::slice::from_ref(&origin_table))?;
         let dm_ref = &dm;
         let name = name.clone();
         undo.push(format!("clear the inactive table of {name}"), move || dm_ref.clear_inactive(&name));
+        fault::at("after-origin-reload")?;
     }
     let mount_record = match &mount_point {
         Some(path) => Some(MountRecord {
@@ -230,7 +248,7 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
 
     // Tracing starts before the switch, so that it sees the window.
     let mut traced = Vec::new();
-    let mut trace_marks = (None, None);
+    let (mut baseline, mut at_start, mut switch_tracer) = (None, None, None);
     if opts.trace {
         traced = super::trace::devices_of(&session);
         let added = super::trace::attach(&traced)?;
@@ -238,15 +256,28 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
             crate::trace_pins::remove_devices(&added).map_err(|e| Error::system(format!("{e:#}")))
         });
         if let Some((origin, _, _)) = traced.iter().find(|(_, r, _)| *r == Role::Origin) {
+            baseline = super::trace::baseline(*origin, opts.baseline)?;
+        }
+        if let OriginPlan::Live { mounted_at, .. } = &plan {
+            switch_tracer = Some(super::trace::switch_tracer(mounted_at.is_some().then_some(origin_dev.devnum))?);
+        }
+        // Last, so that nothing written before the switch counts as the
+        // session's.
+        if traced.iter().any(|(_, r, _)| *r == Role::Origin) {
             let devnums: Vec<_> = traced.iter().map(|(d, _, _)| *d).collect();
-            let (baseline, at_start) = super::trace::baseline(*origin, opts.baseline, &devnums)?;
-            trace_marks = (baseline, Some(at_start));
+            at_start = Some(super::trace::counters_now(&devnums)?);
         }
     }
 
+    fault::at("after-prepare")?;
     // The switch.
-    let mut timing =
-        Timing { snapshot_seconds: 0.0, frozen_seconds: None, freeze_call_seconds: None, suspended_seconds: None };
+    let mut timing = Timing {
+        snapshot_seconds: 0.0,
+        frozen_seconds: None,
+        freeze_call_seconds: None,
+        suspended_seconds: None,
+        kernel: None,
+    };
     match &plan {
         OriginPlan::Live { name, create_real, mounted_at, .. } => {
             let window = switch_live(&dm, name, &id, *create_real, mounted_at.as_deref())?;
@@ -265,6 +296,14 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
     }
     undo.disarm();
     timing.snapshot_seconds = begun.elapsed().as_secs_f64();
+    if let Some(mut tracer) = switch_tracer {
+        // The snapshot is live: a failure to read the tracer loses only its
+        // figures.
+        match super::trace::kernel_window(&mut tracer, &origin_name, crate::freeze_trace::monotonic_ns()) {
+            Ok(kernel) => timing.kernel = Some(kernel),
+            Err(e) => eprintln!("hcp: the switch's kernel figures are missing: {e}"),
+        }
+    }
 
     make_node(&snapshot_path, snap_devnum)?;
     if opts.trace {
@@ -279,9 +318,9 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
             freeze_call_seconds: timing.freeze_call_seconds,
             frozen_seconds: timing.frozen_seconds,
             suspended_seconds: timing.suspended_seconds,
+            kernel: timing.kernel.clone(),
         };
-
-        session.trace = Some(super::trace::record(&now, trace_marks.0, trace_marks.1, Some(window)));
+        session.trace = Some(super::trace::record(&now, baseline, at_start, Some(window), report));
     }
     session.phase = Phase::Active;
     state::save(&session)?;
@@ -681,32 +720,62 @@ struct Window {
 }
 
 /// The frozen window of a dm origin. On failure the origin is resumed with
-/// its old table and the filesystem thawed before the error returns.
+/// its old table and the filesystem thawed before the error returns, in
+/// that order (a thaw writes to the device); on a panic the same happens as
+/// the stack unwinds. If hcp dies or hangs inside, the guard process does it.
 fn switch_live(dm: &Dm, origin: &str, snapshot: &str, reload: bool, mounted_at: Option<&Path>) -> Result<Window> {
+    let plan = crate::guard::Plan {
+        resume: vec![origin.to_string()],
+        thaw: mounted_at.map(Path::to_path_buf).into_iter().collect(),
+        deadline: crate::guard::deadline()?,
+    };
+    // Dropped last: by then hcp has restored what it could itself.
+    let guard = crate::guard::Guard::spawn(&plan)?;
     // Ctrl-C between freeze and thaw must not leave the filesystem frozen:
     // signals wait until the window is over.
     let signals = SignalBlock::new()?;
     let frozen = mounted_at.map(Frozen::freeze).transpose()?;
+    fault::at("after-freeze")?;
     let how = if frozen.is_some() { Suspend::SkipLockfs } else { Suspend::Lockfs };
     let suspend_start = Instant::now();
-    let switched = dm.suspend(origin, how).and_then(|()| {
-        let switched = dm.resume(snapshot).and_then(|()| dm.resume(origin));
-        if switched.is_err() {
-            // Back to the old table: drop the preloaded one, then resume.
-            if reload {
-                let _ = dm.clear_inactive(origin);
-            }
-            let _ = dm.resume(origin);
-        }
-        switched
-    });
+    dm.suspend(origin, how)?;
+    // Declared after `frozen`, so dropped (resumed) before it is thawed.
+    let mut held = Held { dm, origin, reload, armed: true };
+    fault::at("after-suspend")?;
+    dm.resume(snapshot)?;
+    fault::at("before-resume")?;
+    dm.resume(origin)?;
+    held.armed = false;
     let suspended = suspend_start.elapsed();
+    fault::at("before-thaw")?;
     let freeze_call = frozen.as_ref().map(|f| f.freeze_call);
-    let thawed = frozen.map(Frozen::thaw).transpose();
+    let frozen = frozen.map(Frozen::thaw).transpose()?;
     drop(signals);
-    switched?;
-    let frozen = thawed?;
+    guard.disarm()?;
     Ok(Window { frozen, freeze_call, suspended })
+}
+
+/// A suspended origin: unless disarmed, resumed with its old table (the
+/// preloaded one dropped) when it goes out of scope, on an error or a panic.
+struct Held<'a> {
+    dm: &'a Dm,
+    origin: &'a str,
+    reload: bool,
+    armed: bool,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if self.reload {
+            let _ = self.dm.clear_inactive(self.origin);
+        }
+        if let Err(e) = self.dm.resume(self.origin) {
+            eprintln!("hcp: could not resume {}: {e}; resume it by hand: dmsetup resume {}", self.origin, self.origin);
+        }
+    }
 }
 
 /// The lowest `hcpN` (N from 1) that no session and no dm device uses.

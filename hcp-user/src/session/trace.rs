@@ -1,7 +1,7 @@
 //! Tracing a session: which of its devices are traced as what, the
 //! baseline taken before the snapshot, and the figures read at the end.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hcp_common::bio::{Level, Role};
@@ -9,7 +9,8 @@ use hcp_common::IoOp;
 
 use crate::devnum::DevNum;
 use crate::error::{Error, Result};
-use crate::state::{HistRecord, Session, TraceRecord, TracedDevice, WindowRecord};
+use crate::freeze_trace::{self, FreezeTracer};
+use crate::state::{HistRecord, KernelWindow, Session, TraceRecord, TracedDevice, WindowRecord};
 use crate::stats::{self, CountersRecord, SessionStats};
 use crate::trace_pins;
 
@@ -21,26 +22,66 @@ pub(super) fn attach(devices: &[(DevNum, Role, PathBuf)]) -> Result<Vec<DevNum>>
     trace_pins::add_devices(&list).map_err(|e| Error::system(format!("tracing the session's devices: {e:#}")))
 }
 
-/// The origin's write latency over `baseline` (None for zero), then every
-/// counter of `devices` as the snapshot is about to go live.
-pub(super) fn baseline(
-    origin: DevNum,
-    baseline: Duration,
-    devices: &[DevNum],
-) -> Result<(Option<HistRecord>, CountersRecord)> {
+/// The origin's write latency over `baseline` (None for zero).
+pub(super) fn baseline(origin: DevNum, baseline: Duration) -> Result<Option<HistRecord>> {
+    if baseline.is_zero() {
+        return Ok(None);
+    }
     let read_hist = || {
         trace_pins::histogram(origin, Level::Bio, IoOp::Write)
             .map_err(|e| Error::system(format!("reading the origin's latency: {e:#}")))
     };
-    let base = if baseline.is_zero() {
-        None
-    } else {
-        let before = read_hist()?;
-        std::thread::sleep(baseline);
-        Some(stats::to_record(&stats::subtract(&read_hist()?, &before)))
-    };
+    let before = read_hist()?;
+    std::thread::sleep(baseline);
+    Ok(Some(stats::to_record(&stats::subtract(&read_hist()?, &before))))
+}
+
+/// Every counter of `devices` now: taken as the snapshot is about to go
+/// live, the session's own figures are what is counted after it.
+pub(super) fn counters_now(devices: &[DevNum]) -> Result<CountersRecord> {
     let now = trace_pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")))?;
-    Ok((base, stats::record_counters(&now, devices)))
+    Ok(stats::record_counters(&now, devices))
+}
+
+/// The tracer of the switch: this process's freeze and suspend calls and,
+/// for a mounted origin (`fs_dev`, its device), the write stalls they cause.
+/// Attached for the switch only: syscall tracepoints slow every system
+/// call of the machine while attached.
+pub(super) fn switch_tracer(fs_dev: Option<DevNum>) -> Result<FreezeTracer> {
+    let attached = match fs_dev {
+        Some(dev) => FreezeTracer::attach_with_stalls(dev),
+        None => FreezeTracer::attach(),
+    };
+    attached.map_err(|e| Error::system(format!("attaching the freeze tracer: {e:#}")))
+}
+
+/// How long writers held by a freeze may take to return after the thaw
+/// before the stall is reported as a lower bound.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// What the kernel saw of the switch this process made of `origin` (a dm
+/// name), which ended (thawed) at `ended_ns` on CLOCK_MONOTONIC.
+pub(super) fn kernel_window(tracer: &mut FreezeTracer, origin: &str, ended_ns: u64) -> Result<KernelWindow> {
+    let still_held = tracer.settle_stalls(ended_ns, std::time::Instant::now() + SETTLE);
+    let failed = |e: anyhow::Error| Error::system(format!("reading the freeze tracer: {e:#}"));
+    let events = tracer.events().map_err(failed)?;
+    let stalls = tracer.stalls().map_err(failed)?;
+    let losses = tracer.losses().map_err(failed)?;
+    let windows = freeze_trace::windows(&events);
+    let ours = windows.process(std::process::id()).cloned().unwrap_or_default();
+    let secs = |ns: u64| ns as f64 / 1e9;
+    Ok(KernelWindow {
+        freeze_call_seconds: ours.freeze_calls.last().map(|s| secs(s.duration_ns)),
+        frozen_seconds: ours.frozen.last().map(|s| secs(s.duration_ns)),
+        suspended_seconds: ours.suspended.iter().rev().find(|s| s.dm_name == origin).map(|s| secs(s.span.duration_ns)),
+        longest_write_stall_seconds: stalls.map(|s| secs(s.max_ns)),
+        write_calls: stalls.map_or(0, |s| s.calls),
+        writes_still_held: still_held as u64,
+        lost_events: losses.ring_full
+            + losses.inflight_full
+            + losses.read_errors
+            + stalls.map_or(0, |s| s.inflight_full + s.read_errors),
+    })
 }
 
 /// The trace record of a session's devices.
@@ -49,6 +90,7 @@ pub(super) fn record(
     baseline: Option<HistRecord>,
     at_start: Option<CountersRecord>,
     window: Option<WindowRecord>,
+    report: Option<PathBuf>,
 ) -> TraceRecord {
     TraceRecord {
         since_unix: super::now_unix(),
@@ -59,6 +101,7 @@ pub(super) fn record(
         baseline,
         at_start,
         window,
+        report,
     }
 }
 
@@ -92,23 +135,71 @@ pub(super) fn detach(session: &Session, others: &[Session]) -> Result<()> {
     trace_pins::remove_devices(&own).map_err(|e| Error::system(format!("detaching the session's tracing: {e:#}")))
 }
 
-/// Where `remove` writes a traced session's final report.
+/// Where `remove` writes a traced session's final report: where `--report`
+/// said, else under `/var/lib/hcp/reports/`.
 pub fn report_path(session: &Session) -> PathBuf {
-    PathBuf::from(super::DEFAULT_STORE_DIR)
-        .join("reports")
-        .join(format!("{}-{}.json", session.id, session.created_unix))
+    session.trace.as_ref().and_then(|t| t.report.clone()).unwrap_or_else(|| {
+        PathBuf::from(super::DEFAULT_STORE_DIR)
+            .join("reports")
+            .join(format!("{}-{}.json", session.id, session.created_unix))
+    })
 }
 
-/// Writes the final report of `session`; returns its path.
-pub(super) fn write_report(session: &Session) -> Result<PathBuf> {
+/// The file of the report's histograms, in HdrHistogram's interval-log
+/// format: the report's path with `.hlog` added.
+pub fn histogram_log_path(report: &Path) -> PathBuf {
+    let mut name = report.as_os_str().to_owned();
+    name.push(".hlog");
+    PathBuf::from(name)
+}
+
+/// `--report FILE`, checked before anything changes and made absolute (the
+/// report is written later, maybe from another directory): its directory
+/// must exist and it must not be a directory.
+pub(super) fn check_report_path(path: &Path) -> Result<PathBuf> {
+    let bad = |why: &str| Error::usage(format!("--report {}: {why}", path.display()));
+    let absolute = std::path::absolute(path).map_err(|_| bad("not a usable path"))?;
+    let Some(name) = absolute.file_name() else { return Err(bad("give a file name, not a directory")) };
+    let dir = absolute.parent().unwrap_or(Path::new("/"));
+    if !dir.is_dir() {
+        return Err(bad(&format!("directory {} does not exist: create it first", dir.display())));
+    }
+    if absolute.is_dir() {
+        return Err(bad("is a directory: give a file name in it"));
+    }
+    Ok(dir.join(name))
+}
+
+/// Writes the final report of `session` (to `to`, else where
+/// [`report_path`] says) and its histograms beside it; returns the
+/// report's path.
+pub(super) fn write_report(session: &Session, to: Option<&Path>) -> Result<PathBuf> {
     let stats = read(session)?;
-    let path = report_path(session);
+    let path = to.map_or_else(|| report_path(session), Path::to_path_buf);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     }
     let text = serde_json::to_string_pretty(&stats).expect("stats serialise");
     std::fs::write(&path, text).map_err(|e| Error::io(format!("writing report {}", path.display()), e))?;
+    let log = histogram_log_path(&path);
+    let (start, interval) = crate::hdr_log::period(&stats);
+    let mut out = Vec::new();
+    crate::hdr_log::write(&mut out, &stats, start, interval)
+        .and_then(|()| std::fs::write(&log, out))
+        .map_err(|e| Error::io(format!("writing histogram log {}", log.display()), e))?;
     Ok(path)
+}
+
+/// The figures of every traced session (for `--prometheus` without a
+/// session).
+pub fn stats_all() -> Result<Vec<SessionStats>> {
+    let sessions = crate::state::load_all()?;
+    let traced: Vec<&Session> = sessions.iter().filter(|s| s.trace.is_some()).collect();
+    if traced.is_empty() {
+        return Ok(Vec::new());
+    }
+    let counters = trace_pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")))?;
+    Ok(traced.into_iter().map(|s| stats::compute(s, &counters, super::now_unix())).collect())
 }
 
 /// The devices of `session` that exist now, with their roles. Read from the
@@ -187,10 +278,10 @@ pub fn attach_session(target: &str) -> Result<PathBuf> {
     let origin = devices.iter().find(|(_, r, _)| *r == Role::Origin).map(|(d, _, _)| *d);
     let devnums: Vec<DevNum> = devices.iter().map(|(d, _, _)| *d).collect();
     let at_start = match origin {
-        Some(origin) => Some(baseline(origin, Duration::ZERO, &devnums)?.1),
+        Some(_) => Some(counters_now(&devnums)?),
         None => None,
     };
-    session.trace = Some(record(&devices, None, at_start, None));
+    session.trace = Some(record(&devices, None, at_start, None, None));
     crate::state::save(&session)?;
     Ok(session.snapshot_path.clone())
 }
