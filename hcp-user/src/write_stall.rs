@@ -32,8 +32,7 @@ pub fn layout(tracefs: &Path, btf: &KernelBtf) -> Result<StallLayout> {
     })
 }
 
-/// The figures so far, summed over CPUs, and the calls still in flight
-/// that entered before `before_ns` (CLOCK_MONOTONIC).
+/// The figures so far, summed over CPUs.
 pub fn read(stall: &PerCpuArray<MapData, WriteStall>) -> Result<WriteStall> {
     let per_cpu = stall.get(&0, 0).context("reading WRITE_STALL")?;
     Ok(per_cpu.iter().fold(WriteStall::default(), |mut total, s| {

@@ -10,18 +10,10 @@ use hcp::common::freeze::FreezeCall;
 use hcp::dm::device::{Dm, Suspend};
 use hcp::dm::table::{Linear, TargetParams};
 use hcp::freeze::{thaw_mount_point, Frozen};
-use hcp::freeze_trace::{windows, Call, FreezeTracer, ProcessWindows};
+use hcp::freeze_trace::{monotonic_ns, windows, Call, FreezeTracer, ProcessWindows};
 use hcp_tests::{require_root, run, LoopDevice};
 
 const MS: u64 = 1_000_000;
-
-/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`, in nanoseconds.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid clock id and timespec.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) }, 0, "clock_gettime");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// An ext4 on a loop device, mounted on a fresh directory; thawed (should
 /// a test have left it frozen), unmounted and removed on drop.
