@@ -17,6 +17,7 @@ Examples:
   List sessions:      hcp -l                     (or: hcp list --json)
   Show a device's:    hcp -s /dev/vg0/data
   Remove a session:   hcp -r /dev/hcp1           (or an origin: all of its sessions)
+  Clean up leftovers: hcp recover
 
 Exit status:
   0  success
@@ -26,7 +27,11 @@ Exit status:
   4  busy: the device or store is in use, or another hcp is changing sessions
   5  refused: cannot work on this device as it is (a mounted plain partition,
      a store on the origin, a kernel without device-mapper)
-  6  permission: hcp must run as root";
+  6  permission: hcp must run as root
+
+After an hcp that did not finish (killed, crashed), `hcp recover` rolls back
+half-made sessions and finishes half-removed ones; `hcp -l` shows them as
+incomplete.";
 
 #[derive(Parser)]
 #[command(
@@ -113,6 +118,10 @@ enum Command {
         #[command(subcommand)]
         command: TraceCommand,
     },
+    /// Clean up after an hcp that did not finish (killed, crashed, power
+    /// cut): roll back half-made sessions, finish half-removed ones, remove
+    /// hcp devices without a session. Complete sessions are left alone.
+    Recover,
     /// Show hcp's version.
     Version,
     /// The guard process of a switch (see the `guard` module); not for users.
@@ -199,6 +208,7 @@ pub enum StatsFormat {
 
 /// What to do, with its options; the `bool` is `--json`.
 pub enum Action {
+    Recover(bool),
     Stats(Option<String>, StatsFormat),
     FollowStats(String, std::time::Duration),
     TraceAttach(String, bool),
@@ -240,6 +250,7 @@ impl Cli {
             }
             Some(Command::Trace { command: TraceCommand::Attach { session } }) => Action::TraceAttach(session, json),
             Some(Command::Version) => Action::Version(json),
+            Some(Command::Recover) => Action::Recover(json),
             Some(Command::Guard { deadline_ms, parent, resume, thaw }) => Action::Guard(
                 hcp::guard::Plan { resume, thaw, deadline: std::time::Duration::from_millis(deadline_ms) },
                 parent,

@@ -1,13 +1,21 @@
 //! Fault injection, a testing aid: `HCP_FAULT=STEP:ACTION` makes hcp fail on
-//! purpose at one step of `start`, to prove that no failure anywhere leaves
+//! purpose at one step of `start` or `remove`, to prove that no failure anywhere leaves
 //! a filesystem frozen, a device suspended or the origin's data changed.
 //!
-//! Steps of `start`, in order: `after-prepare` (store, `-real`, tables and
-//! record made; nothing switched), `after-snapshot-create` (the snapshot
-//! device exists, inactive), `after-origin-reload` (the origin's new table
-//! is loaded, inactive), `after-freeze`, `after-suspend`, `before-resume`
-//! (the snapshot is active, the origin still suspended), `before-thaw`
-//! (the origin switched, the filesystem still frozen).
+//! Steps of `start`, in order: `after-snapshot-create` (the record, the
+//! store and `-real` made; the snapshot device exists, inactive),
+//! `after-origin-reload` (the origin's new table is loaded, inactive),
+//! `after-prepare` (everything made and tracing attached; nothing switched),
+//! `after-freeze`, `after-suspend`, `before-resume` (the snapshot is active,
+//! the origin still suspended), `before-thaw` (the origin switched, the
+//! filesystem still frozen).
+//!
+//! Steps of `remove`, in order: `remove-after-unmount`,
+//! `remove-after-record` (marked as being removed), `remove-after-snapshot-remove`,
+//! `remove-after-origin-reload` (the origin's own table loaded, inactive),
+//! `remove-after-freeze`, `remove-after-suspend`, `remove-before-thaw`,
+//! `remove-after-store-detach`. The origin steps come only with an
+//! origin's last session.
 //!
 //! Actions: `error` (fail as a system call would), `panic`, `kill`
 //! (SIGKILL to hcp itself: nothing of hcp runs after it) and `hang` (sleep
@@ -19,15 +27,23 @@ use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 
-/// Every step a fault can be injected at.
-pub const STEPS: [&str; 7] = [
-    "after-prepare",
+/// Every step a fault can be injected at: `start`'s, then `remove`'s.
+pub const STEPS: [&str; 15] = [
     "after-snapshot-create",
     "after-origin-reload",
+    "after-prepare",
     "after-freeze",
     "after-suspend",
     "before-resume",
     "before-thaw",
+    "remove-after-unmount",
+    "remove-after-record",
+    "remove-after-snapshot-remove",
+    "remove-after-origin-reload",
+    "remove-after-freeze",
+    "remove-after-suspend",
+    "remove-before-thaw",
+    "remove-after-store-detach",
 ];
 
 /// What an injected fault does.

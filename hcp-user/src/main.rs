@@ -88,6 +88,16 @@ fn run(action: Action) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Action::Guard(plan, parent) => Ok(ExitCode::from(hcp::guard::serve(&plan, parent) as u8)),
+        Action::Recover(json) => {
+            let recovered = hcp::session::recover()?;
+            render::recovered(&recovered, json);
+            // Everything found is reported; the status is that of the first
+            // thing that could not be cleaned up.
+            Ok(match recovered.iter().find_map(|r| r.error_kind) {
+                Some(kind) => ExitCode::from(kind.exit_code()),
+                None => ExitCode::SUCCESS,
+            })
+        }
         Action::Version(json) => {
             render::version(json);
             Ok(ExitCode::SUCCESS)

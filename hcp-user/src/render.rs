@@ -1,7 +1,7 @@
 //! What hcp prints: text in the original hcp's spirit, or one JSON value
 //! with `--json`. Every figure says what it counts.
 
-use hcp::session::{ListEntry, Removed, Shown, Started};
+use hcp::session::{ListEntry, Recovered, Removed, Shown, Started};
 use hcp::size::format_bytes;
 use serde::Serialize;
 
@@ -102,6 +102,23 @@ pub fn list(entries: &[ListEntry], json: bool) {
             _ => println!(" Store Use:             unknown (of {})", format_bytes(e.store_bytes)),
         }
         println!(" State:                 {}", serde_json::to_value(e.state).expect("state").as_str().unwrap_or("?"));
+        if let Some(problem) = &e.problem {
+            println!(" Problem:               {problem}: run `hcp recover`");
+        }
+    }
+}
+
+pub fn recovered(recovered: &[Recovered], json: bool) {
+    if json {
+        return print_json(&recovered);
+    }
+    if recovered.is_empty() {
+        println!("Nothing to recover: every session is complete.");
+        return;
+    }
+    for r in recovered {
+        let mark = if r.ok { "done" } else { "FAILED" };
+        println!("{}: {}: {mark}: {}", r.item, r.found, r.done);
     }
 }
 

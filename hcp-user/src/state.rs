@@ -274,6 +274,20 @@ impl Lock {
     }
 }
 
+/// The pid of the hcp command changing sessions now, if one is: a reader
+/// that takes no lock (`list`) tells a start in progress from one that
+/// died this way.
+pub fn lock_holder() -> Option<String> {
+    let path = run_dir().join("lock");
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).ok()?;
+    // SAFETY: flock on a file descriptor we own; a shared lock is released
+    // with the file.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        return None;
+    }
+    Some(fs::read_to_string(&path).unwrap_or_default().trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

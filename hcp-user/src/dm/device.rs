@@ -94,6 +94,17 @@ impl Dm {
             .map_err(|e| dm_error(&format!("looking up dm device {name}"), &e))
     }
 
+    /// The device number of `name`.
+    pub fn devnum(&self, name: &str) -> Result<DevNum> {
+        self.dm
+            .device_info(&DevId::Name(dm_name(name)?))
+            .map(|info| {
+                let dev = info.device();
+                DevNum { major: dev.major, minor: dev.minor }
+            })
+            .map_err(|e| dm_error(&format!("looking up dm device {name}"), &e))
+    }
+
     pub fn suspend(&self, name: &str, how: Suspend) -> Result<()> {
         let mut flags = DmFlags::DM_SUSPEND;
         if how == Suspend::SkipLockfs {

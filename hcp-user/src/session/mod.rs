@@ -13,11 +13,14 @@
 //! live origin as LVM does. A plain device that nothing holds is itself the
 //! `<real>`, wrapped in an origin dm device `hcp-<kernel name>` of hcp's own.
 
+mod recover;
 mod remove;
 mod report;
 mod start;
 mod trace;
+mod window;
 
+pub use recover::{recover, Recovered};
 pub use remove::{remove, RemoveOptions, Removed};
 pub use report::{list, show, ListEntry, SessionState, Shown};
 pub use start::{start, StartOptions, Started};

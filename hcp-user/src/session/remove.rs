@@ -8,13 +8,15 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::blockdev::BlockDevice;
-use crate::dm::device::{Dm, Suspend};
+use crate::dm::device::Dm;
+use crate::dm::table::{SnapshotOrigin, TargetParams};
 use crate::error::{Error, Result};
-use crate::freeze::{Frozen, SignalBlock};
+use crate::fault;
 use crate::loopdev::LoopDevice;
 use crate::mountinfo::MountTable;
 use crate::state::{self, Lock, Phase, Session};
 
+use super::window::RESTORE_STEPS;
 use super::{is_origin_of, require_root, siblings};
 
 #[derive(Clone, Debug, Default)]
@@ -48,9 +50,16 @@ pub struct Removed {
 pub fn remove(opts: &RemoveOptions) -> Result<Vec<Removed>> {
     require_root()?;
     let dm = Dm::open()?;
+    fault::configured()?;
     let _lock = Lock::acquire()?;
     let mut sessions = state::load_all()?;
     let targets = find_targets(&opts.target, &sessions)?;
+    // Removing a half-made session finishes it; others are pointed out.
+    for (id, problem) in super::recover::leftovers(&dm, &sessions)? {
+        if !targets.contains(&id) {
+            eprintln!("hcp: warning: session {id} is incomplete ({problem}): run `hcp recover`");
+        }
+    }
     let report = match &opts.report {
         Some(_) if targets.len() > 1 => {
             return Err(Error::usage(format!(
@@ -94,7 +103,11 @@ fn find_targets(target: &str, sessions: &[Session]) -> Result<Vec<String>> {
     )))
 }
 
-fn remove_one(
+/// Removes one session, every piece of it that exists: a complete one
+/// (`remove`), or a half-made or half-removed one (`recover`), in the order
+/// that keeps the origin safe. Fails, changing nothing, while something
+/// else uses the snapshot or the wrapper that goes with it.
+pub(super) fn remove_one(
     dm: &Dm,
     session: &Session,
     sessions: &[Session],
@@ -130,16 +143,20 @@ fn remove_one(
     if let Some(m) = our_mount {
         crate::mount::unmount(&m.path)?;
     }
+    fault::at("remove-after-unmount")?;
     // The final figures, while every device is still there.
     // (Tracing must never stand in the way of a removal: failures warn.)
-    let report = session.trace.as_ref().and_then(|_| {
+    let report = session.trace.as_ref().filter(|_| session.phase == Phase::Active).and_then(|_| {
         super::trace::write_report(session, report)
             .map_err(|e| eprintln!("hcp: warning: no final report for {}: {e}", session.id))
             .ok()
     });
+    // From here on the session only goes: a crash leaves it for `recover`
+    // to finish, never to bring back.
     let mut record = session.clone();
     record.phase = Phase::Removing;
     state::save(&record)?;
+    fault::at("remove-after-record")?;
     if let Err(e) = super::trace::detach(session, sessions) {
         eprintln!("hcp: warning: {e}");
     }
@@ -157,15 +174,19 @@ fn remove_one(
     if dm.exists(&cow)? {
         dm.remove(&cow)?;
     }
+    fault::at("remove-after-snapshot-remove")?;
     let mut frozen_seconds = None;
     if last {
         frozen_seconds = restore_origin(dm, session)?;
     }
-    if let Some(lo) = &session.store.loop_device {
-        if let Some(lo) = LoopDevice::find_by_backing_file(&session.store.path)?.into_iter().find(|l| &l.path == lo) {
+    if session.store.created_file || session.store.loop_device.is_some() {
+        // Every loop device on the store file: the record may predate the
+        // attach (a start that died there).
+        for lo in LoopDevice::find_by_backing_file(&session.store.path)? {
             lo.detach()?;
         }
     }
+    fault::at("remove-after-store-detach")?;
     let kept_store = if session.store.created_file && !keep_store {
         match std::fs::remove_file(&session.store.path) {
             Ok(()) => None,
@@ -173,7 +194,7 @@ fn remove_one(
             Err(e) => return Err(Error::io(format!("deleting store {}", session.store.path.display()), e)),
         }
     } else {
-        session.store.created_file.then(|| session.store.path.clone())
+        session.store.created_file.then(|| session.store.path.clone()).filter(|p| p.exists())
     };
     state::delete(&session.id)?;
     Ok(Removed {
@@ -193,8 +214,10 @@ fn snapshot_devnum(session: &Session) -> crate::devnum::DevNum {
 }
 
 /// Gives the origin back the table it had before its first snapshot (the
-/// one `-real` carries), or removes hcp's wrapper of a plain device.
-/// Returns how long the filesystem was frozen.
+/// one `-real` carries) and removes `-real`, or removes hcp's wrapper of a
+/// plain device. Whatever of that is already done is skipped, so a start
+/// that died before the switch, or a remove that died inside it, ends the
+/// same way. Returns how long the filesystem was frozen.
 fn restore_origin(dm: &Dm, session: &Session) -> Result<Option<f64>> {
     let origin = &session.origin.dm_name;
     if session.origin.wrapped {
@@ -203,34 +226,49 @@ fn restore_origin(dm: &Dm, session: &Session) -> Result<Option<f64>> {
         }
         return Ok(None);
     }
-    let real = &session.origin.real;
-    if !dm.exists(real)? {
-        return Err(Error::system(format!("{real}, the data under origin {origin}, is missing: run `hcp recover`")));
+    let frozen = restore_origin_table(dm, origin, &session.origin.real)?;
+    if dm.exists(&session.origin.real)? {
+        dm.remove(&session.origin.real)?;
+    }
+    Ok(frozen)
+}
+
+/// Switches a dm origin back onto its own table if it runs on
+/// `snapshot-origin`, or drops a new table loaded but never switched to.
+/// `-real` stays (the caller removes it once nothing uses it). Returns how
+/// long the filesystem was frozen.
+pub(super) fn restore_origin_table(dm: &Dm, origin: &str, real: &str) -> Result<Option<f64>> {
+    if !dm.exists(origin)? {
+        return Ok(None);
+    }
+    if !is_switched(dm, origin, real)? {
+        // A start that loaded the origin's new table but never switched.
+        let _ = dm.clear_inactive(origin);
+        return Ok(None);
     }
     let table = dm.table(real)?;
     dm.load(origin, &table)?;
+    fault::at("remove-after-origin-reload")?;
     let mounts = MountTable(crate::mountinfo::read()?);
-    let origin_dev = BlockDevice::resolve(&crate::dm::device::node_path(origin).display().to_string())?;
-    let mounted_at = mounts.mounts_of(origin_dev.devnum).first().map(|m| m.mount_point.clone());
+    let mounted_at = mounts.mounts_of(dm.devnum(origin)?).first().map(|m| m.mount_point.clone());
+    let window = super::window::switch(dm, origin, mounted_at.as_deref(), true, &RESTORE_STEPS, || Ok(()))?;
+    Ok(window.frozen.map(|d| d.as_secs_f64()))
+}
 
-    let signals = SignalBlock::new()?;
-    let frozen = mounted_at.as_deref().map(Frozen::freeze).transpose()?;
-    let how = if frozen.is_some() { Suspend::SkipLockfs } else { Suspend::Lockfs };
-    let switched = dm.suspend(origin, how).and_then(|()| {
-        let resumed = dm.resume(origin);
-        if resumed.is_err() {
-            let _ = dm.clear_inactive(origin);
-            let _ = dm.resume(origin);
-        }
-        resumed
-    });
-    let thawed = frozen.map(Frozen::thaw).transpose();
-    drop(signals);
-    if switched.is_err() {
-        let _ = dm.clear_inactive(origin);
+/// Whether `origin` runs on hcp's `snapshot-origin` over `real`. Refuses
+/// a `snapshot-origin` over anything else: that is not hcp's to undo.
+pub(super) fn is_switched(dm: &Dm, origin: &str, real: &str) -> Result<bool> {
+    let table = dm.table(origin)?;
+    let [line] = table.as_slice() else { return Ok(false) };
+    if line.target_type != "snapshot-origin" {
+        return Ok(false);
     }
-    switched?;
-    let frozen = thawed?;
-    dm.remove(real)?;
-    Ok(frozen.map(|d| d.as_secs_f64()))
+    let over = SnapshotOrigin::from_line(line)?.origin;
+    if !dm.exists(real)? || dm.devnum(real)? != over {
+        return Err(Error::refused(format!(
+            "origin {origin} runs on snapshot-origin over {over}, not over hcp's {real}: hcp leaves it alone; \
+             inspect it with `dmsetup table {origin}`"
+        )));
+    }
+    Ok(true)
 }

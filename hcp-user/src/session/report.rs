@@ -11,7 +11,8 @@ use crate::dm::status::SnapshotStatus;
 use crate::error::{Error, Result};
 use crate::state::{self, Phase, Session};
 
-use super::{format_time, is_origin_of};
+use super::remove::is_switched;
+use super::{format_time, is_origin_of, UUID_COW, UUID_ORIGIN, UUID_REAL, UUID_SNAPSHOT};
 
 /// A session's state as `list` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -21,10 +22,12 @@ pub enum SessionState {
     /// The store filled: dm dropped the snapshot. The origin is unaffected.
     Invalid,
     Merging,
-    /// A start or remove did not finish (see `hcp recover`).
+    /// Being made or removed by an hcp running now.
+    Starting,
+    Removing,
+    /// A start or remove did not finish, or a piece of the session is
+    /// missing or changed (`problem` says which): `hcp recover` clears it.
     Incomplete,
-    /// The record exists but its snapshot device does not.
-    Missing,
 }
 
 /// One session as `list` reports it.
@@ -47,24 +50,39 @@ pub struct ListEntry {
     pub store_use_percent: Option<f64>,
     pub chunk_bytes: u64,
     pub state: SessionState,
+    /// What is wrong with an incomplete session, and so what `hcp recover`
+    /// will do about it.
+    pub problem: Option<String>,
 }
 
 pub fn list() -> Result<Vec<ListEntry>> {
     // Listing changes nothing, so it takes no lock and needs dm only to
     // read states.
     let sessions = state::load_all()?;
-    let dm = if sessions.is_empty() { None } else { Some(Dm::open()?) };
-    sessions.iter().map(|s| entry(dm.as_ref().expect("dm opened for sessions"), s)).collect()
+    let dm = match Dm::open() {
+        Ok(dm) => dm,
+        // Nothing to list, and nothing to look for without device-mapper.
+        Err(_) if sessions.is_empty() => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let in_progress = state::lock_holder().is_some();
+    let entries = sessions.iter().map(|s| entry(&dm, s, in_progress)).collect::<Result<Vec<_>>>()?;
+    for orphan in orphans(&dm, &sessions)? {
+        eprintln!("hcp: {orphan}: run `hcp recover`");
+    }
+    Ok(entries)
 }
 
-fn entry(dm: &Dm, s: &Session) -> Result<ListEntry> {
+fn entry(dm: &Dm, s: &Session, in_progress: bool) -> Result<ListEntry> {
     let status = if dm.exists(&s.id)? { snapshot_status(dm, &s.id)? } else { None };
+    let problem = if in_progress && s.phase != Phase::Active { None } else { problem(dm, s)? };
     let state = match (s.phase, &status) {
-        (Phase::Starting | Phase::Removing, _) => SessionState::Incomplete,
-        (Phase::Active, None) => SessionState::Missing,
+        _ if problem.is_some() => SessionState::Incomplete,
+        (Phase::Starting, _) => SessionState::Starting,
+        (Phase::Removing, _) => SessionState::Removing,
         (Phase::Active, Some((_, SnapshotStatus::Invalid | SnapshotStatus::Overflow))) => SessionState::Invalid,
         (Phase::Active, Some((target, _))) if target == "snapshot-merge" => SessionState::Merging,
-        (Phase::Active, Some(_)) => SessionState::Active,
+        (Phase::Active, _) => SessionState::Active,
     };
     let active = status.as_ref().and_then(|(_, st)| match st {
         SnapshotStatus::Active { allocated, total, metadata } => Some((*allocated, *total, *metadata)),
@@ -93,6 +111,7 @@ fn entry(dm: &Dm, s: &Session) -> Result<ListEntry> {
         ),
         chunk_bytes: s.chunk_bytes,
         state,
+        problem,
     })
 }
 
@@ -106,6 +125,107 @@ fn snapshot_status(dm: &Dm, id: &str) -> Result<Option<(String, SnapshotStatus)>
     }
 }
 
+/// What is wrong with a session whose command is not running: None for a
+/// complete one. (The caller knows whether its command may be running.)
+pub(super) fn problem(dm: &Dm, s: &Session) -> Result<Option<String>> {
+    match s.phase {
+        Phase::Starting => return Ok(Some("its start did not finish".to_string())),
+        Phase::Removing => return Ok(Some("its removal did not finish".to_string())),
+        Phase::Active => {}
+    }
+    if !dm.exists(&s.id)? {
+        return Ok(Some(format!("its snapshot device {} is missing", s.id)));
+    }
+    if dm.status(&s.id)?.is_empty() {
+        return Ok(Some(format!("its snapshot device {} has no active table", s.id)));
+    }
+    let origin = &s.origin.dm_name;
+    if !dm.exists(origin)? {
+        return Ok(Some(format!("its origin device {origin} is missing")));
+    }
+    if !s.origin.wrapped {
+        match is_switched(dm, origin, &s.origin.real) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Ok(Some(format!(
+                    "its origin {origin} no longer runs on snapshot-origin: the snapshot stopped following its writes"
+                )))
+            }
+            Err(e) => return Ok(Some(e.message().to_string())),
+        }
+    }
+    Ok(None)
+}
+
+/// hcp's dm devices (known by their UUIDs) that no session record accounts
+/// for, each described in a line.
+pub(super) fn orphans(dm: &Dm, sessions: &[Session]) -> Result<Vec<Orphan>> {
+    let mut found = Vec::new();
+    for (name, _, uuid) in dm.list()? {
+        let kind = if uuid.starts_with(UUID_SNAPSHOT) {
+            (!sessions.iter().any(|s| s.id == name)).then_some(OrphanKind::Snapshot)
+        } else if uuid.starts_with(UUID_COW) {
+            (!sessions.iter().any(|s| format!("{}-cow", s.id) == name)).then_some(OrphanKind::StoreLimit)
+        } else if let Some(origin) = uuid.strip_prefix(UUID_REAL) {
+            (!sessions.iter().any(|s| !s.origin.wrapped && s.origin.real == name))
+                .then(|| OrphanKind::Real { origin: origin.to_string() })
+        } else if uuid.starts_with(UUID_ORIGIN) {
+            (!sessions.iter().any(|s| s.origin.wrapped && s.origin.dm_name == name)).then_some(OrphanKind::Wrapper)
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
+            found.push(Orphan { name, kind });
+        }
+    }
+    // Snapshots first: the devices under them are free only once they go.
+    found.sort_by_key(|o| o.kind.order());
+    Ok(found)
+}
+
+/// An hcp dm device without a session.
+#[derive(Clone, Debug)]
+pub(super) struct Orphan {
+    pub name: String,
+    pub kind: OrphanKind,
+}
+
+#[derive(Clone, Debug)]
+pub(super) enum OrphanKind {
+    Snapshot,
+    /// `hcpN-cow`: a store device's first bytes, for a quota.
+    StoreLimit,
+    /// `<origin>-real`, the data under `origin`.
+    Real {
+        origin: String,
+    },
+    /// `hcp-<device>`, the origin hcp made for a plain device.
+    Wrapper,
+}
+
+impl OrphanKind {
+    fn order(&self) -> u8 {
+        match self {
+            OrphanKind::Snapshot => 0,
+            OrphanKind::StoreLimit => 1,
+            OrphanKind::Real { .. } => 2,
+            OrphanKind::Wrapper => 3,
+        }
+    }
+}
+
+impl std::fmt::Display for Orphan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match &self.kind {
+            OrphanKind::Snapshot => "an hcp snapshot".to_string(),
+            OrphanKind::StoreLimit => "an hcp store's quota device".to_string(),
+            OrphanKind::Real { origin } => format!("the data under origin {origin}"),
+            OrphanKind::Wrapper => "hcp's origin for a plain device".to_string(),
+        };
+        write!(f, "dm device {} ({what}) has no session record", self.name)
+    }
+}
+
 /// The hcp devices of `device`, as `show` reports them.
 #[derive(Clone, Debug, Serialize)]
 pub struct Shown {
@@ -116,8 +236,17 @@ pub struct Shown {
 pub fn show(device: &str) -> Result<Shown> {
     let dev = BlockDevice::resolve(device)?;
     let sessions = state::load_all()?;
-    let snapshots: Vec<PathBuf> =
-        sessions.iter().filter(|s| is_origin_of(s, &dev)).map(|s| s.snapshot_path.clone()).collect();
+    let of_dev: Vec<&Session> = sessions.iter().filter(|s| is_origin_of(s, &dev)).collect();
+    if state::lock_holder().is_none() {
+        if let Ok(dm) = Dm::open() {
+            for s in &of_dev {
+                if let Some(problem) = problem(&dm, s)? {
+                    eprintln!("hcp: warning: session {} is incomplete ({problem}): run `hcp recover`", s.id);
+                }
+            }
+        }
+    }
+    let snapshots: Vec<PathBuf> = of_dev.iter().map(|s| s.snapshot_path.clone()).collect();
     if snapshots.is_empty() {
         return Err(Error::not_found(format!("{device} has no hcp sessions (`hcp -l` lists them all)")));
     }

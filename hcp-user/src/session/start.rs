@@ -17,11 +17,10 @@ use serde::Serialize;
 
 use crate::blockdev::BlockDevice;
 use crate::devnum::DevNum;
-use crate::dm::device::{make_node, Dm, Suspend};
+use crate::dm::device::{make_node, Dm};
 use crate::dm::table::{Linear, Persistence, Snapshot, SnapshotOrigin, TargetParams};
 use crate::error::{Error, Result, ResultExt};
 use crate::fault;
-use crate::freeze::{Frozen, SignalBlock};
 use crate::loopdev::{AttachOptions, LoopDevice};
 use crate::mountinfo::MountTable;
 use crate::size::{format_bytes, ChunkSize, Quota};
@@ -115,6 +114,15 @@ enum OriginPlan {
     Wrap { name: String, raw: BlockDevice },
 }
 
+impl OriginPlan {
+    /// The dm device that carries (or will carry) `snapshot-origin`.
+    fn origin_name(&self) -> &str {
+        match self {
+            OriginPlan::Live { name, .. } | OriginPlan::Wrap { name, .. } => name,
+        }
+    }
+}
+
 enum StorePlan {
     /// A file hcp creates and attaches through a loop device.
     File { path: PathBuf },
@@ -143,6 +151,18 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         OriginPlan::Live { name, .. } => (BlockDevice::from_devnum(dm_devnum(&dm, name)?)?, name.clone()),
         OriginPlan::Wrap { raw, .. } => (raw.clone(), raw.kernel_name.clone()),
     };
+    // Leftovers of an hcp that did not finish: on this origin they would
+    // get in the way (its table, its `-real`); elsewhere they are only
+    // pointed out.
+    for (id, problem) in super::recover::leftovers(&dm, &sessions)? {
+        let on_this = sessions.iter().any(|s| s.id == id && s.origin.dm_name == plan.origin_name());
+        if on_this {
+            return Err(Error::refused(format!(
+                "session {id} of this origin is incomplete ({problem}): run `hcp recover` first"
+            )));
+        }
+        eprintln!("hcp: warning: session {id} is incomplete ({problem}): run `hcp recover`");
+    }
     let id = next_id(&dm, &sessions)?;
     let quota = opts.quota.unwrap_or(DEFAULT_QUOTA).resolve(origin_dev.size_bytes);
     let min_store = MIN_STORE_BYTES.max(16 * opts.chunk.bytes());
@@ -166,13 +186,49 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
     };
 
     fault::configured()?;
-    // Everything checked: from here on each change has its undo.
+    // Everything checked. The record comes first, before anything it
+    // describes exists: whatever of it a crash leaves, `hcp recover` finds
+    // from here. From here on each change also has its undo.
     let mut undo = Undo::default();
+    let snapshot_path = snapshot_node(&id);
+    let (origin_name, origin_path, wrapped, real_label) = match &plan {
+        OriginPlan::Live { name, real_name, real, wrapped, .. } => {
+            let real_label = if *wrapped { real_path(*real) } else { real_name.clone() };
+            (name.clone(), named_origin_path(&named, name), *wrapped, real_label)
+        }
+        OriginPlan::Wrap { name, raw } => {
+            (name.clone(), raw.display_path(), true, raw.display_path().display().to_string())
+        }
+    };
+    let mut session = Session {
+        version: RECORD_VERSION,
+        id: id.clone(),
+        phase: Phase::Starting,
+        origin: Origin { path: origin_path.clone(), dm_name: origin_name.clone(), real: real_label, wrapped },
+        snapshot_path: snapshot_path.clone(),
+        store: planned_store(&store_plan, quota),
+        mount: mount_point.as_ref().map(|path| MountRecord {
+            path: path.clone(),
+            read_only: opts.read_only,
+            created_dir: !path.exists(),
+        }),
+        created_unix: now_unix(),
+        chunk_bytes: opts.chunk.bytes(),
+        quota_bytes: 0,
+        trace: None,
+    };
+    session.quota_bytes = session.store.size_bytes;
+    state::save(&session)?;
+    {
+        let id = id.clone();
+        undo.push(format!("remove the record of {id}"), move || state::delete(&id));
+    }
+
     let (store, store_dev, store_bytes) = prepare_store(&dm, &store_plan, &id, quota, opts, &mut undo)?;
     zero_header(&store_dev, opts.chunk)?;
+    session.store = store;
 
-    let snapshot_path = snapshot_node(&id);
-    let (origin_name, real_devnum, length) = match &plan {
+    let (real_devnum, length) = match &plan {
         OriginPlan::Live { name, real, create_real, real_name, .. } => {
             let real = if *create_real {
                 let table = dm.table(name)?;
@@ -180,14 +236,20 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
                 let real = dm.create(real_name, &truncate_uuid(&uuid), &table)?;
                 let dm_ref = &dm;
                 let real_name = real_name.clone();
-                undo.push(format!("remove {real_name}"), move || dm_ref.remove(&real_name));
+                // Tolerant: restoring a switched origin removes it already.
+                undo.push(format!("remove {real_name}"), move || {
+                    if dm_ref.exists(&real_name)? {
+                        dm_ref.remove(&real_name)?;
+                    }
+                    Ok(())
+                });
                 real
             } else {
                 *real
             };
-            (name.clone(), real, origin_dev.size_sectors())
+            (real, origin_dev.size_sectors())
         }
-        OriginPlan::Wrap { name, raw } => (name.clone(), raw.devnum, raw.size_sectors()),
+        OriginPlan::Wrap { raw, .. } => (raw.devnum, raw.size_sectors()),
     };
     let snap = Snapshot {
         origin: real_devnum,
@@ -211,40 +273,10 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         undo.push(format!("clear the inactive table of {name}"), move || dm_ref.clear_inactive(&name));
         fault::at("after-origin-reload")?;
     }
-    let mount_record = match &mount_point {
-        Some(path) => Some(MountRecord {
-            path: path.clone(),
-            read_only: opts.read_only,
-            created_dir: create_mount_dir(path, &mut undo)?,
-        }),
-        None => None,
-    };
-
-    let (origin_path, wrapped, real_label) = match &plan {
-        OriginPlan::Live { name, real_name, wrapped, .. } => {
-            let real_label = if *wrapped { real_path(real_devnum) } else { real_name.clone() };
-            (named_origin_path(&named, name), *wrapped, real_label)
-        }
-        OriginPlan::Wrap { raw, .. } => (raw.display_path(), true, raw.display_path().display().to_string()),
-    };
-    let mut session = Session {
-        version: RECORD_VERSION,
-        id: id.clone(),
-        phase: Phase::Starting,
-        origin: Origin { path: origin_path.clone(), dm_name: origin_name.clone(), real: real_label, wrapped },
-        snapshot_path: snapshot_path.clone(),
-        store,
-        mount: mount_record,
-        created_unix: now_unix(),
-        chunk_bytes: opts.chunk.bytes(),
-        quota_bytes: store_bytes,
-        trace: None,
-    };
-    state::save(&session)?;
-    {
-        let id = id.clone();
-        undo.push(format!("remove the record of {id}"), move || state::delete(&id));
+    if let Some(path) = &mount_point {
+        create_mount_dir(path, &mut undo)?;
     }
+    state::save(&session)?;
 
     // Tracing starts before the switch, so that it sees the window.
     let mut traced = Vec::new();
@@ -280,7 +312,24 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
     };
     match &plan {
         OriginPlan::Live { name, create_real, mounted_at, .. } => {
-            let window = switch_live(&dm, name, &id, *create_real, mounted_at.as_deref())?;
+            if *create_real {
+                // Anything failing once the origin runs on its new table
+                // (before the thaw, say) must give it its own table back
+                // before the rest is undone.
+                let dm_ref = &dm;
+                let (origin, real) = (name.clone(), session.origin.real.clone());
+                undo.push(format!("give {name} its own table back"), move || {
+                    super::remove::restore_origin_table(dm_ref, &origin, &real).map(drop)
+                });
+            }
+            let window = super::window::switch(
+                &dm,
+                name,
+                mounted_at.as_deref(),
+                *create_real,
+                &super::window::START_STEPS,
+                || dm.resume(&id),
+            )?;
             timing.frozen_seconds = window.frozen.map(|d| d.as_secs_f64());
             timing.freeze_call_seconds = window.freeze_call.map(|d| d.as_secs_f64());
             timing.suspended_seconds = Some(window.suspended.as_secs_f64());
@@ -616,6 +665,22 @@ fn create_mount_dir<'a>(path: &Path, undo: &mut Undo<'a>) -> Result<bool> {
     Ok(true)
 }
 
+/// The record of the store `plan` makes, before it is made (a file store's
+/// loop device is added once attached).
+fn planned_store(plan: &StorePlan, quota: u64) -> Store {
+    match plan {
+        StorePlan::File { path } => {
+            Store { path: path.clone(), loop_device: None, created_file: true, size_bytes: quota }
+        }
+        StorePlan::Device { dev, limit } => Store {
+            path: dev.display_path(),
+            loop_device: None,
+            created_file: false,
+            size_bytes: limit.unwrap_or(dev.size_bytes),
+        },
+    }
+}
+
 /// Creates and attaches a file store, or readies a device store; returns
 /// the record, the block device dm will use, and its size.
 fn prepare_store<'a>(
@@ -655,14 +720,9 @@ fn prepare_store<'a>(
             let lo_path = lo.path.clone();
             let dev = BlockDevice::from_devnum(lo.devnum()?)?;
             undo.push(format!("detach {}", lo_path.display()), move || lo.detach());
-            let store = Store { path: path.clone(), loop_device: Some(lo_path), created_file: true, size_bytes: quota };
-            Ok((store, dev, quota))
+            Ok((Store { loop_device: Some(lo_path), ..planned_store(plan, quota) }, dev, quota))
         }
-        StorePlan::Device { dev, limit: None } => {
-            let store =
-                Store { path: dev.display_path(), loop_device: None, created_file: false, size_bytes: dev.size_bytes };
-            Ok((store, dev.clone(), dev.size_bytes))
-        }
+        StorePlan::Device { dev, limit: None } => Ok((planned_store(plan, quota), dev.clone(), dev.size_bytes)),
         StorePlan::Device { dev, limit: Some(bytes) } => {
             // Only the first `bytes` of the device, so the quota holds.
             let name = format!("{id}-cow");
@@ -670,8 +730,7 @@ fn prepare_store<'a>(
             let devnum = dm.create(&name, &truncate_uuid(&format!("{UUID_COW}{id}")), &[line])?;
             let owned = name.clone();
             undo.push(format!("remove {name}"), move || dm.remove(&owned));
-            let store = Store { path: dev.display_path(), loop_device: None, created_file: false, size_bytes: *bytes };
-            Ok((store, BlockDevice::from_devnum(devnum)?, *bytes))
+            Ok((planned_store(plan, quota), BlockDevice::from_devnum(devnum)?, *bytes))
         }
     }
 }
@@ -711,71 +770,6 @@ fn zero_header(store: &BlockDevice, chunk: ChunkSize) -> Result<()> {
     f.write_all_at(&vec![0u8; chunk.bytes() as usize], 0)
         .and_then(|()| f.sync_data())
         .map_err(|e| Error::io(format!("clearing the header of store {}", path.display()), e))
-}
-
-struct Window {
-    frozen: Option<Duration>,
-    freeze_call: Option<Duration>,
-    suspended: Duration,
-}
-
-/// The frozen window of a dm origin. On failure the origin is resumed with
-/// its old table and the filesystem thawed before the error returns, in
-/// that order (a thaw writes to the device); on a panic the same happens as
-/// the stack unwinds. If hcp dies or hangs inside, the guard process does it.
-fn switch_live(dm: &Dm, origin: &str, snapshot: &str, reload: bool, mounted_at: Option<&Path>) -> Result<Window> {
-    let plan = crate::guard::Plan {
-        resume: vec![origin.to_string()],
-        thaw: mounted_at.map(Path::to_path_buf).into_iter().collect(),
-        deadline: crate::guard::deadline()?,
-    };
-    // Dropped last: by then hcp has restored what it could itself.
-    let guard = crate::guard::Guard::spawn(&plan)?;
-    // Ctrl-C between freeze and thaw must not leave the filesystem frozen:
-    // signals wait until the window is over.
-    let signals = SignalBlock::new()?;
-    let frozen = mounted_at.map(Frozen::freeze).transpose()?;
-    fault::at("after-freeze")?;
-    let how = if frozen.is_some() { Suspend::SkipLockfs } else { Suspend::Lockfs };
-    let suspend_start = Instant::now();
-    dm.suspend(origin, how)?;
-    // Declared after `frozen`, so dropped (resumed) before it is thawed.
-    let mut held = Held { dm, origin, reload, armed: true };
-    fault::at("after-suspend")?;
-    dm.resume(snapshot)?;
-    fault::at("before-resume")?;
-    dm.resume(origin)?;
-    held.armed = false;
-    let suspended = suspend_start.elapsed();
-    fault::at("before-thaw")?;
-    let freeze_call = frozen.as_ref().map(|f| f.freeze_call);
-    let frozen = frozen.map(Frozen::thaw).transpose()?;
-    drop(signals);
-    guard.disarm()?;
-    Ok(Window { frozen, freeze_call, suspended })
-}
-
-/// A suspended origin: unless disarmed, resumed with its old table (the
-/// preloaded one dropped) when it goes out of scope, on an error or a panic.
-struct Held<'a> {
-    dm: &'a Dm,
-    origin: &'a str,
-    reload: bool,
-    armed: bool,
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        if self.reload {
-            let _ = self.dm.clear_inactive(self.origin);
-        }
-        if let Err(e) = self.dm.resume(self.origin) {
-            eprintln!("hcp: could not resume {}: {e}; resume it by hand: dmsetup resume {}", self.origin, self.origin);
-        }
-    }
 }
 
 /// The lowest `hcpN` (N from 1) that no session and no dm device uses.
