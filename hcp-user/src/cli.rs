@@ -28,6 +28,8 @@ Exit status:
   5  refused: cannot work on this device as it is (a mounted plain partition,
      a store on the origin, a kernel without device-mapper)
   6  permission: hcp must run as root
+  A start stopped by Ctrl-C or SIGTERM undoes its work, then ends by that
+  signal (a shell shows 130 or 143).
 
 After an hcp that did not finish (killed, crashed), `hcp recover` rolls back
 half-made sessions and finishes half-removed ones; `hcp -l` shows them as

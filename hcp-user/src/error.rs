@@ -19,6 +19,10 @@ pub enum Kind {
     Refused,
     /// Needs root: exit 6.
     Permission,
+    /// Stopped by a signal (Ctrl-C, SIGTERM) before it changed anything
+    /// lasting: 130, as a shell reports a Ctrl-C. (The signal itself then
+    /// ends the process, once hcp has undone its work and said so.)
+    Interrupted,
 }
 
 impl Kind {
@@ -30,6 +34,7 @@ impl Kind {
             Kind::Busy => 4,
             Kind::Refused => 5,
             Kind::Permission => 6,
+            Kind::Interrupted => 130,
         }
     }
 }

@@ -82,6 +82,40 @@ impl fmt::Debug for SignalBlock {
     }
 }
 
+/// Clears the calling thread's signal mask: for hcp's helper processes,
+/// which inherit the mask of the command that started them.
+pub fn unblock_all_signals() {
+    // SAFETY: an empty, initialised sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// The signals that ask hcp to stop (not SIGTSTP, which only pauses it).
+const STOP_SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// A signal asking hcp to stop that is pending, held back by a
+/// [`SignalBlock`]: a long command checks between its steps, undoes what it
+/// did, and the signal ends the process once the block is dropped.
+pub fn pending_stop_signal() -> Option<&'static str> {
+    // SAFETY: sigset_t is plain data, filled in by sigpending.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid sigset_t pointer.
+    if unsafe { libc::sigpending(&mut set) } != 0 {
+        return None;
+    }
+    // SAFETY: `set` was filled in above; the signal numbers are valid.
+    let pending = STOP_SIGNALS.into_iter().find(|sig| unsafe { libc::sigismember(&set, *sig) } == 1)?;
+    Some(match pending {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "SIGQUIT",
+    })
+}
+
 /// A frozen filesystem; thawed by [`Frozen::thaw`] or, failing that, on drop.
 ///
 /// Holds a [`SignalBlock`] from before the freeze until after the thaw, so

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hcp::error::Error;
+use hcp::freeze::SignalBlock;
 
 use cli::{Action, Cli, StatsFormat};
 
@@ -25,16 +26,36 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.json;
-    match cli.action().and_then(run) {
+    let action = match cli.action() {
+        Ok(action) => action,
+        Err(e) => return fail(e, json),
+    };
+    // Commands that change sessions hold Ctrl-C, SIGTERM and SIGHUP back
+    // for their whole run: `start` checks for them between its steps and
+    // stops there, undoing what it made; `remove` and `recover` finish (a
+    // half-removed session helps nobody). Either way the signal ends the
+    // process only once this block is dropped, after hcp said what it did.
+    let _signals = match &action {
+        Action::Start(..) | Action::Remove(..) | Action::Recover(..) => match SignalBlock::new() {
+            Ok(block) => Some(block),
+            Err(e) => return fail(e, json),
+        },
+        _ => None,
+    };
+    match run(action) {
         Ok(code) => code,
-        Err(e) => {
-            if json {
-                println!("{}", serde_json::json!({ "error": e.message(), "exit_code": e.kind.exit_code() }));
-            }
-            eprintln!("hcp: {e}");
-            ExitCode::from(e.kind.exit_code())
-        }
+        Err(e) => fail(e, json),
     }
+}
+
+/// An error as one line on stderr (and an object with `--json`), and its
+/// exit status.
+fn fail(e: Error, json: bool) -> ExitCode {
+    if json {
+        println!("{}", serde_json::json!({ "error": e.message(), "exit_code": e.kind.exit_code() }));
+    }
+    eprintln!("hcp: {e}");
+    ExitCode::from(e.kind.exit_code())
 }
 
 fn run(action: Action) -> Result<ExitCode, Error> {
@@ -87,7 +108,12 @@ fn run(action: Action) -> Result<ExitCode, Error> {
             render::trace_attached(&snapshot, json);
             Ok(ExitCode::SUCCESS)
         }
-        Action::Guard(plan, parent) => Ok(ExitCode::from(hcp::guard::serve(&plan, parent) as u8)),
+        Action::Guard(plan, parent) => {
+            // Started from inside a switch, it inherited hcp's blocked
+            // signals; it must not hold them for hcp's sake.
+            hcp::freeze::unblock_all_signals();
+            Ok(ExitCode::from(hcp::guard::serve(&plan, parent) as u8))
+        }
         Action::Recover(json) => {
             let recovered = hcp::session::recover()?;
             render::recovered(&recovered, json);

@@ -1068,3 +1068,62 @@ fn a_live_sqlite_database_in_wal_mode_is_snapshotted_at_a_commit() {
     assert!(max <= acked_after + 1, "the snapshot holds rows committed after it: {max} > {acked_after}");
     hcp_json(&["remove", started["session"].as_str().unwrap()]);
 }
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn ctrl_c_stops_a_start_cleanly_and_waits_out_a_switch() {
+    use std::os::unix::process::ExitStatusExt;
+    require_root();
+    let _serial = serial();
+    let mut vol = Volume::new("t-sigint", 32);
+    let dir = vol.mount(Fs::Ext4);
+    let files = write_files(&dir, "before");
+    let before = SystemState::take();
+    let vol_path = vol.path().to_str().unwrap().to_string();
+
+    // A traced start spends its baseline measuring the origin: Ctrl-C there.
+    let child = std::process::Command::new(hcp_bin())
+        .args(["start", "--trace", "--baseline", "5s", "--skip-mount", &vol_path])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(2500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let sent = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("start ended {:?} after SIGINT: {stderr}", sent.elapsed());
+    assert_eq!(out.status.signal(), Some(libc::SIGINT), "ended by the signal, after its undo: {stderr}");
+    assert!(stderr.contains("SIGINT during the baseline"), "{stderr}");
+    assert!(sent.elapsed() < Duration::from_secs(2), "stopped at once, not after the baseline");
+    assert_eq!(SystemState::take(), before, "everything undone: {stderr}");
+    assert!(!Path::new("/sys/fs/bpf/hcp").exists(), "tracing detached");
+    assert!(hcp_json(&["recover"]).as_array().unwrap().is_empty(), "nothing for recover");
+    assert_files(&dir, &files);
+
+    // A remove, hung inside its origin switch by a fault and signalled:
+    // the signal waits; the guard's deadline ends the hang; what is left
+    // is a half-removed session, which recover finishes.
+    let started = hcp_json(&["start", "--skip-mount", &vol_path]);
+    let mut child = std::process::Command::new(hcp_bin())
+        .args(["remove", started["session"].as_str().unwrap()])
+        .env("HCP_FAULT", "remove-after-suspend:hang")
+        .env("HCP_SWITCH_TIMEOUT", "2")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(1000));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "SIGTERM is held back inside the switch");
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "the guard ended the hang: {status}");
+    assert!(!suspended("t-sigint"), "the guard resumed the origin");
+    let recovered = hcp_json(&["recover"]);
+    assert_eq!(recovered.as_array().unwrap().len(), 1, "{recovered}");
+    assert_eq!(SystemState::take(), before, "{recovered}");
+    assert_files(&dir, &files);
+}

@@ -264,14 +264,14 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         let id = id.clone();
         undo.push(format!("remove {id}"), move || dm_ref.remove(&id));
     }
-    fault::at("after-snapshot-create")?;
+    step("after-snapshot-create")?;
     let origin_table = SnapshotOrigin { origin: real_devnum }.table_line(length);
     if let OriginPlan::Live { name, create_real: true, .. } = &plan {
         dm.load(name, std::slice::from_ref(&origin_table))?;
         let dm_ref = &dm;
         let name = name.clone();
         undo.push(format!("clear the inactive table of {name}"), move || dm_ref.clear_inactive(&name));
-        fault::at("after-origin-reload")?;
+        step("after-origin-reload")?;
     }
     if let Some(path) = &mount_point {
         create_mount_dir(path, &mut undo)?;
@@ -301,7 +301,7 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         }
     }
 
-    fault::at("after-prepare")?;
+    step("after-prepare")?;
     // The switch.
     let mut timing = Timing {
         snapshot_seconds: 0.0,
@@ -770,6 +770,19 @@ fn zero_header(store: &BlockDevice, chunk: ChunkSize) -> Result<()> {
     f.write_all_at(&vec![0u8; chunk.bytes() as usize], 0)
         .and_then(|()| f.sync_data())
         .map_err(|e| Error::io(format!("clearing the header of store {}", path.display()), e))
+}
+
+/// A step of the preparation: where a pending Ctrl-C or SIGTERM (held back
+/// since the command began, see `main`) stops the start, everything made
+/// so far undone, and where a fault can be injected.
+fn step(name: &'static str) -> Result<()> {
+    if let Some(signal) = crate::freeze::pending_stop_signal() {
+        return Err(Error::new(
+            crate::error::Kind::Interrupted,
+            format!("{signal}: stopped before the snapshot went live; everything it made is undone"),
+        ));
+    }
+    fault::at(name)
 }
 
 /// The lowest `hcpN` (N from 1) that no session and no dm device uses.

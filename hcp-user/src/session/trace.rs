@@ -32,7 +32,19 @@ pub(super) fn baseline(origin: DevNum, baseline: Duration) -> Result<Option<Hist
             .map_err(|e| Error::system(format!("reading the origin's latency: {e:#}")))
     };
     let before = read_hist()?;
-    std::thread::sleep(baseline);
+    // In slices: a Ctrl-C held back meanwhile stops the start at once.
+    let until = std::time::Instant::now() + baseline;
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()) {
+        if let Some(signal) = crate::freeze::pending_stop_signal() {
+            return Err(Error::new(
+                crate::error::Kind::Interrupted,
+                format!(
+                    "{signal} during the baseline: stopped before the snapshot went live; everything it made is undone"
+                ),
+            ));
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
     Ok(Some(stats::to_record(&stats::subtract(&read_hist()?, &before))))
 }
 
