@@ -25,7 +25,9 @@ Exit status:
   3  no such session or device
   4  busy: the device or store is in use, or another hcp is changing sessions
   5  refused: cannot work on this device as it is (a mounted plain partition,
-     a store on the origin, a kernel without device-mapper)
+     a store on the origin, a kernel without device-mapper), or hcp's own
+     state is unsafe (a record or directory that is a symlink, another user's,
+     writable by others or malformed)
   6  permission: hcp must run as root";
 
 #[derive(Parser)]

@@ -15,7 +15,9 @@ pub enum Kind {
     /// The device or store is in use, or another hcp holds the lock: exit 4.
     Busy,
     /// The request cannot work on this device as it is (a mounted plain
-    /// partition, a store on the origin): exit 5.
+    /// partition, a store on the origin), or hcp's state is not safe to use
+    /// (a record or directory of hcp's that is a symlink, another user's,
+    /// writable by others or malformed): exit 5.
     Refused,
     /// Needs root: exit 6.
     Permission,

@@ -495,7 +495,11 @@ fn plan_store(
 /// A file store must not live on the origin: every write to the store
 /// would itself be copied aside into the store.
 fn check_file_store(path: &Path, origin: &BlockDevice) -> Result<()> {
-    if path.exists() {
+    if path.starts_with(DEFAULT_STORE_DIR) {
+        state::check_private_dir(Path::new(DEFAULT_STORE_DIR))?;
+    }
+    // (A dangling symlink is something there too.)
+    if std::fs::symlink_metadata(path).is_ok() {
         return Err(Error::usage(format!("store file {} exists already: give a new path for -c", path.display())));
     }
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -581,6 +585,9 @@ fn check_not_open_exclusively(path: &Path) -> Result<()> {
 }
 
 fn check_mount_point(path: &Path, mounts: &MountTable) -> Result<()> {
+    if path.starts_with(DEFAULT_MOUNT_DIR) {
+        state::check_private_dir(Path::new(DEFAULT_MOUNT_DIR))?;
+    }
     match std::fs::metadata(path) {
         Ok(meta) if !meta.is_dir() => Err(Error::usage(format!(
             "mount point {} is not a directory: give a directory (or a new path) with -m",
@@ -601,6 +608,9 @@ fn check_mount_point(path: &Path, mounts: &MountTable) -> Result<()> {
 /// Creates the mount point if missing (0700: a writable snapshot may hold
 /// files their owners could not otherwise reach); returns whether it did.
 fn create_mount_dir<'a>(path: &Path, undo: &mut Undo<'a>) -> Result<bool> {
+    if path.starts_with(DEFAULT_MOUNT_DIR) {
+        state::ensure_private_dir(Path::new(DEFAULT_MOUNT_DIR))?;
+    }
     if path.exists() {
         return Ok(false);
     }
@@ -629,6 +639,9 @@ fn prepare_store<'a>(
     match plan {
         StorePlan::File { path } => {
             if let Some(dir) = path.parent() {
+                if dir.starts_with(DEFAULT_STORE_DIR) {
+                    state::ensure_private_dir(Path::new(DEFAULT_STORE_DIR))?;
+                }
                 if !dir.exists() {
                     std::fs::DirBuilder::new()
                         .recursive(true)

@@ -176,6 +176,9 @@ pub(super) fn check_report_path(path: &Path) -> Result<PathBuf> {
 pub(super) fn write_report(session: &Session, to: Option<&Path>) -> Result<PathBuf> {
     let stats = read(session)?;
     let path = to.map_or_else(|| report_path(session), Path::to_path_buf);
+    if path.starts_with(super::DEFAULT_STORE_DIR) {
+        crate::state::ensure_private_dir(Path::new(super::DEFAULT_STORE_DIR))?;
+    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     }
