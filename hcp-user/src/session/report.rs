@@ -119,7 +119,9 @@ pub fn show(device: &str) -> Result<Shown> {
     let snapshots: Vec<PathBuf> =
         sessions.iter().filter(|s| is_origin_of(s, &dev)).map(|s| s.snapshot_path.clone()).collect();
     if snapshots.is_empty() {
-        return Err(Error::not_found(format!("{device} has no hcp sessions (`hcp -l` lists them all)")));
+        return Err(Error::not_found(format!(
+            "{device} has no hcp sessions: give an origin that has some (`hcp -l` lists them all)"
+        )));
     }
     Ok(Shown { device: dev.display_path(), snapshots })
 }

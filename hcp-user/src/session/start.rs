@@ -132,7 +132,9 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
 
     let report = match &opts.report {
         Some(_) if !opts.trace => {
-            return Err(Error::usage("--report needs --trace: only a traced session has figures to report"))
+            return Err(Error::usage(
+                "--report needs --trace: only a traced session has figures to report; add --trace or drop --report",
+            ))
         }
         Some(path) => Some(super::trace::check_report_path(path)?),
         None => None,
@@ -372,6 +374,20 @@ fn plan_origin(dm: &Dm, named: &BlockDevice, sessions: &[Session], mounts: &Moun
                 return live_plan(dm, &h, &hdm.name, sessions, mounts);
             }
         }
+        let holders: Vec<BlockDevice> =
+            named.holders().into_iter().filter_map(|h| BlockDevice::from_devnum(h).ok()).collect();
+        if let Some(hdm) = holders
+            .iter()
+            .filter_map(|h| h.dm.as_ref())
+            .find(|d| d.uuid.starts_with(UUID_SNAPSHOT) || d.uuid.starts_with(UUID_COW))
+        {
+            return Err(Error::usage(format!(
+                "{} is the store of hcp session {}: snapshots of hcp's own devices are not supported; snapshot the \
+                 origin instead (`hcp -l` lists them)",
+                shown.display(),
+                hdm.name.trim_end_matches("-cow")
+            )));
+        }
         if let Some(m) = mounts.mounts_of(named.devnum).first() {
             return Err(Error::refused(format!(
                 "{} is mounted at {} and is not a device-mapper device: device-mapper cannot be slid under a mounted \
@@ -382,10 +398,20 @@ fn plan_origin(dm: &Dm, named: &BlockDevice, sessions: &[Session], mounts: &Moun
                 shown.display()
             )));
         }
-        if let Some(holder) = named.holders().first() {
+        if let Some(holder) = holders.first() {
+            // Under an origin of hcp's, through its `-real`: that origin is
+            // the device to snapshot.
+            let suggested = match &holder.dm {
+                Some(d) if d.uuid.starts_with(UUID_REAL) => {
+                    crate::dm::device::node_path(d.name.strip_suffix("-real").unwrap_or(&d.name))
+                }
+                _ => holder.display_path(),
+            };
             return Err(Error::busy(format!(
-                "{} is in use by device {holder} built on it: snapshot that device instead",
-                shown.display()
+                "{} is in use by device {} built on it: snapshot {} instead",
+                shown.display(),
+                holder.display_path().display(),
+                suggested.display()
             )));
         }
         check_not_open_exclusively(&shown)?;
@@ -553,7 +579,7 @@ fn plan_device_store(
     check_not_open_exclusively(given)?;
     if dev.size_bytes < min_store {
         return Err(Error::usage(format!(
-            "store {} is too small ({}): a snapshot store needs at least {}",
+            "store {} is too small ({}): a snapshot store needs at least {}; give a larger device",
             given.display(),
             format_bytes(dev.size_bytes),
             format_bytes(min_store)
@@ -561,7 +587,7 @@ fn plan_device_store(
     }
     if quota_given && quota > dev.size_bytes {
         return Err(Error::usage(format!(
-            "quota {} is larger than the store device {} ({})",
+            "quota {} is larger than the store device {} ({}): give a smaller -q or a larger device",
             format_bytes(quota),
             given.display(),
             format_bytes(dev.size_bytes)
