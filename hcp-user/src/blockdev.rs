@@ -31,9 +31,15 @@ impl BlockDevice {
     /// (`/dev/disk/by-uuid/...`, `/dev/vg0/data`, `/dev/mapper/vg0-data`) or
     /// `MAJOR:MINOR`.
     pub fn resolve(spec: &str) -> Result<BlockDevice> {
+        if spec.trim().is_empty() {
+            return Err(Error::usage(
+                "the device name is empty: give a block device such as /dev/vg0/data or /dev/sdb1",
+            ));
+        }
         if let Some(devnum) = parse_devnum(spec) {
-            return BlockDevice::from_devnum(devnum)
-                .map_err(|_| Error::not_found(format!("no block device {spec}: `lsblk` lists the devices there are")));
+            return BlockDevice::from_devnum(devnum).map_err(|_| {
+                Error::not_found(format!("no block device {spec}: give an existing one (`lsblk` lists them)"))
+            });
         }
         let path = Path::new(spec);
         if fs::symlink_metadata(path).is_err() {
@@ -161,5 +167,8 @@ mod tests {
         let err = BlockDevice::resolve("/proc/self/status").unwrap_err();
         assert_eq!(err.kind, crate::error::Kind::Usage);
         assert!(err.message().contains("is not a block device"), "{err}");
+        let err = BlockDevice::resolve("").unwrap_err();
+        assert_eq!(err.kind, crate::error::Kind::Usage);
+        assert!(err.message().contains("the device name is empty: give a block device"), "{err}");
     }
 }

@@ -26,7 +26,9 @@ Exit status:
   3  no such session or device
   4  busy: the device or store is in use, or another hcp is changing sessions
   5  refused: cannot work on this device as it is (a mounted plain partition,
-     a store on the origin, a kernel without device-mapper)
+     a store on the origin, a kernel without device-mapper), or hcp's own
+     state is unsafe (a record or directory that is a symlink, another user's,
+     writable by others or malformed)
   6  permission: hcp must run as root
   A start stopped by Ctrl-C or SIGTERM undoes its work, then ends by that
   signal (a shell shows 130 or 143).
@@ -162,12 +164,14 @@ struct StartArgs {
     /// Room for changed blocks: a size (512M, 2G) or a percentage of the
     /// origin (10%) [default: 10%]. A full store invalidates the snapshot;
     /// the origin keeps working.
-    #[arg(short = 'q', long = "quota", value_name = "QUOTA")]
+    // (Values may start with `-`, so that `-q -5G` is refused as a negative
+    // size rather than as an unknown option.)
+    #[arg(short = 'q', long = "quota", value_name = "QUOTA", allow_hyphen_values = true)]
     quota: Option<Quota>,
 
-    /// Copy-on-write unit: a power of two from 4K to 1M.
-    #[arg(long, value_name = "SIZE", default_value = "4K")]
-    chunk_size: ChunkSize,
+    /// Copy-on-write unit: a power of two from 4K to 1M [default: 4K].
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    chunk_size: Option<ChunkSize>,
 
     /// Allocate the whole store file now rather than as it fills.
     #[arg(long)]
@@ -179,9 +183,10 @@ struct StartArgs {
     trace: bool,
 
     /// With --trace: measure the origin's write latency for this long before
-    /// taking the snapshot, as the baseline of the COW overhead (0 skips).
-    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
-    baseline: std::time::Duration,
+    /// taking the snapshot, as the baseline of the COW overhead (0 skips)
+    /// [default: 3s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    baseline: Option<std::time::Duration>,
 
     /// With --trace: where the final report goes when the session is
     /// removed (JSON; its histograms go to FILE.hlog)
@@ -191,6 +196,30 @@ struct StartArgs {
 
     /// The device to snapshot: a path, a symlink (/dev/disk/by-*, /dev/VG/LV) or MAJOR:MINOR.
     device: Option<String>,
+}
+
+impl StartArgs {
+    /// The first option given that only starting a session takes: in the
+    /// original's flag form, `-r`, `-l`, `-s` and `-v` share the command
+    /// line with them, and would silently ignore them.
+    fn start_only_option(&self) -> Option<String> {
+        let given = [
+            (self.mount_point.is_some(), "-m"),
+            (self.read_only, "-o"),
+            (self.skip_mount, "--skip-mount"),
+            (self.store.is_some(), "-c"),
+            (self.quota.is_some(), "-q"),
+            (self.chunk_size.is_some(), "--chunk-size"),
+            (self.preallocate, "--preallocate"),
+            (self.trace, "--trace"),
+            (self.baseline.is_some(), "--baseline"),
+        ];
+        given
+            .iter()
+            .find(|(given, _)| *given)
+            .map(|(_, name)| name.to_string())
+            .or_else(|| self.device.as_ref().map(|d| format!("the extra argument `{d}`")))
+    }
 }
 
 #[derive(Subcommand)]
@@ -225,6 +254,9 @@ pub enum Action {
 impl Cli {
     pub fn action(self) -> Result<Action, Error> {
         let json = self.json;
+        if self.command.is_none() {
+            check_flag_form(&self)?;
+        }
         Ok(match self.command {
             Some(Command::Start(args)) => Action::Start(start_options(args)?, json),
             Some(Command::List) => Action::List(json),
@@ -233,6 +265,9 @@ impl Cli {
             }
             Some(Command::Show { device }) => Action::Show(device, json),
             Some(Command::Stats { session, follow, interval, prometheus, hdr_log }) => {
+                if follow && interval.is_zero() {
+                    return Err(Error::usage("--interval 0 would print without pause: give a duration such as 1s"));
+                }
                 let format = match (json, prometheus, hdr_log) {
                     (true, true, _) | (true, _, true) => {
                         return Err(Error::usage("--json cannot be combined with --prometheus or --hdr-log: pick one"))
@@ -271,10 +306,46 @@ impl Cli {
     }
 }
 
+/// The original's flag form (`-l`, `-r TARGET`, `-s DEVICE`, `-v`, or a
+/// start) shares one command line: refuses what one of them would silently
+/// ignore.
+fn check_flag_form(cli: &Cli) -> Result<(), Error> {
+    let commands: Vec<&str> =
+        [(cli.list, "-l"), (cli.remove.is_some(), "-r"), (cli.show.is_some(), "-s"), (cli.version, "-v")]
+            .into_iter()
+            .filter_map(|(given, name)| given.then_some(name))
+            .collect();
+    if commands.len() > 1 {
+        return Err(Error::usage(format!("{} are separate commands: give one of them", commands.join(" and "))));
+    }
+    if let Some(command) = commands.first() {
+        if let Some(option) = cli.start.start_only_option() {
+            return Err(Error::usage(format!(
+                "{option} only applies when starting a session, not with {command}: drop it"
+            )));
+        }
+        if cli.start.report.is_some() && *command != "-r" {
+            return Err(Error::usage(format!(
+                "--report only applies when starting or removing a session, not with {command}: drop it"
+            )));
+        }
+    }
+    if cli.keep_store && commands.first() != Some(&"-r") {
+        return Err(Error::usage("--keep-store only applies with -r (removing a session): drop it"));
+    }
+    Ok(())
+}
+
 fn start_options(args: StartArgs) -> Result<StartOptions, Error> {
     let Some(device) = args.device else {
         return Err(Error::usage("give the DEVICE to snapshot, or one of -l, -r, -s, -v (see hcp --help)"));
     };
+    if args.baseline.is_some() && !args.trace {
+        return Err(Error::usage(
+            "--baseline needs --trace: it is how long a traced session measures the origin before the snapshot; add \
+             --trace or drop --baseline",
+        ));
+    }
     Ok(StartOptions {
         device,
         mount_point: args.mount_point,
@@ -282,10 +353,10 @@ fn start_options(args: StartArgs) -> Result<StartOptions, Error> {
         skip_mount: args.skip_mount,
         store: args.store,
         quota: args.quota,
-        chunk: args.chunk_size,
+        chunk: args.chunk_size.unwrap_or_default(),
         preallocate: args.preallocate,
         trace: args.trace,
-        baseline: args.baseline,
+        baseline: args.baseline.unwrap_or(std::time::Duration::from_secs(3)),
         report: args.report,
     })
 }
@@ -329,6 +400,47 @@ mod tests {
         assert!(matches!(action(&["version"]), Action::Version(false)));
     }
 
+    fn action_error(args: &[&str]) -> String {
+        match Cli::try_parse_from(std::iter::once("hcp").chain(args.iter().copied())).expect("parses").action() {
+            Ok(_) => panic!("{args:?} was accepted"),
+            Err(e) => {
+                assert_eq!(e.kind, hcp::error::Kind::Usage, "{args:?}: {e}");
+                e.to_string()
+            }
+        }
+    }
+
+    #[test]
+    fn options_a_command_would_ignore_are_refused() {
+        for (args, says) in [
+            (&["-r", "hcp1", "--skip-mount"][..], "--skip-mount only applies when starting a session, not with -r"),
+            (&["-r", "hcp1", "-q", "1G"], "-q only applies when starting a session, not with -r"),
+            (&["-l", "--chunk-size", "8K"], "--chunk-size only applies when starting a session, not with -l"),
+            (&["-s", "/dev/x", "--trace"], "--trace only applies when starting a session, not with -s"),
+            (&["-r", "hcp1", "/dev/x"], "the extra argument `/dev/x` only applies when starting"),
+            (&["-l", "-r", "hcp1"], "-l and -r are separate commands"),
+            (&["-v", "-s", "/dev/x"], "-s and -v are separate commands"),
+            (&["--keep-store", "/dev/x"], "--keep-store only applies with -r"),
+            (
+                &["-l", "--report", "/tmp/r.json"],
+                "--report only applies when starting or removing a session, not with -l",
+            ),
+            (&["--baseline", "1s", "/dev/x"], "--baseline needs --trace"),
+            (&["stats", "hcp1", "--follow", "--interval", "0s"], "--interval 0"),
+            (&["-m", "/mnt/x"], "give the DEVICE"),
+        ] {
+            let err = action_error(args);
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
+        // What the flag form does take.
+        assert!(matches!(
+            action(&["-r", "hcp1", "--keep-store", "--report", "/tmp/r.json"]),
+            Action::Remove(RemoveOptions { keep_store: true, report: Some(_), .. }, _)
+        ));
+        let Action::Start(o, _) = action(&["--trace", "/dev/x"]) else { panic!("a start") };
+        assert_eq!((o.baseline, o.chunk), (std::time::Duration::from_secs(3), ChunkSize::default()));
+    }
+
     #[test]
     fn malformed_options_are_rejected_by_the_parser() {
         for args in [
@@ -336,6 +448,8 @@ mod tests {
             &["-q", "0", "/dev/x"],
             &["--chunk-size", "3K", "/dev/x"],
             &["--skip-mount", "-o", "/dev/x"],
+            &["-q", "-5G", "/dev/x"],
+            &["--chunk-size", "-4K", "/dev/x"],
         ] {
             assert!(Cli::try_parse_from(std::iter::once("hcp").chain(args.iter().copied())).is_err(), "{args:?}");
         }

@@ -15,7 +15,9 @@ pub enum Kind {
     /// The device or store is in use, or another hcp holds the lock: exit 4.
     Busy,
     /// The request cannot work on this device as it is (a mounted plain
-    /// partition, a store on the origin): exit 5.
+    /// partition, a store on the origin), or hcp's state is not safe to use
+    /// (a record or directory of hcp's that is a symlink, another user's,
+    /// writable by others or malformed): exit 5.
     Refused,
     /// Needs root: exit 6.
     Permission,
@@ -93,6 +95,12 @@ impl Error {
     }
 }
 
+/// `text` on one line: control characters (a newline in a device name a
+/// user typed) are shown escaped, so an error is always exactly one line.
+pub fn one_line(text: &str) -> String {
+    text.chars().flat_map(|c| if c.is_control() { c.escape_default().collect() } else { vec![c] }).collect()
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
@@ -109,5 +117,17 @@ pub trait ResultExt<T> {
 impl<T> ResultExt<T> for Result<T> {
     fn context(self, context: impl fmt::Display) -> Result<T> {
         self.map_err(|e| e.context(context))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_escapes_control_characters_only() {
+        assert_eq!(one_line("no hcp session for hcp1\nrm -rf /"), "no hcp session for hcp1\\nrm -rf /");
+        assert_eq!(one_line("tab\there\r\u{1b}[31m"), "tab\\there\\r\\u{1b}[31m");
+        assert_eq!(one_line("/dev/mapper/vg0-data: näme ok"), "/dev/mapper/vg0-data: näme ok");
     }
 }

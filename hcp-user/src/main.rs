@@ -54,11 +54,17 @@ fn fail(e: Error, json: bool) -> ExitCode {
     if json {
         println!("{}", serde_json::json!({ "error": e.message(), "exit_code": e.kind.exit_code() }));
     }
-    eprintln!("hcp: {e}");
+    eprintln!("hcp: {}", hcp::error::one_line(e.message()));
     ExitCode::from(e.kind.exit_code())
 }
 
 fn run(action: Action) -> Result<ExitCode, Error> {
+    // Every command but these reads root's state (and most change devices):
+    // checked before anything else, so an unprivileged call gets one clear
+    // error and changes nothing.
+    if !matches!(action, Action::Version(_) | Action::Guard(..)) {
+        hcp::session::require_root()?;
+    }
     match action {
         Action::Start(opts, json) => {
             let started = hcp::session::start(&opts)?;

@@ -2,12 +2,18 @@
 //! names what broke; a test that cannot run where it must fails loudly.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
-use std::fs::{File, OpenOptions};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use hcp::devnum::DevNum;
+use hcp::dm::device::Dm;
+use hcp::dm::table::{Linear, TargetParams};
+use serde_json::Value;
 
 /// Panics unless running as root: these tests attach eBPF programs and make
 /// loop and device-mapper devices.
@@ -122,4 +128,215 @@ pub fn assert_matches_stats_schema(value: &serde_json::Value) {
     let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
     let errors: Vec<String> = validator.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
     assert!(errors.is_empty(), "stats do not match docs/stats.schema.json:\n{}\n{value:#}", errors.join("\n"));
+}
+
+/// The tests of one binary that make sessions take turns: each compares
+/// the whole system's state before and after, which another test's
+/// sessions would change. (Each binary runs alone in the VM.)
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The `hcp` binary built beside this test binary (target/<profile>/hcp).
+pub fn hcp_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("hcp");
+    assert!(bin.exists(), "{} is missing: build it first (cargo build -p hcp-user)", bin.display());
+    bin
+}
+
+/// What an hcp command did.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<std::process::Output> for Output {
+    fn from(out: std::process::Output) -> Output {
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+pub fn hcp(args: &[&str]) -> Output {
+    std::process::Command::new(hcp_bin()).args(args).output().expect("run hcp").into()
+}
+
+/// Runs hcp with `--json`, asserting success, and parses its output.
+pub fn hcp_json(args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = hcp(&all);
+    assert_eq!(out.code, 0, "hcp {args:?} failed: {}{}", out.stdout, out.stderr);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("hcp {args:?} printed no JSON ({e}): {}", out.stdout))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fs {
+    Ext4,
+    Xfs,
+}
+
+impl Fs {
+    pub fn mkfs(self, dev: &Path) {
+        let dev = dev.to_str().unwrap();
+        match self {
+            // Inode tables and journal written now, not by a kernel thread
+            // in the background: such writes would reach the origin at any
+            // time and turn up as copy-out no test asked for.
+            Fs::Ext4 => run("/usr/sbin/mkfs.ext4", &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev]),
+            Fs::Xfs => run("/usr/sbin/mkfs.xfs", &["-q", "-f", dev]),
+        };
+    }
+
+    /// A read-only check of a filesystem that is not mounted. A frozen XFS
+    /// keeps a dirty (covered) log, which `xfs_repair -n` will not ignore:
+    /// replay it first by mounting and unmounting, as an admin would.
+    pub fn fsck(self, dev: &Path) {
+        let dev = dev.to_str().unwrap();
+        match self {
+            Fs::Ext4 => run("/usr/sbin/e2fsck", &["-fn", dev]),
+            Fs::Xfs => {
+                let dir = temp_dir("xfs-replay");
+                run("mount", &["-o", "nouuid", dev, dir.to_str().unwrap()]);
+                run("umount", &[dir.to_str().unwrap()]);
+                run("/usr/sbin/xfs_repair", &["-n", dev])
+            }
+        };
+    }
+}
+
+/// A dm-linear volume over a loop device: what an LVM LV looks like to hcp.
+pub struct Volume {
+    pub name: String,
+    pub loop_dev: LoopDevice,
+    mount: Option<PathBuf>,
+}
+
+impl Volume {
+    pub fn new(name: &str, mib: u64) -> Volume {
+        let loop_dev = LoopDevice::new(mib << 20);
+        let dm = Dm::open().expect("device-mapper (these tests run in the VM)");
+        let line = Linear { device: loop_dev.devnum(), offset: 0 }.table_line(mib << 11);
+        dm.create(name, &format!("TEST-{name}"), &[line]).expect("create test volume");
+        Volume { name: name.to_string(), loop_dev, mount: None }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/dev/mapper/{}", self.name))
+    }
+
+    pub fn table(&self) -> String {
+        let dm = Dm::open().unwrap();
+        dm.table(&self.name).unwrap().iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n")
+    }
+
+    pub fn mount(&mut self, fs: Fs) -> PathBuf {
+        fs.mkfs(&self.path());
+        let dir = temp_dir(&format!("{}-mnt", self.name));
+        run("mount", &[self.path().to_str().unwrap(), dir.to_str().unwrap()]);
+        self.mount = Some(dir.clone());
+        dir
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        // Whatever a failed test left: sessions first, then the volume.
+        let _ = hcp(&["remove", self.path().to_str().unwrap()]);
+        if let Some(dir) = &self.mount {
+            let _ = std::process::Command::new("umount").arg(dir).status();
+        }
+        if let Ok(dm) = Dm::open() {
+            let _ = dm.remove(&self.name);
+        }
+        let _ = &self.loop_dev;
+    }
+}
+
+/// A new directory under the temporary directory.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir =
+        std::env::temp_dir().join(format!("hcp-{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Files with known checksums (here: known contents).
+pub fn write_files(dir: &Path, tag: &str) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for i in 0..8u32 {
+        let data: Vec<u8> = (0..(64 * 1024 + i * 4099)).map(|b| (b as u8) ^ (i as u8) ^ tag.len() as u8).collect();
+        let path = dir.join(format!("{tag}-{i}.bin"));
+        fs::write(&path, &data).unwrap();
+        files.insert(PathBuf::from(path.file_name().unwrap()), data);
+    }
+    run("sync", &[]);
+    files
+}
+
+pub fn assert_files(dir: &Path, files: &BTreeMap<PathBuf, Vec<u8>>) {
+    for (name, data) in files {
+        let got = fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{} in {}: {e}", name.display(), dir.display()));
+        assert!(got == *data, "{} differs in {}", name.display(), dir.display());
+    }
+}
+
+/// What a failed command must leave unchanged: dm devices and their
+/// tables, loop devices, mounts, session records, and what is in hcp's
+/// default store and mount directories.
+#[derive(Debug, PartialEq)]
+pub struct SystemState {
+    pub dm: Vec<String>,
+    pub loops: Vec<String>,
+    pub mounts: Vec<String>,
+    pub records: Vec<String>,
+    pub files: Vec<String>,
+}
+
+impl SystemState {
+    pub fn take() -> SystemState {
+        let dm = Dm::open().unwrap();
+        let mut names: Vec<String> = dm
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _, _)| {
+                format!("{n}: {}", dm.table(&n).unwrap().iter().map(|l| l.to_string()).collect::<Vec<_>>().join("; "))
+            })
+            .collect();
+        names.sort();
+        let mut loops: Vec<String> = fs::read_dir("/sys/block")
+            .unwrap()
+            .filter_map(|e| {
+                let p = e.ok()?.path();
+                let b = fs::read_to_string(p.join("loop/backing_file")).ok()?;
+                Some(format!("{}={}", p.file_name()?.to_str()?, b.trim()))
+            })
+            .collect();
+        loops.sort();
+        let mounts = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .map(|l| l.split(' ').skip(2).take(3).collect::<Vec<_>>().join(" "))
+            .collect();
+        let names_in = |dir: &str| -> Vec<String> {
+            let mut names: Vec<String> = fs::read_dir(dir)
+                .map(|d| d.filter_map(|e| Some(format!("{dir}/{}", e.ok()?.file_name().to_str()?))).collect())
+                .unwrap_or_default();
+            names.sort();
+            names
+        };
+        let records = names_in("/run/hcp/sessions").into_iter().map(|n| n["/run/hcp/sessions/".len()..].to_string());
+        let files = [names_in("/var/lib/hcp"), names_in("/var/hcp")].concat();
+        SystemState { dm: names, loops, mounts, records: records.collect(), files }
+    }
 }

@@ -7,165 +7,15 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use hcp::dm::device::Dm;
-use hcp::dm::table::{Linear, TargetParams};
-use hcp_tests::{assert_matches_stats_schema, require_root, run, LoopDevice};
+use hcp_tests::{
+    assert_files, assert_matches_stats_schema, hcp, hcp_bin, hcp_json, require_root, run, serial, temp_dir,
+    write_files, Fs, LoopDevice, SystemState, Volume,
+};
 use serde_json::Value;
-
-/// hcp serialises session changes with a lock that fails fast; the tests
-/// of this file take turns.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The `hcp` binary built beside this test binary (target/<profile>/hcp).
-fn hcp_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("hcp");
-    assert!(bin.exists(), "{} is missing: build it first (cargo build -p hcp-user)", bin.display());
-    bin
-}
-
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn hcp(args: &[&str]) -> Output {
-    let out = std::process::Command::new(hcp_bin()).args(args).output().expect("run hcp");
-    Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// Runs hcp with `--json`, asserting success, and parses its output.
-fn hcp_json(args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let out = hcp(&all);
-    assert_eq!(out.code, 0, "hcp {args:?} failed: {}{}", out.stdout, out.stderr);
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("hcp {args:?} printed no JSON ({e}): {}", out.stdout))
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Fs {
-    Ext4,
-    Xfs,
-}
-
-impl Fs {
-    fn mkfs(self, dev: &Path) {
-        let dev = dev.to_str().unwrap();
-        match self {
-            // Inode tables and journal written now, not by a kernel thread
-            // in the background: such writes would reach the origin at any
-            // time and turn up as copy-out no test asked for.
-            Fs::Ext4 => run("/usr/sbin/mkfs.ext4", &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev]),
-            Fs::Xfs => run("/usr/sbin/mkfs.xfs", &["-q", "-f", dev]),
-        };
-    }
-
-    /// A read-only check of a filesystem that is not mounted. A frozen XFS
-    /// keeps a dirty (covered) log, which `xfs_repair -n` will not ignore:
-    /// replay it first by mounting and unmounting, as an admin would.
-    fn fsck(self, dev: &Path) {
-        let dev = dev.to_str().unwrap();
-        match self {
-            Fs::Ext4 => run("/usr/sbin/e2fsck", &["-fn", dev]),
-            Fs::Xfs => {
-                let dir = temp_dir("xfs-replay");
-                run("mount", &["-o", "nouuid", dev, dir.to_str().unwrap()]);
-                run("umount", &[dir.to_str().unwrap()]);
-                run("/usr/sbin/xfs_repair", &["-n", dev])
-            }
-        };
-    }
-}
-
-/// A dm-linear volume over a loop device: what an LVM LV looks like to hcp.
-struct Volume {
-    name: String,
-    loop_dev: LoopDevice,
-    mount: Option<PathBuf>,
-}
-
-impl Volume {
-    fn new(name: &str, mib: u64) -> Volume {
-        let loop_dev = LoopDevice::new(mib << 20);
-        let dm = Dm::open().expect("device-mapper (these tests run in the VM)");
-        let line = Linear { device: loop_dev.devnum(), offset: 0 }.table_line(mib << 11);
-        dm.create(name, &format!("TEST-{name}"), &[line]).expect("create test volume");
-        Volume { name: name.to_string(), loop_dev, mount: None }
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/dev/mapper/{}", self.name))
-    }
-
-    fn table(&self) -> String {
-        let dm = Dm::open().unwrap();
-        dm.table(&self.name).unwrap().iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n")
-    }
-
-    fn mount(&mut self, fs: Fs) -> PathBuf {
-        fs.mkfs(&self.path());
-        let dir = temp_dir(&format!("{}-mnt", self.name));
-        run("mount", &[self.path().to_str().unwrap(), dir.to_str().unwrap()]);
-        self.mount = Some(dir.clone());
-        dir
-    }
-}
-
-impl Drop for Volume {
-    fn drop(&mut self) {
-        // Whatever a failed test left: sessions first, then the volume.
-        let _ = hcp(&["remove", self.path().to_str().unwrap()]);
-        if let Some(dir) = &self.mount {
-            let _ = std::process::Command::new("umount").arg(dir).status();
-        }
-        if let Ok(dm) = Dm::open() {
-            let _ = dm.remove(&self.name);
-        }
-        let _ = &self.loop_dev;
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let dir =
-        std::env::temp_dir().join(format!("hcp-{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Files with known checksums (here: known contents).
-fn write_files(dir: &Path, tag: &str) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    for i in 0..8u32 {
-        let data: Vec<u8> = (0..(64 * 1024 + i * 4099)).map(|b| (b as u8) ^ (i as u8) ^ tag.len() as u8).collect();
-        let path = dir.join(format!("{tag}-{i}.bin"));
-        fs::write(&path, &data).unwrap();
-        files.insert(PathBuf::from(path.file_name().unwrap()), data);
-    }
-    run("sync", &[]);
-    files
-}
-
-fn assert_files(dir: &Path, files: &BTreeMap<PathBuf, Vec<u8>>) {
-    for (name, data) in files {
-        let got = fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{} in {}: {e}", name.display(), dir.display()));
-        assert!(got == *data, "{} differs in {}", name.display(), dir.display());
-    }
-}
 
 /// A writer that keeps appending and fsyncing to a file on the origin.
 struct Writer {
@@ -194,49 +44,6 @@ impl Writer {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().unwrap().join().expect("writer thread");
         self.writes.load(Ordering::Relaxed)
-    }
-}
-
-/// What a failed command must leave unchanged.
-#[derive(Debug, PartialEq)]
-struct SystemState {
-    dm: Vec<String>,
-    loops: Vec<String>,
-    mounts: Vec<String>,
-    records: Vec<String>,
-}
-
-impl SystemState {
-    fn take() -> SystemState {
-        let dm = Dm::open().unwrap();
-        let mut names: Vec<String> = dm
-            .list()
-            .unwrap()
-            .into_iter()
-            .map(|(n, _, _)| {
-                format!("{n}: {}", dm.table(&n).unwrap().iter().map(|l| l.to_string()).collect::<Vec<_>>().join("; "))
-            })
-            .collect();
-        names.sort();
-        let mut loops: Vec<String> = fs::read_dir("/sys/block")
-            .unwrap()
-            .filter_map(|e| {
-                let p = e.ok()?.path();
-                let b = fs::read_to_string(p.join("loop/backing_file")).ok()?;
-                Some(format!("{}={}", p.file_name()?.to_str()?, b.trim()))
-            })
-            .collect();
-        loops.sort();
-        let mounts = fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .map(|l| l.split(' ').skip(2).take(3).collect::<Vec<_>>().join(" "))
-            .collect();
-        let mut records: Vec<String> = fs::read_dir("/run/hcp/sessions")
-            .map(|d| d.filter_map(|e| Some(e.ok()?.file_name().to_str()?.to_string())).collect())
-            .unwrap_or_default();
-        records.sort();
-        SystemState { dm: names, loops, mounts, records }
     }
 }
 
@@ -407,72 +214,6 @@ fn a_plain_device_is_wrapped_and_its_raw_mount_refused() {
 
     hcp_json(&["remove", snap.to_str().unwrap()]);
     assert!(!through.exists(), "the wrapper is removed with the last session");
-}
-
-#[test]
-#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
-fn bad_input_changes_nothing() {
-    require_root();
-    let _serial = serial();
-    let mut vol = Volume::new("t-bad", 64);
-    let dir = vol.mount(Fs::Ext4);
-    let plain = LoopDevice::new(16 << 20);
-    Fs::Ext4.mkfs(&plain.path);
-    let plain_mnt = temp_dir("plain-mnt");
-    run("mount", &[plain.path.to_str().unwrap(), plain_mnt.to_str().unwrap()]);
-    let session = hcp_json(&["start", "--skip-mount", vol.path().to_str().unwrap()]);
-    let hcp_dev = session["snapshot"].as_str().unwrap().to_string();
-    let a_file = dir.join("regular-file");
-    fs::write(&a_file, b"x").unwrap();
-    let store_on_origin = dir.join("store.cow");
-    let vol_path = vol.path().to_str().unwrap().to_string();
-    let tiny = LoopDevice::new(512 << 10);
-
-    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
-        (vec!["start", "/dev/nonexistent-hcp-test"], 3, "does not exist"),
-        (vec!["start", "/proc/self/status"], 2, "is not a block device"),
-        (vec!["start", &hcp_dev], 2, "is an hcp snapshot"),
-        (vec!["start", plain.path.to_str().unwrap()], 5, "is mounted at"),
-        (vec!["start", "-c", store_on_origin.to_str().unwrap(), &vol_path], 5, "on the origin"),
-        (vec!["start", "-c", plain.path.to_str().unwrap(), &vol_path], 4, "is mounted at"),
-        (vec!["start", "-c", tiny.path.to_str().unwrap(), &vol_path], 2, "too small"),
-        (vec!["start", "-q", "lots", &vol_path], 2, "invalid"),
-        (vec!["start", "-q", "4K", &vol_path], 2, "too small"),
-        (vec!["start", "--chunk-size", "3K", &vol_path], 2, "power of two"),
-        (vec!["start", "-m", a_file.to_str().unwrap(), &vol_path], 2, "is not a directory"),
-        (vec!["remove", "/dev/hcp999"], 3, "no hcp session"),
-        (vec!["show", plain.path.to_str().unwrap()], 3, "no hcp sessions"),
-    ];
-    for (args, code, message) in cases {
-        let before = SystemState::take();
-        let out = hcp(&args);
-        assert_eq!(out.code, code, "hcp {args:?}: exit {}, stderr: {}", out.code, out.stderr);
-        assert!(out.stderr.contains(message), "hcp {args:?}: stderr lacks {message:?}: {}", out.stderr);
-        assert_eq!(out.stderr.trim().lines().count(), 1, "one line of error: {}", out.stderr);
-        assert_eq!(SystemState::take(), before, "hcp {args:?} changed the system");
-    }
-
-    // A second start racing the first: the lock is held, so it fails at once.
-    let lock = fs::OpenOptions::new().write(true).open("/run/hcp/lock").unwrap();
-    // SAFETY: flock on our own descriptor.
-    assert_eq!(unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0);
-    let before = SystemState::take();
-    let out = hcp(&["start", &vol_path]);
-    assert_eq!(out.code, 4, "racing start: {}", out.stderr);
-    assert!(out.stderr.contains("another hcp command"), "{}", out.stderr);
-    assert_eq!(SystemState::take(), before);
-    drop(lock);
-
-    // Not root.
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", hcp_bin().to_str().unwrap(), "start", &vol_path])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(6), "non-root: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("must run as root"));
-
-    run("umount", &[plain_mnt.to_str().unwrap()]);
-    hcp_json(&["remove", &hcp_dev]);
 }
 
 #[test]

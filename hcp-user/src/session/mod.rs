@@ -47,12 +47,16 @@ pub const DEFAULT_STORE_DIR: &str = "/var/lib/hcp";
 /// Where snapshots are mounted unless `-m` says otherwise.
 pub const DEFAULT_MOUNT_DIR: &str = "/var/hcp";
 
-/// hcp changes device-mapper tables, freezes filesystems and mounts: all
-/// need root. Checked first, so an unprivileged call changes nothing.
+/// hcp changes device-mapper tables, freezes filesystems and mounts, and
+/// its records are root's alone: all need root. Checked first, so an
+/// unprivileged call changes nothing.
 pub fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err(Error::new(Kind::Permission, "hcp must run as root (it changes device-mapper tables): use sudo"));
+        return Err(Error::new(
+            Kind::Permission,
+            "hcp must run as root (it changes device-mapper tables and keeps root-only state): run it with sudo",
+        ));
     }
     Ok(())
 }

@@ -83,6 +83,13 @@ pub fn remove(opts: &RemoveOptions) -> Result<Vec<Removed>> {
 
 /// The sessions `target` names, in ascending order.
 fn find_targets(target: &str, sessions: &[Session]) -> Result<Vec<String>> {
+    // TARGET is only ever compared with what records and the kernel say:
+    // no name or path is made from it.
+    if target.trim().is_empty() {
+        return Err(Error::usage(
+            "the TARGET is empty: give an hcp device (/dev/hcp1), its mount point or its origin (`hcp -l` lists them)",
+        ));
+    }
     let by_id = target.strip_prefix("/dev/").unwrap_or(target);
     if let Some(s) = sessions.iter().find(|s| s.id == by_id) {
         return Ok(vec![s.id.clone()]);

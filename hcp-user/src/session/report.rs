@@ -248,7 +248,9 @@ pub fn show(device: &str) -> Result<Shown> {
     }
     let snapshots: Vec<PathBuf> = of_dev.iter().map(|s| s.snapshot_path.clone()).collect();
     if snapshots.is_empty() {
-        return Err(Error::not_found(format!("{device} has no hcp sessions (`hcp -l` lists them all)")));
+        return Err(Error::not_found(format!(
+            "{device} has no hcp sessions: give an origin that has some (`hcp -l` lists them all)"
+        )));
     }
     Ok(Shown { device: dev.display_path(), snapshots })
 }

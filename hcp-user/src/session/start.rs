@@ -140,7 +140,9 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
 
     let report = match &opts.report {
         Some(_) if !opts.trace => {
-            return Err(Error::usage("--report needs --trace: only a traced session has figures to report"))
+            return Err(Error::usage(
+                "--report needs --trace: only a traced session has figures to report; add --trace or drop --report",
+            ))
         }
         Some(path) => Some(super::trace::check_report_path(path)?),
         None => None,
@@ -421,6 +423,20 @@ fn plan_origin(dm: &Dm, named: &BlockDevice, sessions: &[Session], mounts: &Moun
                 return live_plan(dm, &h, &hdm.name, sessions, mounts);
             }
         }
+        let holders: Vec<BlockDevice> =
+            named.holders().into_iter().filter_map(|h| BlockDevice::from_devnum(h).ok()).collect();
+        if let Some(hdm) = holders
+            .iter()
+            .filter_map(|h| h.dm.as_ref())
+            .find(|d| d.uuid.starts_with(UUID_SNAPSHOT) || d.uuid.starts_with(UUID_COW))
+        {
+            return Err(Error::usage(format!(
+                "{} is the store of hcp session {}: snapshots of hcp's own devices are not supported; snapshot the \
+                 origin instead (`hcp -l` lists them)",
+                shown.display(),
+                hdm.name.trim_end_matches("-cow")
+            )));
+        }
         if let Some(m) = mounts.mounts_of(named.devnum).first() {
             return Err(Error::refused(format!(
                 "{} is mounted at {} and is not a device-mapper device: device-mapper cannot be slid under a mounted \
@@ -431,10 +447,20 @@ fn plan_origin(dm: &Dm, named: &BlockDevice, sessions: &[Session], mounts: &Moun
                 shown.display()
             )));
         }
-        if let Some(holder) = named.holders().first() {
+        if let Some(holder) = holders.first() {
+            // Under an origin of hcp's, through its `-real`: that origin is
+            // the device to snapshot.
+            let suggested = match &holder.dm {
+                Some(d) if d.uuid.starts_with(UUID_REAL) => {
+                    crate::dm::device::node_path(d.name.strip_suffix("-real").unwrap_or(&d.name))
+                }
+                _ => holder.display_path(),
+            };
             return Err(Error::busy(format!(
-                "{} is in use by device {holder} built on it: snapshot that device instead",
-                shown.display()
+                "{} is in use by device {} built on it: snapshot {} instead",
+                shown.display(),
+                holder.display_path().display(),
+                suggested.display()
             )));
         }
         check_not_open_exclusively(&shown)?;
@@ -544,7 +570,11 @@ fn plan_store(
 /// A file store must not live on the origin: every write to the store
 /// would itself be copied aside into the store.
 fn check_file_store(path: &Path, origin: &BlockDevice) -> Result<()> {
-    if path.exists() {
+    if path.starts_with(DEFAULT_STORE_DIR) {
+        state::check_private_dir(Path::new(DEFAULT_STORE_DIR))?;
+    }
+    // (A dangling symlink is something there too.)
+    if std::fs::symlink_metadata(path).is_ok() {
         return Err(Error::usage(format!("store file {} exists already: give a new path for -c", path.display())));
     }
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -598,7 +628,7 @@ fn plan_device_store(
     check_not_open_exclusively(given)?;
     if dev.size_bytes < min_store {
         return Err(Error::usage(format!(
-            "store {} is too small ({}): a snapshot store needs at least {}",
+            "store {} is too small ({}): a snapshot store needs at least {}; give a larger device",
             given.display(),
             format_bytes(dev.size_bytes),
             format_bytes(min_store)
@@ -606,7 +636,7 @@ fn plan_device_store(
     }
     if quota_given && quota > dev.size_bytes {
         return Err(Error::usage(format!(
-            "quota {} is larger than the store device {} ({})",
+            "quota {} is larger than the store device {} ({}): give a smaller -q or a larger device",
             format_bytes(quota),
             given.display(),
             format_bytes(dev.size_bytes)
@@ -630,6 +660,9 @@ fn check_not_open_exclusively(path: &Path) -> Result<()> {
 }
 
 fn check_mount_point(path: &Path, mounts: &MountTable) -> Result<()> {
+    if path.starts_with(DEFAULT_MOUNT_DIR) {
+        state::check_private_dir(Path::new(DEFAULT_MOUNT_DIR))?;
+    }
     match std::fs::metadata(path) {
         Ok(meta) if !meta.is_dir() => Err(Error::usage(format!(
             "mount point {} is not a directory: give a directory (or a new path) with -m",
@@ -650,6 +683,9 @@ fn check_mount_point(path: &Path, mounts: &MountTable) -> Result<()> {
 /// Creates the mount point if missing (0700: a writable snapshot may hold
 /// files their owners could not otherwise reach); returns whether it did.
 fn create_mount_dir<'a>(path: &Path, undo: &mut Undo<'a>) -> Result<bool> {
+    if path.starts_with(DEFAULT_MOUNT_DIR) {
+        state::ensure_private_dir(Path::new(DEFAULT_MOUNT_DIR))?;
+    }
     if path.exists() {
         return Ok(false);
     }
@@ -694,6 +730,9 @@ fn prepare_store<'a>(
     match plan {
         StorePlan::File { path } => {
             if let Some(dir) = path.parent() {
+                if dir.starts_with(DEFAULT_STORE_DIR) {
+                    state::ensure_private_dir(Path::new(DEFAULT_STORE_DIR))?;
+                }
                 if !dir.exists() {
                     std::fs::DirBuilder::new()
                         .recursive(true)

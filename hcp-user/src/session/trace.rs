@@ -167,7 +167,8 @@ pub fn histogram_log_path(report: &Path) -> PathBuf {
 
 /// `--report FILE`, checked before anything changes and made absolute (the
 /// report is written later, maybe from another directory): its directory
-/// must exist and it must not be a directory.
+/// must exist, and neither it nor its `.hlog` may (hcp does not overwrite
+/// files it did not make).
 pub(super) fn check_report_path(path: &Path) -> Result<PathBuf> {
     let bad = |why: &str| Error::usage(format!("--report {}: {why}", path.display()));
     let absolute = std::path::absolute(path).map_err(|_| bad("not a usable path"))?;
@@ -179,7 +180,20 @@ pub(super) fn check_report_path(path: &Path) -> Result<PathBuf> {
     if absolute.is_dir() {
         return Err(bad("is a directory: give a file name in it"));
     }
+    for existing in [absolute.clone(), histogram_log_path(&absolute)] {
+        if fs_entry_exists(&existing) {
+            return Err(bad(&format!(
+                "{} exists already: give a new file name (hcp does not overwrite files)",
+                existing.display()
+            )));
+        }
+    }
     Ok(dir.join(name))
+}
+
+/// Whether anything, even a dangling symlink, is at `path`.
+fn fs_entry_exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
 }
 
 /// Writes the final report of `session` (to `to`, else where
@@ -188,6 +202,9 @@ pub(super) fn check_report_path(path: &Path) -> Result<PathBuf> {
 pub(super) fn write_report(session: &Session, to: Option<&Path>) -> Result<PathBuf> {
     let stats = read(session)?;
     let path = to.map_or_else(|| report_path(session), Path::to_path_buf);
+    if path.starts_with(super::DEFAULT_STORE_DIR) {
+        crate::state::ensure_private_dir(Path::new(super::DEFAULT_STORE_DIR))?;
+    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     }
