@@ -115,6 +115,10 @@ enum Command {
     },
     /// Show hcp's version.
     Version,
+    /// The auto-extend monitor of a session (see the `autoextend` module);
+    /// not for users.
+    #[command(name = "__autoextend", hide = true)]
+    Autoextend { session: String },
     /// The guard process of a switch (see the `guard` module); not for users.
     #[command(name = "__guard", hide = true)]
     Guard {
@@ -208,6 +212,7 @@ pub enum Action {
     Show(String, bool),
     Version(bool),
     Guard(hcp::guard::Plan, i32),
+    Autoextend(String),
 }
 
 impl Cli {
@@ -240,6 +245,7 @@ impl Cli {
             }
             Some(Command::Trace { command: TraceCommand::Attach { session } }) => Action::TraceAttach(session, json),
             Some(Command::Version) => Action::Version(json),
+            Some(Command::Autoextend { session }) => Action::Autoextend(session),
             Some(Command::Guard { deadline_ms, parent, resume, thaw }) => Action::Guard(
                 hcp::guard::Plan { resume, thaw, deadline: std::time::Duration::from_millis(deadline_ms) },
                 parent,

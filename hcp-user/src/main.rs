@@ -88,6 +88,7 @@ fn run(action: Action) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Action::Guard(plan, parent) => Ok(ExitCode::from(hcp::guard::serve(&plan, parent) as u8)),
+        Action::Autoextend(session) => Ok(ExitCode::from(hcp::autoextend::serve(&session) as u8)),
         Action::Version(json) => {
             render::version(json);
             Ok(ExitCode::SUCCESS)

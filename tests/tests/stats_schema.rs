@@ -42,6 +42,7 @@ fn stats_of_an_idle_session_match_the_schema() {
             window: None,
             report: None,
         }),
+        autoextend: None,
     };
     let stats = compute(&session, &Counters::default(), 2);
     let value = serde_json::to_value(&stats).expect("stats serialise");

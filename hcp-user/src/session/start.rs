@@ -239,6 +239,7 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         chunk_bytes: opts.chunk.bytes(),
         quota_bytes: store_bytes,
         trace: None,
+        autoextend: None,
     };
     state::save(&session)?;
     {
