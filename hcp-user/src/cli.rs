@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use hcp::autoextend::{Spec, StoreSize};
 use hcp::error::Error;
 use hcp::session::{RemoveOptions, StartOptions};
 use hcp::size::{ChunkSize, Quota};
@@ -166,6 +167,17 @@ struct StartArgs {
     #[arg(long)]
     preallocate: bool,
 
+    /// Grow a store file as it fills: when THRESHOLD% of it is used, by
+    /// GROWTH% of its size, never past the quota (-q), e.g. 80%:20%. A
+    /// monitor process does it for the session's life.
+    #[arg(long, value_name = "THRESHOLD%:GROWTH%")]
+    autoextend: Option<Spec>,
+
+    /// With --autoextend: the store's size at the start, a size (4M) or a
+    /// percentage of the quota (25%) [default: 25%, at least 1M].
+    #[arg(long, value_name = "SIZE|N%")]
+    store_size: Option<StoreSize>,
+
     /// Measure, in the kernel, what the session costs for its whole life
     /// (see `hcp stats`).
     #[arg(long)]
@@ -277,6 +289,8 @@ fn start_options(args: StartArgs) -> Result<StartOptions, Error> {
         quota: args.quota,
         chunk: args.chunk_size,
         preallocate: args.preallocate,
+        autoextend: args.autoextend,
+        store_size: args.store_size,
         trace: args.trace,
         baseline: args.baseline,
         report: args.report,
@@ -320,6 +334,26 @@ mod tests {
         assert!(matches!(action(&["show", "/dev/sdb1", "--json"]), Action::Show(_, true)));
         assert!(matches!(action(&["-v"]), Action::Version(false)));
         assert!(matches!(action(&["version"]), Action::Version(false)));
+    }
+
+    #[test]
+    fn autoextend_options() {
+        for args in [
+            &["--autoextend", "80%:20%", "--store-size", "25%", "/dev/x"][..],
+            &["start", "--autoextend", "80%:20%", "--store-size", "25%", "/dev/x"],
+        ] {
+            let Action::Start(o, _) = action(args) else { panic!("{args:?} is not a start") };
+            assert_eq!(o.autoextend, Some(Spec { threshold_percent: 80, growth_percent: 20 }));
+            assert_eq!(o.store_size, Some(StoreSize::PercentOfQuota(25)));
+        }
+        let Action::Start(o, _) = action(&["/dev/x"]) else { panic!("a start") };
+        assert_eq!((o.autoextend, o.store_size), (None, None));
+        assert!(matches!(action(&["__autoextend", "hcp3"]), Action::Autoextend(ref id) if id == "hcp3"));
+        for bad in [&["--autoextend", "80", "/dev/x"][..], &["--autoextend", "80%:20%", "--store-size", "0", "/dev/x"]]
+        {
+            let err = Cli::try_parse_from(std::iter::once("hcp").chain(bad.iter().copied())).err().expect("refused");
+            assert!(err.to_string().contains("invalid"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -21,6 +21,16 @@ pub fn started(s: &Started, json: bool) {
         format_bytes(s.quota_bytes),
         format_bytes(s.chunk_bytes)
     );
+    if let Some(a) = &s.autoextend {
+        println!(
+            "Store auto-extend: starts at {}, grows by {}% at {}% use up to the quota (monitor pid {}, log {})",
+            format_bytes(s.store_bytes),
+            a.growth_percent,
+            a.threshold_percent,
+            a.pid.map_or("?".to_string(), |p| p.to_string()),
+            a.log.display()
+        );
+    }
     println!("Snapshot completed: {:.3} s", s.timing.snapshot_seconds);
     match (s.timing.frozen_seconds, s.timing.freeze_call_seconds) {
         (Some(frozen), Some(call)) => {
@@ -100,6 +110,20 @@ pub fn list(entries: &[ListEntry], json: bool) {
                 )
             }
             _ => println!(" Store Use:             unknown (of {})", format_bytes(e.store_bytes)),
+        }
+        match &e.autoextend {
+            Some(a) => println!(
+                " Store Size:            {} of a quota of {}, grows by {}% at {}% use ({})",
+                format_bytes(e.store_bytes),
+                format_bytes(e.quota_bytes),
+                a.growth_percent,
+                a.threshold_percent,
+                match (a.monitor_running, a.monitor_pid) {
+                    (true, Some(pid)) => format!("monitor pid {pid}"),
+                    _ => format!("monitor not running; see {}", a.log.display()),
+                }
+            ),
+            None => println!(" Store Size:            {} (the quota)", format_bytes(e.store_bytes)),
         }
         println!(" State:                 {}", serde_json::to_value(e.state).expect("state").as_str().unwrap_or("?"));
     }

@@ -127,6 +127,9 @@ fn remove_one(
             session.snapshot_path.display()
         )));
     }
+    // Nothing was changed yet. The monitor goes first: it must not grow the
+    // store while the session is taken apart.
+    crate::autoextend::stop(session)?;
     if let Some(m) = our_mount {
         crate::mount::unmount(&m.path)?;
     }
@@ -176,6 +179,9 @@ fn remove_one(
         session.store.created_file.then(|| session.store.path.clone())
     };
     state::delete(&session.id)?;
+    if let Some(a) = &session.autoextend {
+        let _ = std::fs::remove_file(&a.log);
+    }
     Ok(Removed {
         session: session.id.clone(),
         origin: session.origin.path.clone(),

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::autoextend;
 use crate::blockdev::BlockDevice;
 use crate::devnum::DevNum;
 use crate::dm::device::{make_node, Dm, Suspend};
@@ -26,7 +27,8 @@ use crate::loopdev::{AttachOptions, LoopDevice};
 use crate::mountinfo::MountTable;
 use crate::size::{format_bytes, ChunkSize, Quota};
 use crate::state::{
-    self, KernelWindow, Lock, MountRecord, Origin, Phase, Session, Store, WindowRecord, RECORD_VERSION,
+    self, AutoextendRecord, KernelWindow, Lock, MountRecord, Origin, Phase, Session, Store, WindowRecord,
+    RECORD_VERSION,
 };
 use hcp_common::bio::Role;
 
@@ -51,6 +53,10 @@ pub struct StartOptions {
     pub quota: Option<Quota>,
     pub chunk: ChunkSize,
     pub preallocate: bool,
+    /// Grow a file store as it fills, up to the quota.
+    pub autoextend: Option<autoextend::Spec>,
+    /// With `autoextend`: the store's size at the start.
+    pub store_size: Option<autoextend::StoreSize>,
     /// Measure what the session costs, in the kernel, for its whole life.
     pub trace: bool,
     /// With `trace`: how long to measure the origin before the snapshot.
@@ -67,7 +73,11 @@ pub struct Started {
     pub snapshot: PathBuf,
     pub store: PathBuf,
     pub store_loop_device: Option<PathBuf>,
+    /// The store's size now; it grows up to `quota_bytes` with auto-extend.
+    pub store_bytes: u64,
     pub quota_bytes: u64,
+    /// With `--autoextend`: the settings and the monitor that applies them.
+    pub autoextend: Option<AutoextendRecord>,
     pub chunk_bytes: u64,
     /// Set for a wrapped plain device: the device every write must now go
     /// through.
@@ -154,6 +164,11 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         )));
     }
     let store_plan = plan_store(opts, &origin_dev, &origin_label, &id, quota, min_store, &mounts)?;
+    let device_store = match &store_plan {
+        StorePlan::Device { .. } => opts.store.as_deref(),
+        StorePlan::File { .. } => None,
+    };
+    let grow = autoextend::plan(opts.autoextend, opts.store_size, device_store, quota, min_store, opts.chunk.bytes())?;
     let mount_point = if opts.skip_mount {
         None
     } else {
@@ -168,7 +183,10 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
     fault::configured()?;
     // Everything checked: from here on each change has its undo.
     let mut undo = Undo::default();
-    let (store, store_dev, store_bytes) = prepare_store(&dm, &store_plan, &id, quota, opts, &mut undo)?;
+    let file_bytes = grow.map_or(quota, |g| g.initial_bytes);
+    let (store, store_dev, store_bytes) = prepare_store(&dm, &store_plan, &id, file_bytes, opts, &mut undo)?;
+    // The ceiling: a growing store's quota, else the store itself.
+    let quota_bytes = if grow.is_some() { quota } else { store_bytes };
     zero_header(&store_dev, opts.chunk)?;
 
     let snapshot_path = snapshot_node(&id);
@@ -237,14 +255,33 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         mount: mount_record,
         created_unix: now_unix(),
         chunk_bytes: opts.chunk.bytes(),
-        quota_bytes: store_bytes,
+        quota_bytes,
         trace: None,
-        autoextend: None,
+        autoextend: grow.map(|g| AutoextendRecord {
+            threshold_percent: g.spec.threshold_percent,
+            growth_percent: g.spec.growth_percent,
+            pid: None,
+            log: autoextend::log_path(&id),
+        }),
     };
     state::save(&session)?;
     {
         let id = id.clone();
         undo.push(format!("remove the record of {id}"), move || state::delete(&id));
+    }
+    if let Some(record) = session.autoextend.as_mut() {
+        // Started before the switch, like everything else that can fail:
+        // it waits for the snapshot to go live, and the first write burst
+        // finds it watching. It reads its settings from the record.
+        let monitor = autoextend::spawn(&id)?;
+        record.pid = Some(monitor.id() as i32);
+        let log = record.log.clone();
+        undo.push(format!("stop the auto-extend monitor of {id}"), move || {
+            let stopped = autoextend::stop_child(monitor);
+            let _ = std::fs::remove_file(&log);
+            stopped
+        });
+        state::save(&session)?;
     }
 
     // Tracing starts before the switch, so that it sees the window.
@@ -332,7 +369,9 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         snapshot: snapshot_path.clone(),
         store: session.store.path.clone(),
         store_loop_device: session.store.loop_device.clone(),
-        quota_bytes: store_bytes,
+        store_bytes,
+        quota_bytes,
+        autoextend: session.autoextend.clone(),
         chunk_bytes: opts.chunk.bytes(),
         write_through: matches!(plan, OriginPlan::Wrap { .. }).then(|| crate::dm::device::node_path(&origin_name)),
         mount_point: None,
@@ -617,13 +656,13 @@ fn create_mount_dir<'a>(path: &Path, undo: &mut Undo<'a>) -> Result<bool> {
     Ok(true)
 }
 
-/// Creates and attaches a file store, or readies a device store; returns
-/// the record, the block device dm will use, and its size.
+/// Creates and attaches a file store of `file_bytes`, or readies a device
+/// store; returns the record, the block device dm will use, and its size.
 fn prepare_store<'a>(
     dm: &'a Dm,
     plan: &StorePlan,
     id: &str,
-    quota: u64,
+    file_bytes: u64,
     opts: &StartOptions,
     undo: &mut Undo<'a>,
 ) -> Result<(Store, BlockDevice, u64)> {
@@ -649,15 +688,16 @@ fn prepare_store<'a>(
             undo.push(format!("delete {}", path.display()), move || {
                 std::fs::remove_file(&owned).map_err(|e| Error::io(owned.display(), e))
             });
-            size_store_file(&file, path, quota, opts.preallocate)?;
+            size_store_file(&file, path, file_bytes, opts.preallocate)?;
             drop(file);
             let lo = LoopDevice::attach(path, AttachOptions { read_only: false, direct_io: true, autoclear: false })
                 .context(format!("attaching store {}", path.display()))?;
             let lo_path = lo.path.clone();
             let dev = BlockDevice::from_devnum(lo.devnum()?)?;
             undo.push(format!("detach {}", lo_path.display()), move || lo.detach());
-            let store = Store { path: path.clone(), loop_device: Some(lo_path), created_file: true, size_bytes: quota };
-            Ok((store, dev, quota))
+            let store =
+                Store { path: path.clone(), loop_device: Some(lo_path), created_file: true, size_bytes: file_bytes };
+            Ok((store, dev, file_bytes))
         }
         StorePlan::Device { dev, limit: None } => {
             let store =
