@@ -27,7 +27,10 @@ Exit status:
   4  busy: the device or store is in use, or another hcp is changing sessions
   5  refused: cannot work on this device as it is (a mounted plain partition,
      a store on the origin, a kernel without device-mapper)
-  6  permission: hcp must run as root";
+  6  permission: hcp must run as root
+  7  invalid: a session listed (-l), shown (stats) or removed had its snapshot
+     invalidated because its store filled (the origin is unaffected); the
+     command itself did its work";
 
 #[derive(Parser)]
 #[command(

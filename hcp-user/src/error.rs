@@ -19,6 +19,10 @@ pub enum Kind {
     Refused,
     /// Needs root: exit 6.
     Permission,
+    /// The command did its work, but a session it reports on or removed is
+    /// invalid: its store filled and dm-snapshot dropped the snapshot (the
+    /// origin is unaffected): exit 7.
+    Invalid,
 }
 
 impl Kind {
@@ -30,6 +34,7 @@ impl Kind {
             Kind::Busy => 4,
             Kind::Refused => 5,
             Kind::Permission => 6,
+            Kind::Invalid => 7,
         }
     }
 }

@@ -141,6 +141,9 @@ pub fn removed(removed: &[Removed], json: bool) {
         if let Some(store) = &r.kept_store {
             println!("Store kept: {}", store.display());
         }
+        if let Some(log) = &r.autoextend_log {
+            println!("Auto-extend log kept: {}", log.display());
+        }
     }
 }
 
@@ -194,6 +197,27 @@ pub fn stats(s: &hcp::stats::SessionStats, json: bool) {
         s.origin.display(),
         hcp::session::format_time(s.traced_since_unix)
     );
+    if let Some(state) = s.state {
+        let name = serde_json::to_value(state).expect("state");
+        let why = match state {
+            hcp::session::SessionState::Invalid => {
+                ": the store filled and dm-snapshot dropped the snapshot (the origin is unaffected)"
+            }
+            _ => "",
+        };
+        println!("State                {}{why}", name.as_str().unwrap_or("?"));
+    }
+    if let Some(st) = &s.store {
+        let used = match (st.used_bytes, st.use_percent) {
+            (Some(used), Some(pct)) => {
+                format!("{} used ({pct:.1}%) of {}", format_bytes(used), format_bytes(st.size_bytes))
+            }
+            _ => format!("{}, use unknown", format_bytes(st.size_bytes)),
+        };
+        let grows =
+            if st.autoextend { format!(", grows up to {}", format_bytes(st.quota_bytes)) } else { String::new() };
+        println!("Store                {used}{grows}");
+    }
     traffic("Application writes", &s.app_writes);
     traffic("Application reads", &s.app_reads);
     traffic("Snapshot reads", &s.snapshot_reads);

@@ -49,10 +49,17 @@ fn hcp(args: &[&str]) -> Output {
 
 /// Runs hcp with `--json`, asserting success, and parses its output.
 fn hcp_json(args: &[&str]) -> Value {
+    hcp_json_exit(args, 0)
+}
+
+/// Runs hcp with `--json`, asserting exit status `code` (7: a session
+/// reported on is invalid, with the output printed all the same), and
+/// parses its output.
+fn hcp_json_exit(args: &[&str], code: i32) -> Value {
     let mut all = args.to_vec();
     all.push("--json");
     let out = hcp(&all);
-    assert_eq!(out.code, 0, "hcp {args:?} failed: {}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, code, "hcp {args:?}: {}{}", out.stdout, out.stderr);
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("hcp {args:?} printed no JSON ({e}): {}", out.stdout))
 }
 
@@ -356,14 +363,16 @@ fn a_full_store_invalidates_the_snapshot_not_the_origin() {
     let big = vec![0x42u8; 16 << 20];
     fs::write(dir.join("big.bin"), &big).unwrap();
     run("sync", &[]);
-    let listed = hcp_json(&["list"]);
+    // An invalid session is listed, and makes the listing exit 7.
+    let listed = hcp_json_exit(&["list"], 7);
     let entry = listed.as_array().unwrap().iter().find(|e| e["session"] == started["session"]).unwrap();
     assert_eq!(entry["state"], "invalid", "{entry}");
     // The origin keeps working.
     fs::write(dir.join("still.txt"), b"writable").unwrap();
     run("sync", &[]);
     assert_eq!(fs::read(dir.join("big.bin")).unwrap(), big);
-    let removed = hcp_json(&["remove", "--keep-store", started["session"].as_str().unwrap()]);
+    let removed = hcp_json_exit(&["remove", "--keep-store", started["session"].as_str().unwrap()], 7);
+    assert_eq!(removed[0]["snapshot_invalidated"], true, "{removed}");
     let store = PathBuf::from(started["store"].as_str().unwrap());
     assert_eq!(removed[0]["kept_store"], store.to_str().unwrap(), "{removed}");
     assert!(store.exists(), "--keep-store keeps {}", store.display());
