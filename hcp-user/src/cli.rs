@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use hcp::autoextend::{Spec, StoreSize};
 use hcp::error::Error;
 use hcp::session::{RemoveOptions, StartOptions};
 use hcp::size::{ChunkSize, Quota};
@@ -30,6 +31,9 @@ Exit status:
      state is unsafe (a record or directory that is a symlink, another user's,
      writable by others or malformed)
   6  permission: hcp must run as root
+  7  invalid: a session listed (-l), shown (stats) or removed had its snapshot
+     invalidated because its store filled (the origin is unaffected); the
+     command itself did its work
   A start stopped by Ctrl-C or SIGTERM undoes its work, then ends by that
   signal (a shell shows 130 or 143).
 
@@ -128,6 +132,10 @@ enum Command {
     Recover,
     /// Show hcp's version.
     Version,
+    /// The auto-extend monitor of a session (see the `autoextend` module);
+    /// not for users.
+    #[command(name = "__autoextend", hide = true)]
+    Autoextend { session: String },
     /// The guard process of a switch (see the `guard` module); not for users.
     #[command(name = "__guard", hide = true)]
     Guard {
@@ -176,6 +184,17 @@ struct StartArgs {
     /// Allocate the whole store file now rather than as it fills.
     #[arg(long)]
     preallocate: bool,
+
+    /// Grow a store file as it fills: when THRESHOLD% of it is used, by
+    /// GROWTH% of its size, never past the quota (-q), e.g. 80%:20%. A
+    /// monitor process does it for the session's life.
+    #[arg(long, value_name = "THRESHOLD%:GROWTH%")]
+    autoextend: Option<Spec>,
+
+    /// With --autoextend: the store's size at the start, a size (4M) or a
+    /// percentage of the quota (25%) [default: 25%, at least 1M].
+    #[arg(long, value_name = "SIZE|N%")]
+    store_size: Option<StoreSize>,
 
     /// Measure, in the kernel, what the session costs for its whole life
     /// (see `hcp stats`).
@@ -249,6 +268,7 @@ pub enum Action {
     Show(String, bool),
     Version(bool),
     Guard(hcp::guard::Plan, i32),
+    Autoextend(String),
 }
 
 impl Cli {
@@ -288,6 +308,7 @@ impl Cli {
             Some(Command::Trace { command: TraceCommand::Attach { session } }) => Action::TraceAttach(session, json),
             Some(Command::Version) => Action::Version(json),
             Some(Command::Recover) => Action::Recover(json),
+            Some(Command::Autoextend { session }) => Action::Autoextend(session),
             Some(Command::Guard { deadline_ms, parent, resume, thaw }) => Action::Guard(
                 hcp::guard::Plan { resume, thaw, deadline: std::time::Duration::from_millis(deadline_ms) },
                 parent,
@@ -355,6 +376,8 @@ fn start_options(args: StartArgs) -> Result<StartOptions, Error> {
         quota: args.quota,
         chunk: args.chunk_size.unwrap_or_default(),
         preallocate: args.preallocate,
+        autoextend: args.autoextend,
+        store_size: args.store_size,
         trace: args.trace,
         baseline: args.baseline.unwrap_or(std::time::Duration::from_secs(3)),
         report: args.report,
@@ -439,6 +462,26 @@ mod tests {
         ));
         let Action::Start(o, _) = action(&["--trace", "/dev/x"]) else { panic!("a start") };
         assert_eq!((o.baseline, o.chunk), (std::time::Duration::from_secs(3), ChunkSize::default()));
+    }
+
+    #[test]
+    fn autoextend_options() {
+        for args in [
+            &["--autoextend", "80%:20%", "--store-size", "25%", "/dev/x"][..],
+            &["start", "--autoextend", "80%:20%", "--store-size", "25%", "/dev/x"],
+        ] {
+            let Action::Start(o, _) = action(args) else { panic!("{args:?} is not a start") };
+            assert_eq!(o.autoextend, Some(Spec { threshold_percent: 80, growth_percent: 20 }));
+            assert_eq!(o.store_size, Some(StoreSize::PercentOfQuota(25)));
+        }
+        let Action::Start(o, _) = action(&["/dev/x"]) else { panic!("a start") };
+        assert_eq!((o.autoextend, o.store_size), (None, None));
+        assert!(matches!(action(&["__autoextend", "hcp3"]), Action::Autoextend(ref id) if id == "hcp3"));
+        for bad in [&["--autoextend", "80", "/dev/x"][..], &["--autoextend", "80%:20%", "--store-size", "0", "/dev/x"]]
+        {
+            let err = Cli::try_parse_from(std::iter::once("hcp").chain(bad.iter().copied())).err().expect("refused");
+            assert!(err.to_string().contains("invalid"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub enum Kind {
     Refused,
     /// Needs root: exit 6.
     Permission,
+    /// The command did its work, but a session it reports on or removed is
+    /// invalid: its store filled and dm-snapshot dropped the snapshot (the
+    /// origin is unaffected): exit 7.
+    Invalid,
     /// Stopped by a signal (Ctrl-C, SIGTERM) before it changed anything
     /// lasting: 130, as a shell reports a Ctrl-C. (The signal itself then
     /// ends the process, once hcp has undone its work and said so.)
@@ -36,6 +40,7 @@ impl Kind {
             Kind::Busy => 4,
             Kind::Refused => 5,
             Kind::Permission => 6,
+            Kind::Invalid => 7,
             Kind::Interrupted => 130,
         }
     }

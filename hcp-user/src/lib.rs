@@ -3,6 +3,7 @@
 //!
 //! The `hcp` binary is a thin command line over this library.
 
+pub mod autoextend;
 pub mod block_io;
 pub mod blockdev;
 pub mod btf;

@@ -8,8 +8,9 @@ mod render;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hcp::error::Error;
+use hcp::error::{Error, Kind};
 use hcp::freeze::SignalBlock;
+use hcp::session::SessionState;
 
 use cli::{Action, Cli, StatsFormat};
 
@@ -73,18 +74,34 @@ fn run(action: Action) -> Result<ExitCode, Error> {
             Ok(if started.mount_error.is_some() { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         Action::List(json) => {
-            render::list(&hcp::session::list()?, json);
-            Ok(ExitCode::SUCCESS)
+            let entries = hcp::session::list()?;
+            render::list(&entries, json);
+            let invalid = entries.iter().filter(|e| e.state == SessionState::Invalid).map(|e| e.session.as_str());
+            Ok(invalid_exit(invalid, "remove it with `hcp -r`"))
         }
         Action::Remove(opts, json) => {
-            render::removed(&hcp::session::remove(&opts)?, json);
-            Ok(ExitCode::SUCCESS)
+            let removed = hcp::session::remove(&opts)?;
+            render::removed(&removed, json);
+            let invalid: Vec<&str> =
+                removed.iter().filter(|r| r.snapshot_invalidated).map(|r| r.session.as_str()).collect();
+            if invalid.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            // Everything is removed; what was read from the snapshot is not
+            // to be trusted, which a script must not miss.
+            eprintln!(
+                "hcp: {} had been invalidated because its store filled, so anything read from it since is \
+                 incomplete (the session is removed completely)",
+                invalid.join(", ")
+            );
+            Ok(ExitCode::from(Kind::Invalid.exit_code()))
         }
         Action::Show(device, json) => {
             render::shown(&hcp::session::show(&device)?, json);
             Ok(ExitCode::SUCCESS)
         }
         Action::Stats(session, format) => {
+            let named = session.is_some();
             let all = match session {
                 Some(session) => vec![hcp::session::stats(&session)?],
                 None => hcp::session::stats_all()?,
@@ -98,7 +115,10 @@ fn run(action: Action) -> Result<ExitCode, Error> {
                         .map_err(|e| Error::io("writing the histogram log", e))?;
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            // Scraping every session (--prometheus alone) reports their
+            // states as figures; naming an invalid one is an error too.
+            let invalid = all.iter().filter(|s| named && s.state == Some(SessionState::Invalid));
+            Ok(invalid_exit(invalid.map(|s| s.session.as_str()), "its figures stop where it was dropped"))
         }
         Action::FollowStats(session, interval) => {
             use std::io::Write;
@@ -130,9 +150,30 @@ fn run(action: Action) -> Result<ExitCode, Error> {
                 None => ExitCode::SUCCESS,
             })
         }
+        Action::Autoextend(session) => {
+            // Started by `start`, it inherited its blocked signals; `remove`
+            // stops it with SIGTERM.
+            hcp::freeze::unblock_all_signals();
+            Ok(ExitCode::from(hcp::autoextend::serve(&session) as u8))
+        }
         Action::Version(json) => {
             render::version(json);
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Success, or exit status 7 (after the output, which reports the state)
+/// with one line naming the `invalid` sessions and what to do.
+fn invalid_exit<'a>(invalid: impl Iterator<Item = &'a str>, advice: &str) -> ExitCode {
+    let invalid: Vec<&str> = invalid.collect();
+    if invalid.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "hcp: {} {} invalid: the store filled and dm-snapshot dropped the snapshot (the origin is unaffected); {advice}",
+        invalid.join(", "),
+        if invalid.len() == 1 { "is" } else { "are" }
+    );
+    ExitCode::from(Kind::Invalid.exit_code())
 }

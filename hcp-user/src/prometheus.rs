@@ -527,6 +527,7 @@ pub(crate) mod tests {
                 window: None,
                 report: None,
             }),
+            autoextend: None,
         }
     }
 

@@ -21,6 +21,16 @@ pub fn started(s: &Started, json: bool) {
         format_bytes(s.quota_bytes),
         format_bytes(s.chunk_bytes)
     );
+    if let Some(a) = &s.autoextend {
+        println!(
+            "Store auto-extend: starts at {}, grows by {}% at {}% use up to the quota (monitor pid {}, log {})",
+            format_bytes(s.store_bytes),
+            a.growth_percent,
+            a.threshold_percent,
+            a.pid.map_or("?".to_string(), |p| p.to_string()),
+            a.log.display()
+        );
+    }
     println!("Snapshot completed: {:.3} s", s.timing.snapshot_seconds);
     match (s.timing.frozen_seconds, s.timing.freeze_call_seconds) {
         (Some(frozen), Some(call)) => {
@@ -101,6 +111,20 @@ pub fn list(entries: &[ListEntry], json: bool) {
             }
             _ => println!(" Store Use:             unknown (of {})", format_bytes(e.store_bytes)),
         }
+        match &e.autoextend {
+            Some(a) => println!(
+                " Store Size:            {} of a quota of {}, grows by {}% at {}% use ({})",
+                format_bytes(e.store_bytes),
+                format_bytes(e.quota_bytes),
+                a.growth_percent,
+                a.threshold_percent,
+                match (a.monitor_running, a.monitor_pid) {
+                    (true, Some(pid)) => format!("monitor pid {pid}"),
+                    _ => format!("monitor not running; see {}", a.log.display()),
+                }
+            ),
+            None => println!(" Store Size:            {} (the quota)", format_bytes(e.store_bytes)),
+        }
         println!(" State:                 {}", serde_json::to_value(e.state).expect("state").as_str().unwrap_or("?"));
         if let Some(problem) = &e.problem {
             println!(" Problem:               {problem}: run `hcp recover`");
@@ -133,6 +157,9 @@ pub fn removed(removed: &[Removed], json: bool) {
         println!("Hot Copy session {} has been stopped ({:.3} s{frozen}){restored}.", r.session, r.seconds);
         if let Some(store) = &r.kept_store {
             println!("Store kept: {}", store.display());
+        }
+        if let Some(log) = &r.autoextend_log {
+            println!("Auto-extend log kept: {}", log.display());
         }
     }
 }
@@ -187,6 +214,27 @@ pub fn stats(s: &hcp::stats::SessionStats, json: bool) {
         s.origin.display(),
         hcp::session::format_time(s.traced_since_unix)
     );
+    if let Some(state) = s.state {
+        let name = serde_json::to_value(state).expect("state");
+        let why = match state {
+            hcp::session::SessionState::Invalid => {
+                ": the store filled and dm-snapshot dropped the snapshot (the origin is unaffected)"
+            }
+            _ => "",
+        };
+        println!("State                {}{why}", name.as_str().unwrap_or("?"));
+    }
+    if let Some(st) = &s.store {
+        let used = match (st.used_bytes, st.use_percent) {
+            (Some(used), Some(pct)) => {
+                format!("{} used ({pct:.1}%) of {}", format_bytes(used), format_bytes(st.size_bytes))
+            }
+            _ => format!("{}, use unknown", format_bytes(st.size_bytes)),
+        };
+        let grows =
+            if st.autoextend { format!(", grows up to {}", format_bytes(st.quota_bytes)) } else { String::new() };
+        println!("Store                {used}{grows}");
+    }
     traffic("Application writes", &s.app_writes);
     traffic("Application reads", &s.app_reads);
     traffic("Snapshot reads", &s.snapshot_reads);

@@ -88,6 +88,26 @@ pub struct Session {
     /// Set while the session is traced (`--trace`, `hcp trace attach`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceRecord>,
+    /// Set when the store grows on demand (`--autoextend`); `quota_bytes`
+    /// is then the ceiling it grows to and `store.size_bytes` its size at
+    /// the start. Records without it (older hcp) read as not growing, so
+    /// the format version stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoextend: Option<AutoextendRecord>,
+}
+
+/// The auto-extend settings of a session and the monitor that applies them
+/// (see the `autoextend` module).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoextendRecord {
+    /// Grow when the store is this full (percent of its current size).
+    pub threshold_percent: u32,
+    /// Grow by this much of its current size (capped at the quota).
+    pub growth_percent: u32,
+    /// The monitor process (`hcp __autoextend hcpN`); None until it runs.
+    pub pid: Option<i32>,
+    /// Where the monitor writes what it does.
+    pub log: PathBuf,
 }
 
 /// What a traced session needs to report later.
@@ -396,6 +416,11 @@ fn load(path: &Path, owner: u32) -> Result<Option<Session>> {
     Ok(Some(session))
 }
 
+/// The record of session `id`, if there is one (checked as every record).
+pub fn load_one(id: &str) -> Result<Option<Session>> {
+    load(&sessions_dir().join(format!("{id}.json")), ROOT)
+}
+
 /// Writes a record so that a reader (or a crash) sees the old or the new
 /// one, never a torn one.
 pub fn save(session: &Session) -> Result<()> {
@@ -627,6 +652,12 @@ mod tests {
             chunk_bytes: 4096,
             quota_bytes: 1 << 30,
             trace: None,
+            autoextend: Some(AutoextendRecord {
+                threshold_percent: 80,
+                growth_percent: 20,
+                pid: Some(4242),
+                log: "/run/hcp/autoextend/hcp1.log".into(),
+            }),
         }
     }
 
@@ -893,5 +924,18 @@ mod tests {
             assert_eq!(err.kind, Kind::Usage);
             assert!(err.message().contains("HCP_LOCK_TIMEOUT") && err.message().contains("give a number"), "{err}");
         }
+    }
+
+    #[test]
+    fn records_without_autoextend_still_read() {
+        // A record as hcp wrote it before auto-extend existed.
+        let text = r#"{"version":1,"id":"hcp2","phase":"active",
+            "origin":{"path":"/dev/vdb","dm_name":"hcp-vdb","real":"/dev/vdb","wrapped":true},
+            "snapshot_path":"/dev/hcp2",
+            "store":{"path":"/var/lib/hcp/vdb.hcp2.cow","loop_device":"/dev/loop0","created_file":true,"size_bytes":1048576},
+            "mount":null,"created_unix":1,"chunk_bytes":4096,"quota_bytes":1048576}"#;
+        let s: Session = serde_json::from_str(text).unwrap();
+        assert_eq!(s.autoextend, None);
+        assert!(!serde_json::to_string(&s).unwrap().contains("autoextend"), "absent, not null");
     }
 }

@@ -32,6 +32,13 @@ pub struct SessionStats {
     /// With `--follow`: the figures count this interval only (seconds);
     /// null: they count since the snapshot.
     pub interval_seconds: Option<f64>,
+    /// The session's state as `hcp list` reports it (`invalid`: the store
+    /// filled and dm-snapshot dropped the snapshot); null when it was not
+    /// read from device-mapper (see [`compute`]).
+    pub state: Option<crate::session::SessionState>,
+    /// The store: its size now (it grows with auto-extend), use and quota;
+    /// null when not read, like `state`.
+    pub store: Option<StoreUse>,
     /// Application I/O on the origin device (bios), since the snapshot.
     pub app_writes: Traffic,
     pub app_reads: Traffic,
@@ -54,6 +61,18 @@ pub struct SessionStats {
     /// display and the Prometheus and HdrHistogram exports.
     #[serde(skip)]
     pub histograms: Vec<NamedHistogram>,
+}
+
+/// How full a session's store is, read from its snapshot's status line.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreUse {
+    pub size_bytes: u64,
+    /// Allocated, data and metadata; null unless the snapshot is active.
+    pub used_bytes: Option<u64>,
+    pub use_percent: Option<f64>,
+    /// The most it may take: its size, unless it grows (`--autoextend`).
+    pub quota_bytes: u64,
+    pub autoextend: bool,
 }
 
 /// One of a session's latency histograms, named for export.
@@ -339,7 +358,8 @@ impl Losses {
 }
 
 /// The stats of `session` from `counters`: what was counted since the
-/// snapshot went live.
+/// snapshot went live. `state` and `store` are left null: they come from
+/// device-mapper, which the caller reads (`session::stats` does).
 pub fn compute(session: &Session, counters: &Counters, now_unix: u64) -> SessionStats {
     let trace = session.trace.as_ref();
     let since_start = trace.and_then(|t| t.at_start.as_ref()).map(|r| since(counters, r));
@@ -499,6 +519,8 @@ pub fn compute(session: &Session, counters: &Counters, now_unix: u64) -> Session
         traced_since_unix: trace.map_or(0, |t| t.since_unix),
         read_at_unix: now_unix,
         interval_seconds: None,
+        state: None,
+        store: None,
         app_writes,
         app_reads,
         snapshot_reads,

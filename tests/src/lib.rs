@@ -171,10 +171,17 @@ pub fn hcp(args: &[&str]) -> Output {
 
 /// Runs hcp with `--json`, asserting success, and parses its output.
 pub fn hcp_json(args: &[&str]) -> Value {
+    hcp_json_exit(args, 0)
+}
+
+/// Runs hcp with `--json`, asserting exit status `code` (7: a session
+/// reported on is invalid, with the output printed all the same), and
+/// parses its output.
+pub fn hcp_json_exit(args: &[&str], code: i32) -> Value {
     let mut all = args.to_vec();
     all.push("--json");
     let out = hcp(&all);
-    assert_eq!(out.code, 0, "hcp {args:?} failed: {}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, code, "hcp {args:?}: {}{}", out.stdout, out.stderr);
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("hcp {args:?} printed no JSON ({e}): {}", out.stdout))
 }
 

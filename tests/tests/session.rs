@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use hcp::dm::device::Dm;
 use hcp_tests::{
-    assert_files, assert_matches_stats_schema, hcp, hcp_bin, hcp_json, require_root, run, serial, temp_dir,
-    write_files, Fs, LoopDevice, SystemState, Volume,
+    assert_files, assert_matches_stats_schema, hcp, hcp_bin, hcp_json, hcp_json_exit, require_root, run, serial,
+    temp_dir, write_files, Fs, LoopDevice, SystemState, Volume,
 };
 use serde_json::Value;
 
@@ -166,14 +167,16 @@ fn a_full_store_invalidates_the_snapshot_not_the_origin() {
     let big = vec![0x42u8; 16 << 20];
     fs::write(dir.join("big.bin"), &big).unwrap();
     run("sync", &[]);
-    let listed = hcp_json(&["list"]);
+    // An invalid session is listed, and makes the listing exit 7.
+    let listed = hcp_json_exit(&["list"], 7);
     let entry = listed.as_array().unwrap().iter().find(|e| e["session"] == started["session"]).unwrap();
     assert_eq!(entry["state"], "invalid", "{entry}");
     // The origin keeps working.
     fs::write(dir.join("still.txt"), b"writable").unwrap();
     run("sync", &[]);
     assert_eq!(fs::read(dir.join("big.bin")).unwrap(), big);
-    let removed = hcp_json(&["remove", "--keep-store", started["session"].as_str().unwrap()]);
+    let removed = hcp_json_exit(&["remove", "--keep-store", started["session"].as_str().unwrap()], 7);
+    assert_eq!(removed[0]["snapshot_invalidated"], true, "{removed}");
     let store = PathBuf::from(started["store"].as_str().unwrap());
     assert_eq!(removed[0]["kept_store"], store.to_str().unwrap(), "{removed}");
     assert!(store.exists(), "--keep-store keeps {}", store.display());
@@ -681,6 +684,71 @@ impl Drop for Fio {
     }
 }
 
+/// Whether `hcp __autoextend <id>` runs (an exited one not yet reaped, a
+/// zombie, does not).
+fn monitor_running(id: &str) -> bool {
+    fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()).any(|e| {
+        let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+        args.len() >= 3 && args[1] == b"__autoextend" && args[2] == id.as_bytes() && !matches!(state, Some('Z' | 'X'))
+    })
+}
+
+/// `allocated/total` sectors of snapshot `id`, None once it is invalid.
+fn snapshot_use(id: &str) -> Option<(u64, u64)> {
+    let lines = Dm::open().unwrap().status(id).unwrap();
+    let (_, text) = lines.first().expect("a snapshot table");
+    let (allocated, rest) = text.split_once('/')?;
+    Some((allocated.parse().unwrap(), rest.split_whitespace().next()?.parse().unwrap()))
+}
+
+/// What a session leaves once removed: nothing at all.
+fn assert_session_gone(started: &Value) {
+    let id = started["session"].as_str().unwrap();
+    assert!(!monitor_running(id), "the auto-extend monitor of {id} outlived its session");
+    assert!(!Dm::open().unwrap().exists(id).unwrap(), "dm device {id} left behind");
+    assert!(!Path::new(&format!("/run/hcp/sessions/{id}.json")).exists(), "record of {id} left behind");
+    let lo = started["store_loop_device"].as_str().expect("a file store's loop device");
+    let number = lo.trim_start_matches("/dev/loop");
+    assert!(!Path::new(&format!("/sys/block/loop{number}/loop/backing_file")).exists(), "{lo} still attached");
+    assert!(!Path::new(started["store"].as_str().unwrap()).exists(), "store file left behind");
+}
+
+/// Overwrites the first `bytes` of `dev` with O_DIRECT writes of `piece`
+/// bytes. With `wait_for_growth`, after each piece that takes the store past
+/// `threshold` percent, waits (at most `max_wait`) until the monitor has
+/// grown it back below: a burst paced so that a 250 ms poll can follow it
+/// under emulation. Returns how long it waited in all.
+fn paced_burst(
+    dev: &Path,
+    id: &str,
+    bytes: u64,
+    piece: usize,
+    wait_for_growth: Option<u64>,
+    max_wait: Duration,
+) -> Duration {
+    let f = hcp_tests::open_direct(dev);
+    let buf = hcp_tests::AlignedBuf::new(piece, 0xa5);
+    let mut waited = Duration::ZERO;
+    for offset in (0..bytes).step_by(piece) {
+        hcp_tests::pwrite_all(&f, &buf, offset);
+        let Some(threshold) = wait_for_growth else { continue };
+        let began = std::time::Instant::now();
+        while began.elapsed() < max_wait {
+            match snapshot_use(id) {
+                Some((allocated, total)) if allocated * 100 >= total * threshold => {
+                    thread::sleep(Duration::from_millis(20))
+                }
+                _ => break,
+            }
+        }
+        waited += began.elapsed();
+    }
+    waited
+}
+
 #[test]
 #[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
 fn twenty_cycles_under_fio_leave_clean_snapshots_and_nothing_behind() {
@@ -867,4 +935,89 @@ fn ctrl_c_stops_a_start_cleanly_and_waits_out_a_switch() {
     assert_eq!(recovered.as_array().unwrap().len(), 1, "{recovered}");
     assert_eq!(SystemState::take(), before, "{recovered}");
     assert_files(&dir, &files);
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn a_write_burst_three_times_the_store_survives_with_autoextend_and_invalidates_without() {
+    require_root();
+    let _serial = serial();
+    const MIB: u64 = 1 << 20;
+    const BURST: u64 = 3 * MIB;
+    // Below the headroom 80%:20% leaves in the smallest store (20% of 1 MiB).
+    const PIECE: usize = 128 << 10;
+    let vol = Volume::new("t-grow", 16);
+    let dev = vol.path();
+    let dev_s = dev.to_str().unwrap();
+    write_direct(&dev, 0, 16, 0x5a);
+
+    // With auto-extend: a 1 MiB store that may grow to 8 MiB.
+    let began = std::time::Instant::now();
+    let started =
+        hcp_json(&["start", "--skip-mount", "--autoextend", "80%:20%", "--store-size", "1M", "-q", "8M", dev_s]);
+    let id = started["session"].as_str().unwrap().to_string();
+    assert_eq!((started["store_bytes"].as_u64(), started["quota_bytes"].as_u64()), (Some(MIB), Some(8 * MIB)));
+    let log = PathBuf::from(started["autoextend"]["log"].as_str().expect("the monitor's log"));
+    assert!(monitor_running(&id), "the monitor runs once start has returned");
+    let waited = paced_burst(&dev, &id, BURST, PIECE, Some(80), Duration::from_secs(2));
+    let listed = hcp_json(&["list"]);
+    let entry = listed.as_array().unwrap().iter().find(|e| e["session"] == id.as_str()).unwrap().clone();
+    let log_text = fs::read_to_string(&log).unwrap();
+    eprintln!("burst of {BURST} bytes with auto-extend: waited {waited:?} for the monitor\n{log_text}{entry:#}");
+    assert_eq!(entry["state"], "active", "{entry}");
+    let size = entry["store_bytes"].as_u64().unwrap();
+    assert!(size > BURST && size <= 8 * MIB, "the store grew past the burst, within the quota: {entry}");
+    let store = PathBuf::from(started["store"].as_str().unwrap());
+    assert_eq!(fs::metadata(&store).unwrap().len(), size, "dm-snapshot sees the whole file");
+    assert_eq!(entry["autoextend"]["monitor_running"], true, "{entry}");
+    let steps = log_text.lines().filter(|l| l.contains("grew the store")).count();
+    assert!(steps >= 3, "{steps} growth steps:\n{log_text}");
+    // The snapshot still holds the data from before the burst.
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut fs::File::open(format!("/dev/{id}")).unwrap(), &mut all).unwrap();
+    assert_eq!(all.len() as u64, 16 * MIB);
+    assert!(all.iter().all(|b| *b == 0x5a), "the snapshot changed under the burst");
+    let out = hcp(&["remove", &id]);
+    assert_eq!(out.code, 0, "remove: {}{}", out.stdout, out.stderr);
+    assert_session_gone(&started);
+    assert!(!log.exists(), "the log of a valid session goes with it");
+    eprintln!("auto-extend case: {:?}", began.elapsed());
+
+    // Without: the same burst fills the 1 MiB store and drops the snapshot.
+    let began = std::time::Instant::now();
+    write_direct(&dev, 0, 16, 0x5a);
+    let started = hcp_json(&["start", "--skip-mount", "--trace", "--baseline", "0", "-q", "1M", dev_s]);
+    let id = started["session"].as_str().unwrap().to_string();
+    assert!(started["autoextend"].is_null(), "{started}");
+    paced_burst(&dev, &id, BURST, PIECE, None, Duration::ZERO);
+    assert_eq!(snapshot_use(&id), None, "the snapshot is invalid");
+    for args in [&["list", "--json"][..], &["stats", &id, "--json"]] {
+        let out = hcp(args);
+        assert_eq!(out.code, 7, "hcp {args:?}: {}{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains("invalid") && out.stderr.contains(&id), "hcp {args:?}: {}", out.stderr);
+        let value: Value = serde_json::from_str(&out.stdout).unwrap();
+        let state = match &value {
+            Value::Array(entries) => entries.iter().find(|e| e["session"] == id.as_str()).unwrap()["state"].clone(),
+            stats => {
+                assert_matches_stats_schema(stats);
+                stats["state"].clone()
+            }
+        };
+        assert_eq!(state, "invalid", "hcp {args:?}: {value}");
+    }
+    // The origin works on and keeps every write.
+    write_direct(&dev, 8, 1, 0x77);
+    let mut origin = Vec::new();
+    std::io::Read::read_to_end(&mut fs::File::open(&dev).unwrap(), &mut origin).unwrap();
+    let (burst, rest) = origin.split_at(BURST as usize);
+    assert!(burst.iter().all(|b| *b == 0xa5), "the burst reached the origin");
+    assert!(rest[..(5 * MIB) as usize].iter().all(|b| *b == 0x5a));
+    assert!(rest[(5 * MIB) as usize..(6 * MIB) as usize].iter().all(|b| *b == 0x77), "written after the overflow");
+    let out = hcp(&["remove", &id, "--json"]);
+    assert_eq!(out.code, 7, "remove: {}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("invalidated because its store filled"), "{}", out.stderr);
+    let removed: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(removed[0]["snapshot_invalidated"], true, "{removed}");
+    assert_session_gone(&started);
+    eprintln!("overflow case: {:?}", began.elapsed());
 }

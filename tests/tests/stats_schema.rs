@@ -2,8 +2,9 @@
 //! (every figure null or zero). Real output is checked against the schema
 //! in the VM, by the traced-session test.
 
+use hcp::session::SessionState;
 use hcp::state::{Origin, Phase, Session, Store, TraceRecord, TracedDevice, RECORD_VERSION};
-use hcp::stats::compute;
+use hcp::stats::{compute, StoreUse};
 use hcp::trace_pins::Counters;
 use hcp_tests::assert_matches_stats_schema;
 
@@ -42,10 +43,26 @@ fn stats_of_an_idle_session_match_the_schema() {
             window: None,
             report: None,
         }),
+        autoextend: None,
     };
     let stats = compute(&session, &Counters::default(), 2);
     let value = serde_json::to_value(&stats).expect("stats serialise");
     assert_matches_stats_schema(&value);
     assert!(value["write_amplification"].is_null(), "no writes, no ratio: {value}");
     assert_eq!(value["devices"].as_array().map(Vec::len), Some(4));
+
+    // As `hcp stats` prints it: with the state and store read from
+    // device-mapper, here those of an invalidated snapshot.
+    let mut live = stats;
+    live.state = Some(SessionState::Invalid);
+    live.store = Some(StoreUse {
+        size_bytes: 1 << 20,
+        used_bytes: None,
+        use_percent: None,
+        quota_bytes: 4 << 20,
+        autoextend: true,
+    });
+    let value = serde_json::to_value(&live).expect("stats serialise");
+    assert_matches_stats_schema(&value);
+    assert_eq!(value["state"], "invalid");
 }

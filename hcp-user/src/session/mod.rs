@@ -22,7 +22,7 @@ mod window;
 
 pub use recover::{recover, Recovered};
 pub use remove::{remove, RemoveOptions, Removed};
-pub use report::{list, show, ListEntry, SessionState, Shown};
+pub use report::{list, show, AutoextendEntry, ListEntry, SessionState, Shown};
 pub use start::{start, StartOptions, Started};
 pub use trace::{
     attach_session as trace_attach, follow as follow_stats, histogram_log_path, report_path, stats, stats_all,

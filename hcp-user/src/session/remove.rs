@@ -44,6 +44,12 @@ pub struct Removed {
     pub frozen_seconds: Option<f64>,
     /// A traced session's final report.
     pub report: Option<PathBuf>,
+    /// The snapshot had been invalidated (its store filled) before it was
+    /// removed: whatever was read from it since is incomplete.
+    pub snapshot_invalidated: bool,
+    /// With auto-extend, the monitor's log, kept when the snapshot had been
+    /// invalidated (it tells how the store grew and filled).
+    pub autoextend_log: Option<PathBuf>,
     pub seconds: f64,
 }
 
@@ -147,6 +153,10 @@ pub(super) fn remove_one(
             session.snapshot_path.display()
         )));
     }
+    // Nothing was changed yet. The monitor goes first: it must not grow the
+    // store while the session is taken apart.
+    crate::autoextend::stop(session)?;
+    let snapshot_invalidated = super::report::state_of(dm, session)?.0 == super::SessionState::Invalid;
     if let Some(m) = our_mount {
         crate::mount::unmount(&m.path)?;
     }
@@ -204,6 +214,13 @@ pub(super) fn remove_one(
         session.store.created_file.then(|| session.store.path.clone()).filter(|p| p.exists())
     };
     state::delete(&session.id)?;
+    let autoextend_log = session.autoextend.as_ref().and_then(|a| {
+        if snapshot_invalidated && a.log.exists() {
+            return Some(a.log.clone());
+        }
+        let _ = std::fs::remove_file(&a.log);
+        None
+    });
     Ok(Removed {
         session: session.id.clone(),
         origin: session.origin.path.clone(),
@@ -211,6 +228,8 @@ pub(super) fn remove_one(
         kept_store,
         frozen_seconds,
         report,
+        snapshot_invalidated,
+        autoextend_log,
         seconds: begun.elapsed().as_secs_f64(),
     })
 }

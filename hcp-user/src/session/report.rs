@@ -46,13 +46,31 @@ pub struct ListEntry {
     pub changed_bytes: Option<u64>,
     /// Store space allocated (data and metadata), of `store_bytes`.
     pub store_used_bytes: Option<u64>,
+    /// The store's size now: with auto-extend it grows, up to
+    /// `quota_bytes`.
     pub store_bytes: u64,
     pub store_use_percent: Option<f64>,
+    /// The most the store may take: its size, unless it grows.
+    pub quota_bytes: u64,
+    /// Set when the store grows as it fills (`--autoextend`).
+    pub autoextend: Option<AutoextendEntry>,
     pub chunk_bytes: u64,
     pub state: SessionState,
     /// What is wrong with an incomplete session, and so what `hcp recover`
     /// will do about it.
     pub problem: Option<String>,
+}
+
+/// A growing store's settings and its monitor, as `list` reports them.
+#[derive(Clone, Debug, Serialize)]
+pub struct AutoextendEntry {
+    pub threshold_percent: u32,
+    pub growth_percent: u32,
+    pub monitor_pid: Option<i32>,
+    /// Whether the monitor runs: it stops by itself once the snapshot is
+    /// invalid; an active session without it no longer grows.
+    pub monitor_running: bool,
+    pub log: PathBuf,
 }
 
 pub fn list() -> Result<Vec<ListEntry>> {
@@ -73,7 +91,16 @@ pub fn list() -> Result<Vec<ListEntry>> {
     Ok(entries)
 }
 
-fn entry(dm: &Dm, s: &Session, in_progress: bool) -> Result<ListEntry> {
+/// A session's state and its snapshot's parsed status line, read live
+/// from device-mapper (for a command holding the lock: a record not
+/// `active` is a leftover).
+pub(crate) fn state_of(dm: &Dm, s: &Session) -> Result<(SessionState, Option<SnapshotStatus>)> {
+    assess(dm, s, false).map(|(state, status, _)| (state, status))
+}
+
+/// The state, the status line and what is wrong, if anything; a record
+/// not `active` is a command `in_progress` unless it is not.
+fn assess(dm: &Dm, s: &Session, in_progress: bool) -> Result<(SessionState, Option<SnapshotStatus>, Option<String>)> {
     let status = if dm.exists(&s.id)? { snapshot_status(dm, &s.id)? } else { None };
     let problem = if in_progress && s.phase != Phase::Active { None } else { problem(dm, s)? };
     let state = match (s.phase, &status) {
@@ -84,7 +111,23 @@ fn entry(dm: &Dm, s: &Session, in_progress: bool) -> Result<ListEntry> {
         (Phase::Active, Some((target, _))) if target == "snapshot-merge" => SessionState::Merging,
         (Phase::Active, _) => SessionState::Active,
     };
-    let active = status.as_ref().and_then(|(_, st)| match st {
+    Ok((state, status.map(|(_, st)| st), problem))
+}
+
+/// The store's size now. dm-snapshot's own figure (the status line's
+/// total, the COW device's size) while it has one; else the file's, which
+/// a growing store's loop device follows; else the recorded size.
+pub(crate) fn store_bytes_now(s: &Session, status: Option<&SnapshotStatus>) -> u64 {
+    match status {
+        Some(SnapshotStatus::Active { total, .. }) => total * crate::size::SECTOR_BYTES,
+        _ if s.store.created_file => std::fs::metadata(&s.store.path).map_or(s.store.size_bytes, |m| m.len()),
+        _ => s.store.size_bytes,
+    }
+}
+
+fn entry(dm: &Dm, s: &Session, in_progress: bool) -> Result<ListEntry> {
+    let (state, status, problem) = assess(dm, s, in_progress)?;
+    let active = status.as_ref().and_then(|st| match st {
         SnapshotStatus::Active { allocated, total, metadata } => Some((*allocated, *total, *metadata)),
         _ => None,
     });
@@ -99,7 +142,7 @@ fn entry(dm: &Dm, s: &Session, in_progress: bool) -> Result<ListEntry> {
         created_unix: s.created_unix,
         changed_bytes: active.map(|(allocated, _, metadata)| allocated.saturating_sub(metadata) << 9),
         store_used_bytes: active.map(|(allocated, _, _)| allocated << 9),
-        store_bytes: s.store.size_bytes,
+        store_bytes: store_bytes_now(s, status.as_ref()),
         store_use_percent: active.map(
             |(allocated, total, _)| {
                 if total == 0 {
@@ -109,6 +152,14 @@ fn entry(dm: &Dm, s: &Session, in_progress: bool) -> Result<ListEntry> {
                 }
             },
         ),
+        quota_bytes: s.quota_bytes,
+        autoextend: s.autoextend.as_ref().map(|a| AutoextendEntry {
+            threshold_percent: a.threshold_percent,
+            growth_percent: a.growth_percent,
+            monitor_pid: a.pid,
+            monitor_running: crate::autoextend::running(s),
+            log: a.log.clone(),
+        }),
         chunk_bytes: s.chunk_bytes,
         state,
         problem,

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::autoextend;
 use crate::blockdev::BlockDevice;
 use crate::devnum::DevNum;
 use crate::dm::device::{make_node, Dm};
@@ -25,7 +26,8 @@ use crate::loopdev::{AttachOptions, LoopDevice};
 use crate::mountinfo::MountTable;
 use crate::size::{format_bytes, ChunkSize, Quota};
 use crate::state::{
-    self, KernelWindow, Lock, MountRecord, Origin, Phase, Session, Store, WindowRecord, RECORD_VERSION,
+    self, AutoextendRecord, KernelWindow, Lock, MountRecord, Origin, Phase, Session, Store, WindowRecord,
+    RECORD_VERSION,
 };
 use hcp_common::bio::Role;
 
@@ -50,6 +52,10 @@ pub struct StartOptions {
     pub quota: Option<Quota>,
     pub chunk: ChunkSize,
     pub preallocate: bool,
+    /// Grow a file store as it fills, up to the quota.
+    pub autoextend: Option<autoextend::Spec>,
+    /// With `autoextend`: the store's size at the start.
+    pub store_size: Option<autoextend::StoreSize>,
     /// Measure what the session costs, in the kernel, for its whole life.
     pub trace: bool,
     /// With `trace`: how long to measure the origin before the snapshot.
@@ -66,7 +72,11 @@ pub struct Started {
     pub snapshot: PathBuf,
     pub store: PathBuf,
     pub store_loop_device: Option<PathBuf>,
+    /// The store's size now; it grows up to `quota_bytes` with auto-extend.
+    pub store_bytes: u64,
     pub quota_bytes: u64,
+    /// With `--autoextend`: the settings and the monitor that applies them.
+    pub autoextend: Option<AutoextendRecord>,
     pub chunk_bytes: u64,
     /// Set for a wrapped plain device: the device every write must now go
     /// through.
@@ -176,6 +186,11 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         )));
     }
     let store_plan = plan_store(opts, &origin_dev, &origin_label, &id, quota, min_store, &mounts)?;
+    let device_store = match &store_plan {
+        StorePlan::Device { .. } => opts.store.as_deref(),
+        StorePlan::File { .. } => None,
+    };
+    let grow = autoextend::plan(opts.autoextend, opts.store_size, device_store, quota, min_store, opts.chunk.bytes())?;
     let mount_point = if opts.skip_mount {
         None
     } else {
@@ -193,6 +208,7 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
     // from here. From here on each change also has its undo.
     let mut undo = Undo::default();
     let snapshot_path = snapshot_node(&id);
+    let file_bytes = grow.map_or(quota, |g| g.initial_bytes);
     let (origin_name, origin_path, wrapped, real_label) = match &plan {
         OriginPlan::Live { name, real_name, real, wrapped, .. } => {
             let real_label = if *wrapped { real_path(*real) } else { real_name.clone() };
@@ -208,7 +224,7 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         phase: Phase::Starting,
         origin: Origin { path: origin_path.clone(), dm_name: origin_name.clone(), real: real_label, wrapped },
         snapshot_path: snapshot_path.clone(),
-        store: planned_store(&store_plan, quota),
+        store: planned_store(&store_plan, file_bytes),
         mount: mount_point.as_ref().map(|path| MountRecord {
             path: path.clone(),
             read_only: opts.read_only,
@@ -216,17 +232,24 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         }),
         created_unix: now_unix(),
         chunk_bytes: opts.chunk.bytes(),
+        // The ceiling: a growing store's quota, else the store itself.
         quota_bytes: 0,
         trace: None,
+        autoextend: grow.map(|g| AutoextendRecord {
+            threshold_percent: g.spec.threshold_percent,
+            growth_percent: g.spec.growth_percent,
+            pid: None,
+            log: autoextend::log_path(&id),
+        }),
     };
-    session.quota_bytes = session.store.size_bytes;
+    session.quota_bytes = if grow.is_some() { quota } else { session.store.size_bytes };
     state::save(&session)?;
     {
         let id = id.clone();
         undo.push(format!("remove the record of {id}"), move || state::delete(&id));
     }
 
-    let (store, store_dev, store_bytes) = prepare_store(&dm, &store_plan, &id, quota, opts, &mut undo)?;
+    let (store, store_dev, store_bytes) = prepare_store(&dm, &store_plan, &id, file_bytes, opts, &mut undo)?;
     zero_header(&store_dev, opts.chunk)?;
     session.store = store;
 
@@ -279,6 +302,20 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         create_mount_dir(path, &mut undo)?;
     }
     state::save(&session)?;
+    if let Some(record) = session.autoextend.as_mut() {
+        // Started before the switch, like everything else that can fail:
+        // it waits for the snapshot to go live, and the first write burst
+        // finds it watching. It reads its settings from the record.
+        let monitor = autoextend::spawn(&id)?;
+        record.pid = Some(monitor.id() as i32);
+        let log = record.log.clone();
+        undo.push(format!("stop the auto-extend monitor of {id}"), move || {
+            let stopped = autoextend::stop_child(monitor);
+            let _ = std::fs::remove_file(&log);
+            stopped
+        });
+        state::save(&session)?;
+    }
 
     // Tracing starts before the switch, so that it sees the window.
     let mut traced = Vec::new();
@@ -382,7 +419,9 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         snapshot: snapshot_path.clone(),
         store: session.store.path.clone(),
         store_loop_device: session.store.loop_device.clone(),
-        quota_bytes: store_bytes,
+        store_bytes,
+        quota_bytes: session.quota_bytes,
+        autoextend: session.autoextend.clone(),
         chunk_bytes: opts.chunk.bytes(),
         write_through: matches!(plan, OriginPlan::Wrap { .. }).then(|| crate::dm::device::node_path(&origin_name)),
         mount_point: None,
@@ -701,12 +740,12 @@ fn create_mount_dir<'a>(path: &Path, undo: &mut Undo<'a>) -> Result<bool> {
     Ok(true)
 }
 
-/// The record of the store `plan` makes, before it is made (a file store's
-/// loop device is added once attached).
-fn planned_store(plan: &StorePlan, quota: u64) -> Store {
+/// The record of the store `plan` makes, before it is made, a file store of
+/// `file_bytes` (its loop device is added once attached).
+fn planned_store(plan: &StorePlan, file_bytes: u64) -> Store {
     match plan {
         StorePlan::File { path } => {
-            Store { path: path.clone(), loop_device: None, created_file: true, size_bytes: quota }
+            Store { path: path.clone(), loop_device: None, created_file: true, size_bytes: file_bytes }
         }
         StorePlan::Device { dev, limit } => Store {
             path: dev.display_path(),
@@ -717,13 +756,13 @@ fn planned_store(plan: &StorePlan, quota: u64) -> Store {
     }
 }
 
-/// Creates and attaches a file store, or readies a device store; returns
-/// the record, the block device dm will use, and its size.
+/// Creates and attaches a file store of `file_bytes`, or readies a device
+/// store; returns the record, the block device dm will use, and its size.
 fn prepare_store<'a>(
     dm: &'a Dm,
     plan: &StorePlan,
     id: &str,
-    quota: u64,
+    file_bytes: u64,
     opts: &StartOptions,
     undo: &mut Undo<'a>,
 ) -> Result<(Store, BlockDevice, u64)> {
@@ -752,16 +791,16 @@ fn prepare_store<'a>(
             undo.push(format!("delete {}", path.display()), move || {
                 std::fs::remove_file(&owned).map_err(|e| Error::io(owned.display(), e))
             });
-            size_store_file(&file, path, quota, opts.preallocate)?;
+            size_store_file(&file, path, file_bytes, opts.preallocate)?;
             drop(file);
             let lo = LoopDevice::attach(path, AttachOptions { read_only: false, direct_io: true, autoclear: false })
                 .context(format!("attaching store {}", path.display()))?;
             let lo_path = lo.path.clone();
             let dev = BlockDevice::from_devnum(lo.devnum()?)?;
             undo.push(format!("detach {}", lo_path.display()), move || lo.detach());
-            Ok((Store { loop_device: Some(lo_path), ..planned_store(plan, quota) }, dev, quota))
+            Ok((Store { loop_device: Some(lo_path), ..planned_store(plan, file_bytes) }, dev, file_bytes))
         }
-        StorePlan::Device { dev, limit: None } => Ok((planned_store(plan, quota), dev.clone(), dev.size_bytes)),
+        StorePlan::Device { dev, limit: None } => Ok((planned_store(plan, file_bytes), dev.clone(), dev.size_bytes)),
         StorePlan::Device { dev, limit: Some(bytes) } => {
             // Only the first `bytes` of the device, so the quota holds.
             let name = format!("{id}-cow");
@@ -769,7 +808,7 @@ fn prepare_store<'a>(
             let devnum = dm.create(&name, &truncate_uuid(&format!("{UUID_COW}{id}")), &[line])?;
             let owned = name.clone();
             undo.push(format!("remove {name}"), move || dm.remove(&owned));
-            Ok((planned_store(plan, quota), BlockDevice::from_devnum(devnum)?, *bytes))
+            Ok((planned_store(plan, file_bytes), BlockDevice::from_devnum(devnum)?, *bytes))
         }
     }
 }

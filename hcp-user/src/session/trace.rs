@@ -8,10 +8,11 @@ use hcp_common::bio::{Level, Role};
 use hcp_common::IoOp;
 
 use crate::devnum::DevNum;
+use crate::dm::device::Dm;
 use crate::error::{Error, Result};
 use crate::freeze_trace::{self, FreezeTracer};
 use crate::state::{HistRecord, KernelWindow, Session, TraceRecord, TracedDevice, WindowRecord};
-use crate::stats::{self, CountersRecord, SessionStats};
+use crate::stats::{self, CountersRecord, SessionStats, StoreUse};
 use crate::trace_pins;
 
 /// Starts tracing `devices` (attaching the programs if no session is
@@ -126,7 +127,22 @@ pub fn read(session: &Session) -> Result<SessionStats> {
         )));
     }
     let counters = trace_pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")))?;
-    Ok(stats::compute(session, &counters, super::now_unix()))
+    with_live_state(stats::compute(session, &counters, super::now_unix()), &Dm::open()?, session)
+}
+
+/// `stats` with what device-mapper says now: the session's state (is the
+/// snapshot still valid?) and how full its store is.
+fn with_live_state(mut stats: SessionStats, dm: &Dm, session: &Session) -> Result<SessionStats> {
+    let (state, status) = super::report::state_of(dm, session)?;
+    stats.state = Some(state);
+    stats.store = Some(StoreUse {
+        size_bytes: super::report::store_bytes_now(session, status.as_ref()),
+        used_bytes: status.and_then(|s| s.used_bytes()),
+        use_percent: status.and_then(|s| s.use_percent()),
+        quota_bytes: session.quota_bytes,
+        autoextend: session.autoextend.is_some(),
+    });
+    Ok(stats)
 }
 
 /// Stops tracing `session`'s devices that no other traced session uses.
@@ -228,7 +244,8 @@ pub fn stats_all() -> Result<Vec<SessionStats>> {
         return Ok(Vec::new());
     }
     let counters = trace_pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")))?;
-    Ok(traced.into_iter().map(|s| stats::compute(s, &counters, super::now_unix())).collect())
+    let dm = Dm::open()?;
+    traced.into_iter().map(|s| with_live_state(stats::compute(s, &counters, super::now_unix()), &dm, s)).collect()
 }
 
 /// The devices of `session` that exist now, with their roles. Read from the
@@ -268,6 +285,7 @@ pub fn follow(target: &str, interval: Duration, mut emit: impl FnMut(&SessionSta
     let mut session = find(&sessions, target)?.clone();
     read(&session)?; // traced at all?
     let devices: Vec<DevNum> = devices_of(&session).into_iter().map(|(d, _, _)| d).collect();
+    let dm = Dm::open()?;
     let read_counters = || trace_pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")));
     let mut before = stats::record_counters(&read_counters()?, &devices);
     loop {
@@ -280,7 +298,7 @@ pub fn follow(target: &str, interval: Duration, mut emit: impl FnMut(&SessionSta
         if let Some(trace) = session.trace.as_mut() {
             trace.at_start = Some(before);
         }
-        let mut figures = stats::compute(&session, &now, super::now_unix());
+        let mut figures = with_live_state(stats::compute(&session, &now, super::now_unix()), &dm, &session)?;
         figures.interval_seconds = Some(began.elapsed().as_secs_f64());
         if !emit(&figures) {
             return Ok(());
