@@ -567,6 +567,9 @@ fn assert_recovered(
     }
     assert!(items.iter().all(|r| r["ok"] == true), "{case}: {recovered}");
     assert_eq!(&SystemState::take(), before, "{case}: after recover: {recovered}");
+    for helper in ["__autoextend", "__guard"] {
+        assert!(!helper_running(helper, None), "{case}: an hcp {helper} process outlived it");
+    }
     assert_files(dir, files);
 }
 
@@ -587,7 +590,8 @@ fn a_failed_start_never_leaves_the_origin_frozen_suspended_or_changed() {
         for action in ["error", "panic", "kill", "hang"] {
             let case = format!("{step}:{action}");
             let started = std::time::Instant::now();
-            let stderr = hcp_with_fault(&["start", "--skip-mount", &vol_path], step, action);
+            // With a growing store, so that its monitor must go too.
+            let stderr = hcp_with_fault(&["start", "--skip-mount", "--autoextend=80%:20%", &vol_path], step, action);
             let ended = started.elapsed();
             // An error or a panic is undone in-process, whatever the step;
             // a killed hcp leaves a session `list` calls incomplete.
@@ -623,7 +627,7 @@ fn a_failed_remove_is_finished_by_recover() {
             let case = format!("{step}:{action}");
             // A complete session, its snapshot mounted, taken after a write
             // the snapshot must hold.
-            let started = hcp_json(&["start", &vol_path]);
+            let started = hcp_json(&["start", "--autoextend=80%:20%", &vol_path]);
             let mount = PathBuf::from(started["mount_point"].as_str().expect("mounted"));
             assert_files(&mount, &files);
             let id = started["session"].as_str().unwrap().to_string();
@@ -687,12 +691,21 @@ impl Drop for Fio {
 /// Whether `hcp __autoextend <id>` runs (an exited one not yet reaped, a
 /// zombie, does not).
 fn monitor_running(id: &str) -> bool {
+    helper_running("__autoextend", Some(id))
+}
+
+/// Whether hcp's helper process `kind` (`__autoextend`, `__guard`) runs,
+/// for session `id` or any.
+fn helper_running(kind: &str, id: Option<&str>) -> bool {
     fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()).any(|e| {
         let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
         let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
-        args.len() >= 3 && args[1] == b"__autoextend" && args[2] == id.as_bytes() && !matches!(state, Some('Z' | 'X'))
+        args.len() >= 3
+            && args[1] == kind.as_bytes()
+            && id.is_none_or(|id| args[2] == id.as_bytes())
+            && !matches!(state, Some('Z' | 'X'))
     })
 }
 
