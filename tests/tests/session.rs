@@ -775,7 +775,9 @@ fn twenty_cycles_under_fio_leave_clean_snapshots_and_nothing_behind() {
     thread::sleep(Duration::from_millis(500));
     let vol_path = vol.path().to_str().unwrap().to_string();
     for cycle in 1..=20 {
-        let started = hcp_json(&["start", "--skip-mount", &vol_path]);
+        // A store as large as the origin: it never fills, however slow the
+        // fsck below.
+        let started = hcp_json(&["start", "--skip-mount", "-q", "100%", &vol_path]);
         let snap = PathBuf::from(started["snapshot"].as_str().unwrap());
         fio.assert_running(&format!("at cycle {cycle}"));
         // The snapshot holds the filesystem as the freeze left it: clean.
@@ -905,7 +907,7 @@ fn ctrl_c_stops_a_start_cleanly_and_waits_out_a_switch() {
 
     // A traced start spends its baseline measuring the origin: Ctrl-C there.
     let child = std::process::Command::new(hcp_bin())
-        .args(["start", "--trace", "--baseline", "5s", "--skip-mount", &vol_path])
+        .args(["start", "--trace", "--baseline", "30s", "--skip-mount", &vol_path])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -919,7 +921,10 @@ fn ctrl_c_stops_a_start_cleanly_and_waits_out_a_switch() {
     eprintln!("start ended {:?} after SIGINT: {stderr}", sent.elapsed());
     assert_eq!(out.status.signal(), Some(libc::SIGINT), "ended by the signal, after its undo: {stderr}");
     assert!(stderr.contains("SIGINT during the baseline"), "{stderr}");
-    assert!(sent.elapsed() < Duration::from_secs(2), "stopped at once, not after the baseline");
+    // Long before the baseline's end (27.5 s after the signal). The undo
+    // takes 0.2 s in a release build, seconds in a debug one (unpinning
+    // the programs, on an emulated CPU).
+    assert!(sent.elapsed() < Duration::from_secs(15), "stopped at once, not after the baseline: {:?}", sent.elapsed());
     assert_eq!(SystemState::take(), before, "everything undone: {stderr}");
     assert!(!Path::new("/sys/fs/bpf/hcp").exists(), "tracing detached");
     assert!(hcp_json(&["recover"]).as_array().unwrap().is_empty(), "nothing for recover");
