@@ -4,6 +4,7 @@
 #![no_main]
 
 mod block_io;
+mod floor;
 mod freeze;
 mod io_latency;
 mod write_stall;
