@@ -1,0 +1,269 @@
+//! Benchmark driver for `cargo xtask bench` on the host, where hcp has no
+//! session (no device-mapper): attaches hcp's block I/O tracer to given
+//! block devices, as a traced session does, or the benchmark floor, and
+//! reports what the tracer counted.
+//!
+//! ```text
+//! hcp-trace-bench hcp DEVICE...    hcp's tracer (the pinned set under /sys/fs/bpf/hcp)
+//! hcp-trace-bench floor            empty programs on the same events, same attach types
+//! hcp-trace-bench floor-btf        only the floor's tp_btf programs (none on classic tracepoints)
+//! ```
+//!
+//! Once attached it prints one JSON line, `{"ready": true}`. Then each line
+//! `read` on stdin prints a JSON line of the counters so far; `stop` or the
+//! end of stdin prints the last such line, detaches and exits.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use aya::maps::MapInfo;
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{BtfTracePoint, TracePoint};
+use aya::Ebpf;
+use hcp::common::bio::{BioLosses, Level, Role};
+use hcp::devnum::DevNum;
+use hcp::{probes, trace_pins};
+use serde_json::{json, Value};
+
+/// The floor's classic tracepoint programs (hcp-ebpf/src/floor.rs) and the
+/// `block` events they attach to: those of `block_io::PROGRAMS`.
+const FLOOR_TRACEPOINTS: [(&str, &str); 3] = [
+    ("floor_tp_bio_queue", "block_bio_queue"),
+    ("floor_tp_rq_complete", "block_rq_complete"),
+    ("floor_tp_bio_remap", "block_bio_remap"),
+];
+
+/// The floor's tp_btf programs and their events: those of
+/// `io_latency::PROGRAMS`.
+const FLOOR_BTF: [(&str, &str); 4] = [
+    ("floor_bio_queue", "block_bio_queue"),
+    ("floor_bio_complete", "block_bio_complete"),
+    ("floor_rq_issue", "block_rq_issue"),
+    ("floor_rq_complete", "block_rq_complete"),
+];
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("hcp-trace-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((mode, devices)) = args.split_first() else {
+        bail!("usage: hcp-trace-bench hcp DEVICE... | hcp-trace-bench floor | hcp-trace-bench floor-btf");
+    };
+    match mode.as_str() {
+        "hcp" => {
+            let devices = devices.iter().map(|d| DevNum::of_block_device(Path::new(d))).collect::<Result<Vec<_>>>()?;
+            anyhow::ensure!(!devices.is_empty(), "name the devices to trace");
+            let tracer = HcpTracer::attach(&devices)?;
+            serve(|| tracer.report())
+        }
+        "floor" | "floor-btf" => {
+            anyhow::ensure!(devices.is_empty(), "the floor traces every device; it takes no devices");
+            let _floor = attach_floor(mode == "floor")?;
+            serve(|| Ok(json!({ "max_rss_kib": max_rss_kib() })))
+        }
+        other => bail!("unknown mode `{other}`: hcp, floor or floor-btf"),
+    }
+}
+
+/// Says it is ready, then answers `read` lines until `stop` or the end of
+/// stdin, with a last report.
+fn serve(report: impl Fn() -> Result<Value>) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", json!({ "ready": true }))?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        match line?.trim() {
+            "read" => {
+                writeln!(out, "{}", report()?)?;
+                out.flush()?;
+            }
+            "stop" => break,
+            "" => {}
+            other => bail!("unknown request `{other}`: read or stop"),
+        }
+    }
+    writeln!(out, "{}", report()?)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// hcp's tracer as a traced session has it: the pinned set, with the
+/// devices added; removing them at the end unpins it all.
+struct HcpTracer {
+    devices: Vec<DevNum>,
+}
+
+impl HcpTracer {
+    fn attach(devices: &[DevNum]) -> Result<HcpTracer> {
+        // Someone else's tracing (a traced session, a test) is not ours to
+        // add to or to detach.
+        if trace_pins::attached() {
+            bail!(
+                "hcp's tracing is already attached ({}): the benchmark needs it to itself (`hcp recover` removes leftovers)",
+                trace_pins::pin_dir().display()
+            );
+        }
+        trace_pins::ensure_attached()?;
+        let tracer = HcpTracer { devices: devices.to_vec() };
+        let with_roles: Vec<(DevNum, Role)> = devices.iter().map(|d| (*d, Role::Origin)).collect();
+        trace_pins::add_devices(&with_roles)?;
+        Ok(tracer)
+    }
+
+    fn report(&self) -> Result<Value> {
+        let counters = trace_pins::read()?;
+        let mut devices = serde_json::Map::new();
+        for dev in &self.devices {
+            let io = counters.io.get(dev).copied().unwrap_or_default();
+            let samples = |level: Level| -> u64 {
+                counters
+                    .latency
+                    .iter()
+                    .filter(|(k, _)| k.dev == dev.to_kernel() && k.level == level as u8)
+                    .map(|(_, h)| h.count)
+                    .sum()
+            };
+            let losses = counters.losses.get(dev).copied().unwrap_or_default();
+            devices.insert(
+                dev.to_string(),
+                json!({
+                    "bios_queued": io.bio_queued.iter().map(|c| c.count).sum::<u64>(),
+                    "requests_completed": io.rq_completed.iter().map(|c| c.count).sum::<u64>(),
+                    "request_latency_samples": samples(Level::Request),
+                    "bio_latency_samples": samples(Level::Bio),
+                    "record_read_errors": io.read_errors,
+                    "losses": losses_json(&losses),
+                }),
+            );
+        }
+        Ok(json!({
+            "devices": devices,
+            "unattributed_losses": losses_json(&counters.unattributed),
+            "bpf": bpf_memory(&trace_pins::pin_dir().join("links"))?,
+            "max_rss_kib": max_rss_kib(),
+        }))
+    }
+}
+
+impl Drop for HcpTracer {
+    fn drop(&mut self) {
+        if let Err(e) = trace_pins::remove_devices(&self.devices) {
+            eprintln!("hcp-trace-bench: detaching: {e:#}");
+        }
+    }
+}
+
+fn losses_json(l: &BioLosses) -> Value {
+    json!({
+        "inflight_full": l.inflight_full,
+        "histogram_full": l.histogram_full,
+        "unmatched": l.unmatched,
+        "read_errors": l.read_errors,
+    })
+}
+
+/// The floor's programs (without its classic tracepoint ones unless
+/// `classic`), loaded and attached; they detach when it drops.
+fn attach_floor(classic: bool) -> Result<Ebpf> {
+    let mut ebpf = probes::load(probes::Purpose::BlockIo)?;
+    for (program, event) in FLOOR_TRACEPOINTS.into_iter().filter(|_| classic) {
+        let prog: &mut TracePoint =
+            ebpf.program_mut(program).context("eBPF object lacks a floor program")?.try_into()?;
+        prog.load().with_context(|| format!("loading {program}"))?;
+        prog.attach("block", event).with_context(|| format!("attaching {program} to block:{event}"))?;
+    }
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    for (program, event) in FLOOR_BTF {
+        let prog: &mut BtfTracePoint =
+            ebpf.program_mut(program).context("eBPF object lacks a floor program")?.try_into()?;
+        prog.load(event, &btf).with_context(|| format!("loading {program}"))?;
+        prog.attach().with_context(|| format!("attaching {program} to tp_btf {event}"))?;
+    }
+    Ok(ebpf)
+}
+
+/// The kernel memory of the programs pinned under `links` and of every map
+/// they use, from the `memlock:` lines of their fdinfo (on 5.x+ kernels the
+/// memory actually charged: a map not preallocated counts what it holds).
+fn bpf_memory(links: &Path) -> Result<Value> {
+    let mut programs = BTreeMap::new();
+    for entry in std::fs::read_dir(links).with_context(|| format!("reading {}", links.display()))? {
+        let path: PathBuf = entry?.path();
+        let link = FdLink::from(PinnedLink::from_pin(&path).with_context(|| format!("opening {}", path.display()))?);
+        let id = link.info()?.program_id();
+        programs.insert(id, path.file_name().unwrap_or_default().to_string_lossy().into_owned());
+    }
+    let mut program_bytes = 0u64;
+    let mut map_ids = Vec::new();
+    for info in aya::programs::loaded_programs() {
+        let info = info?;
+        if !programs.contains_key(&info.id()) {
+            continue;
+        }
+        program_bytes += u64::from(info.memory_locked()?);
+        map_ids.extend(info.map_ids()?.unwrap_or_default());
+    }
+    map_ids.sort_unstable();
+    map_ids.dedup();
+    let mut maps = Vec::new();
+    for id in map_ids {
+        let info = MapInfo::from_id(id)?;
+        let fd = info.fd()?;
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))?;
+        let memlock = fdinfo_field(&fdinfo, "memlock").context("a map's fdinfo has no memlock line")?;
+        maps.push(json!({ "id": id, "name": info.name_as_str().unwrap_or("?"), "memlock": memlock }));
+    }
+    Ok(json!({ "programs": programs.len(), "program_bytes": program_bytes, "maps": maps }))
+}
+
+/// A numeric field of a /proc fdinfo file (`memlock:\t4096`).
+fn fdinfo_field(fdinfo: &str, name: &str) -> Option<u64> {
+    fdinfo.lines().find_map(|l| {
+        let (key, value) = l.split_once(':')?;
+        (key.trim() == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// This process's peak resident set so far, in KiB.
+fn max_rss_kib() -> i64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    usage.ru_maxrss
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hcp::{block_io, io_latency};
+
+    #[test]
+    fn the_floor_covers_exactly_the_tracers_events() {
+        let floor: Vec<&str> = FLOOR_TRACEPOINTS.iter().map(|(_, e)| *e).collect();
+        assert_eq!(floor, block_io::PROGRAMS, "classic tracepoints");
+        let floor: Vec<&str> = FLOOR_BTF.iter().map(|(_, e)| *e).collect();
+        let hcp: Vec<&str> = io_latency::PROGRAMS.iter().map(|(_, e)| *e).collect();
+        assert_eq!(floor, hcp, "tp_btf");
+    }
+
+    #[test]
+    fn fdinfo_fields() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t2069\nmap_type:\t5\n\
+                      key_size:\t4\nvalue_size:\t96\nmax_entries:\t256\nmap_flags:\t0x0\n\
+                      map_extra:\t0x0\nmemlock:\t201024\nmap_id:\t42\nfrozen:\t0\n";
+        assert_eq!(fdinfo_field(fdinfo, "memlock"), Some(201024));
+        assert_eq!(fdinfo_field(fdinfo, "map_id"), Some(42));
+        assert_eq!(fdinfo_field(fdinfo, "map_flags"), None, "not a decimal number");
+        assert_eq!(fdinfo_field(fdinfo, "mem"), None, "whole names only");
+        assert_eq!(fdinfo_field("", "memlock"), None);
+    }
+}
