@@ -25,6 +25,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("fio", "write load in tests and benchmarks"),
     ("sqlite3", "a live database in tests"),
     ("lvm2", "LVM snapshots, the benchmark baseline"),
+    ("bpftrace", "the tracing-overhead benchmark's baseline"),
 ];
 
 /// The nightly toolchain builds the eBPF crate (`-Z build-std=core`).
