@@ -101,7 +101,8 @@ impl Section {
         let _ = writeln!(md, "| figure | what it counts | runs | median | min | max |");
         let _ = writeln!(md, "|---|---|---:|---:|---:|---:|");
         for f in &self.figures {
-            let cell = |v: Option<f64>| v.map(|v| format!("{} {}", significant(v), f.unit)).unwrap_or_else(|| "–".into());
+            let cell =
+                |v: Option<f64>| v.map(|v| format!("{} {}", significant(v), f.unit)).unwrap_or_else(|| "–".into());
             let _ = writeln!(
                 md,
                 "| `{}` | {} | {} | {} | {} | {} |",
