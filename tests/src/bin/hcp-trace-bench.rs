@@ -201,7 +201,7 @@ fn bpf_memory(links: &Path) -> Result<Value> {
         let id = link.info()?.program_id();
         programs.insert(id, path.file_name().unwrap_or_default().to_string_lossy().into_owned());
     }
-    let mut program_bytes = 0u64;
+    let (mut program_bytes, mut recursion_misses) = (0u64, 0u64);
     let mut map_ids = Vec::new();
     for info in aya::programs::loaded_programs() {
         let info = info?;
@@ -210,6 +210,11 @@ fn bpf_memory(links: &Path) -> Result<Value> {
         }
         program_bytes += u64::from(info.memory_locked()?);
         map_ids.extend(info.map_ids()?.unwrap_or_default());
+        // Runs the kernel skipped because a BPF program was already
+        // running on the CPU (5.12+; absent before).
+        let fd = info.fd()?;
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))?;
+        recursion_misses += fdinfo_field(&fdinfo, "recursion_misses").unwrap_or(0);
     }
     map_ids.sort_unstable();
     map_ids.dedup();
@@ -221,7 +226,12 @@ fn bpf_memory(links: &Path) -> Result<Value> {
         let memlock = fdinfo_field(&fdinfo, "memlock").context("a map's fdinfo has no memlock line")?;
         maps.push(json!({ "id": id, "name": info.name_as_str().unwrap_or("?"), "memlock": memlock }));
     }
-    Ok(json!({ "programs": programs.len(), "program_bytes": program_bytes, "maps": maps }))
+    Ok(json!({
+        "programs": programs.len(),
+        "program_bytes": program_bytes,
+        "recursion_misses": recursion_misses,
+        "maps": maps,
+    }))
 }
 
 /// A numeric field of a /proc fdinfo file (`memlock:\t4096`).
