@@ -115,6 +115,9 @@ fn run(action: Action) -> Result<ExitCode, Error> {
                         .map_err(|e| Error::io("writing the histogram log", e))?;
                 }
             }
+            for s in all.iter().filter(|s| s.state == Some(SessionState::Incomplete)) {
+                eprintln!("hcp: warning: session {} is incomplete: run `hcp recover`", s.session);
+            }
             // Scraping every session (--prometheus alone) reports their
             // states as figures; naming an invalid one is an error too.
             let invalid = all.iter().filter(|s| named && s.state == Some(SessionState::Invalid));
