@@ -31,6 +31,13 @@ fn main() -> ExitCode {
         Ok(action) => action,
         Err(e) => return fail(e, json),
     };
+    // Commands that only print die quietly, as Unix tools do, when their
+    // reader goes away (`hcp stats | head`), instead of panicking in
+    // println!. Not the others: an early end there would leave work undone.
+    if matches!(action, Action::List(..) | Action::Show(..) | Action::Stats(..) | Action::Version(..)) {
+        // SAFETY: restoring the default action of a signal Rust ignores.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // Commands that change sessions hold Ctrl-C, SIGTERM and SIGHUP back
     // for their whole run: `start` checks for them between its steps and
     // stops there, undoing what it made; `remove` and `recover` finish (a
