@@ -83,6 +83,7 @@ struct Provenance {
 pub fn run(args: &BenchArgs) -> Result<()> {
     crate::setup::run()?;
     let started = Instant::now();
+    let load_at_start = load_average();
     let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let parts: Vec<Part> = if args.only.is_empty() { Part::ALL.to_vec() } else { args.only.clone() };
     let kernels = match (&args.kernels[..], args.quick) {
@@ -121,7 +122,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let doc = Document {
         run: this,
         seconds: started.elapsed().as_secs_f64(),
-        machine: machine(),
+        machine: machine(load_at_start),
         guest_kernels,
         tools: tools(),
         sections: measured,
@@ -262,6 +263,13 @@ impl Document {
             m["host_kernel"].as_str().unwrap_or("?"),
             m["vm"].as_str().unwrap_or("?")
         );
+        if let (Some(start), Some(end)) = (m["load_at_start"].as_f64(), m["load_at_end"].as_f64()) {
+            md += &format!(
+                "- **Host load** (1-minute average) at the start and end of the run: {start:.2} and {end:.2}; \
+                 the run itself keeps about one core busy, so a higher load means other work shared the machine \
+                 and widened the spread.\n"
+            );
+        }
         if !self.guest_kernels.is_empty() {
             md += &format!("- **Guest kernels**: {} (Debian's own builds).\n", self.guest_kernels.join(", "));
         }
@@ -305,8 +313,14 @@ impl Document {
     }
 }
 
-/// The host: CPU, cores, kernel, and how the VM runs.
-fn machine() -> Value {
+/// The host's 1-minute load average: what else shared the machine.
+fn load_average() -> Option<f64> {
+    fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// The host: CPU, cores, kernel, how the VM runs, and how busy the host
+/// was at the start and end of the run.
+fn machine(load_at_start: Option<f64>) -> Value {
     let cpu = fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
         s.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
     });
@@ -319,6 +333,8 @@ fn machine() -> Value {
         // vm.rs always forces TCG: KVM is unusable on these hosts (see README).
         "accel": "tcg",
         "vm": "qemu TCG (software emulation, multi-threaded; 1 vCPU, 2 GiB)",
+        "load_at_start": load_at_start,
+        "load_at_end": load_average(),
     })
 }
 
