@@ -15,7 +15,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuHashMap},
     programs::BtfTracePointContext,
 };
-use hcp_common::bio::{op_of_opf, BioLayout, BioLosses, BioStart, LatKey, Level};
+use hcp_common::bio::{op_of_opf, BioLayout, BioLosses, BioStart, LatKey, Level, REQUEST_BASED};
 use hcp_common::hist::LatencyHist;
 
 /// Set by user space before load.
@@ -23,7 +23,7 @@ use hcp_common::hist::LatencyHist;
 static BIO_LAYOUT: BioLayout = BioLayout { bio_bdev: 0, bio_opf: 0, bdev_dev: 0, rq_part: 0, rq_cmd_flags: 0, _pad: 0 };
 
 /// Traced devices (kernel `dev_t`), with their `Role` (for whoever reads
-/// the map; the programs only test membership).
+/// the map) and whether they are request-based (`bio::REQUEST_BASED`).
 #[map]
 static IO_DEVICES: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 
@@ -102,9 +102,12 @@ fn on_start(object: u64, level: Level, device: Option<(u32, u32)>) {
     if dev == 0 {
         return; // no device (some flush requests): nothing to charge
     }
-    // SAFETY: a membership test of our own map.
-    if unsafe { IO_DEVICES.get(dev) }.is_none() {
+    // SAFETY: a lookup in our own map, copied out.
+    let Some(flags) = (unsafe { IO_DEVICES.get(dev) }).copied() else {
         return;
+    };
+    if level == Level::Bio && flags & REQUEST_BASED != 0 {
+        return; // its bios are never completed at this level: see REQUEST_BASED
     }
     let key = LatKey { dev, level: level as u8, op: op_of_opf(opf) as u8, _pad: 0 };
     // SAFETY: a helper without preconditions.

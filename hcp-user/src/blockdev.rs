@@ -119,6 +119,16 @@ fn stacked_on(dev: DevNum, other: DevNum, depth: u32) -> bool {
             && list_devnums(&sys_dir(dev).join("slaves")).into_iter().any(|s| stacked_on(s, other, depth + 1)))
 }
 
+/// Whether the device is request-based (blk-mq: a disk, a loop device, a
+/// partition of one), as opposed to bio-based (device-mapper, md). The
+/// block layer traces bio completions only on bio-based devices.
+pub fn is_request_based(devnum: DevNum) -> bool {
+    let dir = sys_dir(devnum);
+    // A partition's queue is its disk's (`..` after the sysfs symlink).
+    let queue_of = if dir.join("partition").exists() { dir.join("..") } else { dir };
+    queue_of.join("mq").exists()
+}
+
 fn sys_dir(devnum: DevNum) -> PathBuf {
     PathBuf::from(format!("/sys/dev/block/{devnum}"))
 }

@@ -57,15 +57,9 @@ impl FreezeTracer {
     }
 
     fn attach_to(fs_dev: Option<DevNum>) -> Result<FreezeTracer> {
-        // `probes::load` loads the programs with a zeroed layout when the
-        // syscall tracepoints' formats cannot be read, so that the other
-        // programs still load; here that is an error.
-        let tracefs = tracefs::root()?;
-        tp_layout(&tracefs)?;
-        if fs_dev.is_some() {
-            write_stall::layout(&tracefs, &crate::btf::KernelBtf::load()?)?;
-        }
-        let mut ebpf = probes::load(probes::Purpose::Switch)?;
+        // Fails, naming what is missing, without the syscall tracepoints'
+        // formats (or, for stalls, the kernel fields the walk reads).
+        let mut ebpf = probes::load(probes::Purpose::Switch { stalls: fs_dev.is_some() })?;
         // Exits first: an entry seen without its exit would leave a stale
         // in-flight record for the thread's next exit to take.
         let mut programs = vec![("freeze_ioctl_exit", "syscalls", "sys_exit_ioctl")];

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData, PerCpuHashMap};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf};
-use hcp_common::bio::{BioLosses, LatKey, Role};
+use hcp_common::bio::{device_flags, BioLosses, BioStart, LatKey, Role};
 use hcp_common::LatencyHist;
 
 use crate::devnum::DevNum;
@@ -26,6 +26,7 @@ pub struct IoLatencyTracer {
     _ebpf: Ebpf,
     latency: PerCpuHashMap<MapData, LatKey, LatencyHist>,
     losses: PerCpuHashMap<MapData, u32, BioLosses>,
+    starts: HashMap<MapData, u64, BioStart>,
 }
 
 impl IoLatencyTracer {
@@ -35,15 +36,24 @@ impl IoLatencyTracer {
         let mut traced: HashMap<MapData, u32, u32> =
             HashMap::try_from(ebpf.take_map("IO_DEVICES").context("eBPF object lacks map IO_DEVICES")?)?;
         for (dev, role) in devices {
-            traced.insert(dev.to_kernel(), *role as u32, 0).with_context(|| format!("tracing device {dev}"))?;
+            traced
+                .insert(dev.to_kernel(), device_flags(*role, crate::blockdev::is_request_based(*dev)), 0)
+                .with_context(|| format!("tracing device {dev}"))?;
         }
         attach_programs(&mut ebpf)?;
         let latency = PerCpuHashMap::try_from(ebpf.take_map("IO_LATENCY").context("map IO_LATENCY")?)?;
         let losses = PerCpuHashMap::try_from(ebpf.take_map("IO_LOSSES").context("map IO_LOSSES")?)?;
-        Ok(IoLatencyTracer { _ebpf: ebpf, latency, losses })
+        let starts = HashMap::try_from(ebpf.take_map("IO_START").context("map IO_START")?)?;
+        Ok(IoLatencyTracer { _ebpf: ebpf, latency, losses, starts })
     }
 
     /// Every histogram so far, merged over CPUs, sorted by key.
+    /// How many bios and requests are recorded as in flight: once the
+    /// I/O is over, none (a start that never completes would fill the map).
+    pub fn in_flight(&self) -> Result<usize> {
+        Ok(self.starts.keys().collect::<Result<Vec<u64>, _>>()?.len())
+    }
+
     pub fn histograms(&self) -> Result<Vec<(LatKey, LatencyHist)>> {
         histograms(&self.latency)
     }

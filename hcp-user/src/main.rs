@@ -31,6 +31,13 @@ fn main() -> ExitCode {
         Ok(action) => action,
         Err(e) => return fail(e, json),
     };
+    // Commands that only print die quietly, as Unix tools do, when their
+    // reader goes away (`hcp stats | head`), instead of panicking in
+    // println!. Not the others: an early end there would leave work undone.
+    if matches!(action, Action::List(..) | Action::Show(..) | Action::Stats(..) | Action::Version(..)) {
+        // SAFETY: restoring the default action of a signal Rust ignores.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // Commands that change sessions hold Ctrl-C, SIGTERM and SIGHUP back
     // for their whole run: `start` checks for them between its steps and
     // stops there, undoing what it made; `remove` and `recover` finish (a
@@ -114,6 +121,9 @@ fn run(action: Action) -> Result<ExitCode, Error> {
                     hcp::hdr_log::write(&mut std::io::stdout().lock(), &all[0], start, interval)
                         .map_err(|e| Error::io("writing the histogram log", e))?;
                 }
+            }
+            for s in all.iter().filter(|s| s.state == Some(SessionState::Incomplete)) {
+                eprintln!("hcp: warning: session {} is incomplete: run `hcp recover`", s.session);
             }
             // Scraping every session (--prometheus alone) reports their
             // states as figures; naming an invalid one is an error too.

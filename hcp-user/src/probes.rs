@@ -20,8 +20,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hc
 pub enum Purpose {
     /// The block I/O programs, pinned for every traced session.
     BlockIo,
-    /// The freeze and write-stall programs, for one switch or one test.
-    Switch,
+    /// The freeze programs (and with `stalls` the write-stall programs),
+    /// for one switch or one test.
+    Switch { stalls: bool },
 }
 
 /// The maps only the block I/O programs use.
@@ -44,10 +45,16 @@ pub fn load(purpose: Purpose) -> Result<Ebpf> {
         },
     };
     let bio = bio_layout(&btf)?;
-    // Without syscall tracepoints the rest still loads; the freeze tracer
-    // and the stall tracer report it when attached.
-    let ioctl = crate::freeze_trace::tp_layout(&tracefs).unwrap_or_default();
-    let stall = crate::write_stall::layout(&tracefs, &btf).unwrap_or_default();
+    // Layouts of programs this load will not attach stay zeroed: their
+    // tracepoints' formats need not even exist (a kernel without syscall
+    // tracepoints still traces block I/O).
+    let (ioctl, stall) = match purpose {
+        Purpose::BlockIo => Default::default(),
+        Purpose::Switch { stalls } => (
+            crate::freeze_trace::tp_layout(&tracefs)?,
+            if stalls { crate::write_stall::layout(&tracefs, &btf)? } else { Default::default() },
+        ),
+    };
     let mut loader = EbpfLoader::new();
     loader
         .override_global("BLOCK_TP_LAYOUT", &layout, true)
@@ -60,7 +67,7 @@ pub fn load(purpose: Purpose) -> Result<Ebpf> {
                 loader.map_max_entries(map, size);
             }
         }
-        Purpose::Switch => {
+        Purpose::Switch { .. } => {
             for map in BLOCK_IO_MAPS {
                 loader.map_max_entries(map, 1);
             }

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use aya::maps::{HashMap, Map, MapData, PerCpuHashMap};
 use aya::programs::links::FdLink;
 use aya::programs::{BtfTracePoint, TracePoint};
-use hcp_common::bio::{BioLosses, LatKey, Level, Role};
+use hcp_common::bio::{device_flags, BioLosses, LatKey, Level, Role};
 use hcp_common::{DevIoStats, IoOp, LatencyHist, RemapKey, RemapStats};
 
 use crate::devnum::DevNum;
@@ -103,7 +103,9 @@ pub fn add_devices(devices: &[(DevNum, Role)]) -> Result<Vec<DevNum>> {
     let new: Vec<DevNum> = devices.iter().map(|(d, _)| *d).filter(|d| !existing.contains(&d.to_kernel())).collect();
     block_io::add_devices(&mut io, &new)?;
     for (dev, role) in devices.iter().filter(|(d, _)| new.contains(d)) {
-        traced.insert(dev.to_kernel(), *role as u32, 0).with_context(|| format!("tracing device {dev}"))?;
+        traced
+            .insert(dev.to_kernel(), device_flags(*role, crate::blockdev::is_request_based(*dev)), 0)
+            .with_context(|| format!("tracing device {dev}"))?;
     }
     Ok(new)
 }

@@ -50,6 +50,9 @@ fn histograms_count_each_request_once_by_device_and_direction() {
         "nothing else is charged (the untraced device): {:?}",
         hists.iter().map(|(k, _)| k).collect::<Vec<_>>()
     );
+    // Nothing left in flight: a loop device is request-based, and its bios,
+    // never completed at the bio level, must not be recorded as started.
+    assert_eq!(tracer.in_flight().expect("in-flight map"), 0, "starts without completions");
     let losses = tracer.losses(Some(traced.devnum())).expect("losses");
     assert_eq!((losses.inflight_full, losses.histogram_full, losses.unmatched), (0, 0, 0), "{losses:?}");
     assert_eq!(tracer.losses(None).expect("losses").read_errors, 0, "every bio's fields were readable");

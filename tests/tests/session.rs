@@ -508,16 +508,16 @@ fn hcp_with_fault(args: &[&str], step: &str, action: &str) -> String {
     }
     let mut child = cmd.spawn().expect("run hcp");
     let started = std::time::Instant::now();
-    let limit = if WINDOW_STEPS.contains(&step) { Duration::from_secs(20) } else { Duration::from_millis(1500) };
+    // Only a hang outside a window is ended from here; anything else ends
+    // by itself (its undo can take seconds on a loaded, emulated machine).
+    let killed_here = action == "hang" && !WINDOW_STEPS.contains(&step);
+    let limit = if killed_here { Duration::from_millis(1500) } else { Duration::from_secs(30) };
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
         if started.elapsed() > limit {
-            assert!(
-                action == "hang" && !WINDOW_STEPS.contains(&step),
-                "{step}:{action}: hcp still running after {limit:?}"
-            );
+            assert!(killed_here, "{step}:{action}: hcp still running after {limit:?}");
             child.kill().unwrap();
             break child.wait().unwrap();
         }

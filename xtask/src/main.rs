@@ -4,9 +4,9 @@
 //! - `vm`: run a host command inside a qemu guest booting a Debian kernel.
 //! - `test`: every check CI runs: fmt, clippy, unit, host and VM tests.
 //! - `demo`: the main job: a snapshot of a busy scratch volume, proven consistent.
-//! - `bench-host`: the host part of the benchmark alone (temporary).
+//! - `bench`: what a snapshot costs, side by side with LVM and a bare suspend.
 
-mod bench_host;
+mod bench;
 mod demo;
 mod initramfs;
 mod kernel;
@@ -36,8 +36,8 @@ enum Task {
     Test(test::TestArgs),
     /// Snapshot a busy scratch volume and prove the snapshot consistent.
     Demo(demo::DemoArgs),
-    /// The host part of the benchmark alone (temporary, until `bench`).
-    BenchHost(bench_host::BenchHostArgs),
+    /// Measure hcp against LVM and a bare suspend; write bench/results.json and bench/RESULTS.md.
+    Bench(bench::BenchArgs),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         Task::Vm(args) => vm::run(&args),
         Task::Test(args) => test::run(&args).map(|()| 0),
         Task::Demo(args) => demo::run(&args).map(|()| 0),
-        Task::BenchHost(args) => bench_host::run(&args).map(|()| 0),
+        Task::Bench(args) => bench::run(&args).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),

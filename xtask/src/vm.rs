@@ -113,6 +113,12 @@ const KEEP_RUNS: Duration = Duration::from_secs(24 * 3600);
 const TAIL_LINES: usize = 30;
 
 pub fn run(args: &VmArgs) -> Result<i32> {
+    run_keeping_output(args).map(|(code, _)| code)
+}
+
+/// [`run`], also returning the host directory that was the guest's
+/// `$HCP_VM_OUT`, where the command left its results.
+pub fn run_keeping_output(args: &VmArgs) -> Result<(i32, PathBuf)> {
     let disk_sizes =
         args.disks.iter().map(|s| parse_size(s).with_context(|| format!("--disk {s}"))).collect::<Result<Vec<_>>>()?;
     let bin_dir = target_dir().join(if args.release { "release" } else { "debug" });
@@ -147,7 +153,7 @@ pub fn run(args: &VmArgs) -> Result<i32> {
         boot.total.as_secs_f64(),
         scratch.out.display()
     );
-    outcome
+    outcome.map(|code| (code, scratch.out.clone()))
 }
 
 /// The qemu invocation: TCG always (KVM is unusable on these hosts), the
@@ -414,7 +420,7 @@ fn qemu_opt(path: &Path) -> String {
 }
 
 /// Cargo's target directory for the workspace.
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     let root = crate::workspace_root();
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d))
 }

@@ -64,6 +64,19 @@ pub struct StartOptions {
     pub report: Option<PathBuf>,
 }
 
+impl StartOptions {
+    /// The same options with `-m` and `-c` made absolute: they are recorded
+    /// for later commands, which may run from anywhere.
+    fn with_absolute_paths(&self) -> Result<StartOptions> {
+        let absolute = |p: &Option<PathBuf>| {
+            p.as_deref()
+                .map(|p| std::path::absolute(p).map_err(|e| Error::io(format!("resolving {}", p.display()), e)))
+                .transpose()
+        };
+        Ok(StartOptions { mount_point: absolute(&self.mount_point)?, store: absolute(&self.store)?, ..self.clone() })
+    }
+}
+
 /// What `start` did, as printed and as `--json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Started {
@@ -142,6 +155,7 @@ enum StorePlan {
 
 pub fn start(opts: &StartOptions) -> Result<Started> {
     let begun = Instant::now();
+    let opts = &opts.with_absolute_paths()?;
     require_root()?;
     let dm = Dm::open()?;
     let _lock = Lock::acquire()?;
@@ -556,6 +570,13 @@ fn live_plan(
     if table.is_empty() {
         return Err(Error::refused(format!("{name} has no table loaded: there is nothing to snapshot")));
     }
+    // DM_NAME_LEN is 128 with its NUL: `<name>-real` must fit.
+    if real_name.len() > 127 {
+        return Err(Error::refused(format!(
+            "the dm name {name} is too long for hcp's `{name}-real` beside it (at most 122 characters): rename the \
+             volume (e.g. lvrename) or snapshot another"
+        )));
+    }
     if dm.exists(&real_name)? {
         return Err(Error::refused(format!(
             "a dm device {real_name} exists already and hcp needs that name: remove it if it is a leftover \
@@ -929,5 +950,24 @@ impl Drop for Undo<'_> {
                 eprintln!("hcp: while undoing a failed start, could not {what}: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_point_and_store_are_recorded_absolute() {
+        let opts = StartOptions {
+            mount_point: Some("snap/mnt".into()),
+            store: Some("/srv/cow".into()),
+            ..StartOptions::default()
+        };
+        let abs = opts.with_absolute_paths().unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(abs.mount_point, Some(cwd.join("snap/mnt")));
+        assert_eq!(abs.store, Some(PathBuf::from("/srv/cow")));
+        assert_eq!(StartOptions::default().with_absolute_paths().unwrap().mount_point, None);
     }
 }

@@ -43,6 +43,20 @@ impl Figure {
         self.runs.iter().copied().max_by(f64::total_cmp)
     }
 
+    pub fn with_runs(name: &str, what: &str, unit: &str, runs: Vec<f64>) -> Figure {
+        Figure { runs, ..Figure::new(name, what, unit) }
+    }
+
+    /// Back from [`Figure::to_json`] (median, min and max are recomputed).
+    pub fn from_json(v: &Value) -> Option<Figure> {
+        Some(Figure {
+            name: v["name"].as_str()?.into(),
+            what: v["what"].as_str()?.into(),
+            unit: v["unit"].as_str()?.into(),
+            runs: v["runs"].as_array()?.iter().map(Value::as_f64).collect::<Option<_>>()?,
+        })
+    }
+
     pub fn to_json(&self) -> Value {
         json!({
             "name": self.name,
@@ -91,6 +105,25 @@ impl Section {
             "method": self.method,
             "figures": self.figures.iter().map(Figure::to_json).collect::<Vec<_>>(),
             "targets": self.targets.iter().map(|t| json!({"what": t.what, "measured": t.measured, "met": t.met})).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Back from [`Section::to_json`]: how a run of some parts keeps the
+    /// sections of the others from `bench/results.json`.
+    pub fn from_json(v: &Value) -> Option<Section> {
+        let target = |t: &Value| {
+            Some(Target {
+                what: t["what"].as_str()?.into(),
+                measured: t["measured"].as_str()?.into(),
+                met: t["met"].as_bool()?,
+            })
+        };
+        Some(Section {
+            id: v["id"].as_str()?.into(),
+            title: v["title"].as_str()?.into(),
+            method: v["method"].as_str()?.into(),
+            figures: v["figures"].as_array()?.iter().map(Figure::from_json).collect::<Option<_>>()?,
+            targets: v["targets"].as_array()?.iter().map(target).collect::<Option<_>>()?,
         })
     }
 
@@ -145,6 +178,20 @@ mod tests {
         assert_eq!((f.median(), f.min(), f.max()), (Some(2.0), Some(1.0), Some(3.0)));
         f.runs.push(10.0);
         assert_eq!(f.median(), Some(2.5));
+    }
+
+    #[test]
+    fn sections_survive_json() {
+        let s = Section {
+            id: "switch_cost".into(),
+            title: "Switch".into(),
+            method: "alternating".into(),
+            figures: vec![Figure::with_runs("stall_ms/hcp_start", "stall", "ms", vec![1.5, 2.0])],
+            targets: vec![Target { what: "stall <= 0.5 x LVM".into(), measured: "0.3".into(), met: true }],
+        };
+        let back = Section::from_json(&s.to_json()).expect("parses");
+        assert_eq!(back.to_json(), s.to_json());
+        assert!(Section::from_json(&json!({"id": "x"})).is_none());
     }
 
     #[test]

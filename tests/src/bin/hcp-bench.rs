@@ -1,0 +1,572 @@
+//! The in-guest half of `cargo xtask bench`: measures hcp against LVM and
+//! against a bare suspend/resume on a scratch virtio disk, and writes every
+//! run it took as one JSON document. The host turns that into the report
+//! (medians, ratios per pair, targets); this side only measures.
+//!
+//! Runs as root inside the test VM (device-mapper, no udev), with the host's
+//! userland: `hcp` beside this binary, `lvm`, `fio`, `mkfs.ext4`.
+//!
+//! ```text
+//! hcp-bench --disk /dev/vda --out FILE [--parts switch,write,commands]
+//!           [--reps 7] [--write-reps 3] [--fio-seconds 3] [--chunks 4K,16K,64K]
+//!           [--command-reps 5] [--sessions 16]
+//! ```
+//!
+//! The disk becomes an LVM volume group `bench` with an ext4 volume
+//! `bench/origin` (mounted, the origin every part snapshots) and
+//! `bench/hcpstore`, the block device hcp keeps its changed blocks on: so
+//! hcp's and LVM's copy-on-write stores live on the same disk.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use hcp::dm::device::{Dm, Suspend};
+use serde_json::{json, Value};
+
+/// LVM without udev: neither wait for it nor expect its rules to make nodes.
+const LVM_CONFIG: &str = "activation{udev_sync=0 udev_rules=0} devices{obtain_device_list_from_udev=0}";
+const VG: &str = "bench";
+/// The origin's dm name (LVM's `<vg>-<lv>`).
+const ORIGIN_DM: &str = "bench-origin";
+const ORIGIN_MIB: u64 = 256;
+/// hcp's store and LVM's snapshot get the same room.
+const STORE_MIB: u64 = 160;
+const MOUNT: &str = "/mnt/bench-origin";
+/// The file fio writes to: laid out before any snapshot, so that every
+/// case overwrites allocated blocks.
+const FIO_FILE_MIB: u64 = 64;
+/// The steady writer of part 1 cycles over this many 4 KiB blocks.
+const WRITER_BLOCKS: u64 = 256;
+/// Quiet time before and after each command, with the writer running.
+const SETTLE: Duration = Duration::from_millis(300);
+
+struct Args {
+    disk: PathBuf,
+    out: PathBuf,
+    parts: Vec<String>,
+    reps: usize,
+    write_reps: usize,
+    fio_seconds: u32,
+    chunks: Vec<String>,
+    command_reps: usize,
+    sessions: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        disk: PathBuf::from("/dev/vda"),
+        out: PathBuf::new(),
+        parts: vec!["switch".into(), "write".into(), "commands".into()],
+        reps: 7,
+        write_reps: 3,
+        fio_seconds: 3,
+        chunks: vec!["4K".into(), "16K".into(), "64K".into()],
+        command_reps: 5,
+        sessions: 16,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        let list = || value.split(',').map(str::to_string).collect::<Vec<_>>();
+        match flag.as_str() {
+            "--disk" => a.disk = PathBuf::from(&value),
+            "--out" => a.out = PathBuf::from(&value),
+            "--parts" => a.parts = list(),
+            "--reps" => a.reps = value.parse()?,
+            "--write-reps" => a.write_reps = value.parse()?,
+            "--fio-seconds" => a.fio_seconds = value.parse()?,
+            "--chunks" => a.chunks = list(),
+            "--command-reps" => a.command_reps = value.parse()?,
+            "--sessions" => a.sessions = value.parse()?,
+            _ => bail!("unknown option {flag}"),
+        }
+    }
+    ensure!(!a.out.as_os_str().is_empty(), "--out FILE is required");
+    ensure!(a.sessions >= 1 && a.reps >= 1 && a.write_reps >= 1 && a.command_reps >= 1, "counts must be at least 1");
+    Ok(a)
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("hcp-bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args = parse_args()?;
+    let started = Instant::now();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")?.trim().to_string();
+    setup(&args.disk)?;
+    let mut doc = json!({ "kernel": kernel });
+    for part in &args.parts {
+        let part_started = Instant::now();
+        say(&format!("part {part}"));
+        let result = match part.as_str() {
+            "switch" => switch_cost(args.reps),
+            "write" => write_cost(args.write_reps, args.fio_seconds, &args.chunks),
+            "commands" => command_latency(args.command_reps, args.sessions),
+            _ => bail!("unknown part {part}: switch, write or commands"),
+        };
+        // Whatever a failed part left must not disturb the next one.
+        cleanup();
+        let value = result.with_context(|| format!("part {part}"))?;
+        doc[part] = value;
+        doc[part]["seconds"] = json!(part_started.elapsed().as_secs_f64());
+    }
+    doc["seconds"] = json!(started.elapsed().as_secs_f64());
+    fs::write(&args.out, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    say(&format!("done in {:.0} s", started.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+fn say(what: &str) {
+    eprintln!("hcp-bench: {what}");
+}
+
+// ---------------------------------------------------------------- set-up
+
+fn lvm(args: &[&str]) -> Result<String> {
+    let (sub, rest) = args.split_first().expect("an lvm command");
+    let out = Command::new("/usr/sbin/lvm")
+        .arg(sub)
+        .args(["--config", LVM_CONFIG])
+        .args(rest)
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+        .output()
+        .context("running lvm (apt-get install lvm2)")?;
+    ensure!(out.status.success(), "lvm {} failed ({}): {}", args.join(" "), out.status, stderr(&out));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn sh(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
+    ensure!(out.status.success(), "{cmd} {} failed ({}): {}", args.join(" "), out.status, stderr(&out));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; ")
+}
+
+/// The volume group, the origin with ext4 mounted, hcp's store, and the
+/// file fio writes to.
+fn setup(disk: &Path) -> Result<()> {
+    // The host's disk image is sparse: a first write to a block costs the
+    // host an allocation, later ones do not. Touch every block the volumes
+    // will use, so that no case pays for being first.
+    let touched = (ORIGIN_MIB + 2 * STORE_MIB + 64) << 20;
+    fill(disk, touched).with_context(|| format!("writing {}", disk.display()))?;
+    let disk = disk.to_str().context("disk path")?;
+    lvm(&["pvcreate", "-q", "-y", disk])?;
+    lvm(&["vgcreate", "-q", VG, disk])?;
+    lvm(&["lvcreate", "-q", "-y", "-n", "origin", "-L", &format!("{ORIGIN_MIB}M"), VG])?;
+    lvm(&["lvcreate", "-q", "-y", "-n", "hcpstore", "-L", &format!("{STORE_MIB}M"), VG])?;
+    // Inode tables and journal written now: a lazy init thread would write
+    // to the origin in the background, in the middle of the measurements.
+    sh("/usr/sbin/mkfs.ext4", &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", &origin_path()])?;
+    fs::create_dir_all(MOUNT)?;
+    sh("/usr/bin/mount", &[&origin_path(), MOUNT])?;
+    fill(&Path::new(MOUNT).join("fio.dat"), FIO_FILE_MIB << 20)?;
+    Ok(())
+}
+
+fn origin_path() -> String {
+    format!("/dev/{VG}/origin")
+}
+
+fn store_path() -> String {
+    format!("/dev/{VG}/hcpstore")
+}
+
+/// Writes `bytes` of non-zero data to a file (made if missing) or a block
+/// device, and syncs it.
+fn fill(path: &Path, bytes: u64) -> Result<()> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let block = vec![0x5au8; 1 << 20];
+    for off in (0..bytes).step_by(block.len()) {
+        f.write_all_at(&block, off)?;
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Removes any hcp session of the origin and LVM snapshot (best effort).
+fn cleanup() {
+    let _ = Command::new(hcp_bin()).args(["remove", &origin_path()]).output();
+    let _ = lvm(&["lvremove", "-f", "-q", &format!("{VG}/snap")]);
+}
+
+fn hcp_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("hcp")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("hcp"))
+}
+
+/// Runs hcp with `--json`; returns its output and the command's wall time.
+fn hcp_json(args: &[&str]) -> Result<(Value, Duration)> {
+    let t = Instant::now();
+    let out = Command::new(hcp_bin()).args(args).arg("--json").output().context("running hcp")?;
+    let wall = t.elapsed();
+    ensure!(out.status.success(), "hcp {} failed ({}): {}", args.join(" "), out.status, stderr(&out));
+    let v = serde_json::from_slice(&out.stdout).with_context(|| format!("hcp {} printed no JSON", args.join(" ")))?;
+    Ok((v, wall))
+}
+
+/// Runs an lvm command; returns its wall time.
+fn timed_lvm(args: &[&str]) -> Result<Duration> {
+    let t = Instant::now();
+    lvm(args)?;
+    Ok(t.elapsed())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn secs_to_ms(v: &Value) -> Value {
+    v.as_f64().map_or(Value::Null, |s| json!(s * 1e3))
+}
+
+// ---------------------------------------------------------------- part 1
+
+/// A steady writer on the mounted origin: 4 KiB pwrite + fdatasync in a
+/// loop over a preallocated file, the completion time of every write kept.
+struct Writer {
+    base: Instant,
+    stop: Arc<AtomicBool>,
+    done: Arc<Mutex<Vec<u64>>>,
+    handle: Option<thread::JoinHandle<Result<()>>>,
+}
+
+impl Writer {
+    fn start(path: &Path) -> Result<Writer> {
+        fill(path, WRITER_BLOCKS * 4096)?;
+        let file = OpenOptions::new().write(true).open(path)?;
+        let base = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(Mutex::new(Vec::with_capacity(1 << 18)));
+        let (s, d) = (stop.clone(), done.clone());
+        let handle = thread::spawn(move || -> Result<()> {
+            let block = [0xa5u8; 4096];
+            let mut i = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                file.write_all_at(&block, (i % WRITER_BLOCKS) * 4096)?;
+                file.sync_data()?;
+                let t = base.elapsed().as_nanos() as u64;
+                d.lock().expect("writer log").push(t);
+                i += 1;
+            }
+            Ok(())
+        });
+        Ok(Writer { base, stop, done, handle: Some(handle) })
+    }
+
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    /// The longest gap between completed writes that overlaps `from..to`,
+    /// once a write has completed after `to`.
+    fn longest_gap(&self, from: u64, to: u64) -> Result<Duration> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            {
+                let done = self.done.lock().expect("writer log");
+                if done.last().is_some_and(|&t| t > to) {
+                    let gap = longest_gap(&done, from, to).context("no writes around the command")?;
+                    return Ok(Duration::from_nanos(gap));
+                }
+            }
+            ensure!(Instant::now() < deadline, "the writer completed no write for 60 s after the command");
+            ensure!(!self.handle.as_ref().is_some_and(|h| h.is_finished()), "the writer stopped");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn stop(mut self) -> Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().expect("running").join().expect("writer thread")?;
+        let n = self.done.lock().expect("writer log").len() as u64;
+        Ok(n)
+    }
+}
+
+/// The longest `t[i] - t[i-1]` among the gaps that overlap `from..to`
+/// (completion times in ascending order).
+fn longest_gap(times: &[u64], from: u64, to: u64) -> Option<u64> {
+    times.windows(2).filter(|w| w[1] > from && w[0] < to).map(|w| w[1] - w[0]).max()
+}
+
+/// One timed command with the writer running: the stall it caused, and the
+/// longest gap just before it (the writer undisturbed).
+fn under_writer<T>(writer: &Writer, f: impl FnOnce() -> Result<T>) -> Result<(T, f64, f64)> {
+    thread::sleep(SETTLE);
+    let from = writer.now();
+    let value = f()?;
+    let to = writer.now();
+    thread::sleep(SETTLE);
+    let stall = writer.longest_gap(from, to)?;
+    let idle = writer.longest_gap(from.saturating_sub(SETTLE.as_nanos() as u64), from.saturating_sub(1))?;
+    Ok((value, ms(stall), ms(idle)))
+}
+
+fn switch_cost(reps: usize) -> Result<Value> {
+    let writer = Writer::start(&Path::new(MOUNT).join("writer.dat"))?;
+    let result = switch_reps(&writer, reps);
+    let writes = writer.stop()?;
+    let mut value = result?;
+    value["writes"] = json!(writes);
+    Ok(value)
+}
+
+fn switch_reps(writer: &Writer, reps: usize) -> Result<Value> {
+    let cases = ["hcp", "lvm", "floor"];
+    let dm = Dm::open()?;
+    let mut runs = Vec::new();
+    let mut lvs_checked = None;
+    for rep in 0..reps {
+        // A then B then C, the next repetition starting one further on.
+        let order: Vec<&str> = (0..cases.len()).map(|i| cases[(rep + i) % cases.len()]).collect();
+        say(&format!("switch: repetition {}/{reps}: {}", rep + 1, order.join(", ")));
+        let mut run = json!({ "order": order });
+        for case in &order {
+            run[*case] = match *case {
+                "hcp" => {
+                    let ((started, wall), stall, idle) = under_writer(writer, || {
+                        hcp_json(&["start", "--skip-mount", "--chunk-size", "4K", "-c", &store_path(), &origin_path()])
+                    })?;
+                    let session = started["session"].as_str().context("start printed no session")?.to_string();
+                    let ((removed, remove_wall), remove_stall, _) =
+                        under_writer(writer, || hcp_json(&["remove", &session]))?;
+                    let t = &started["timing"];
+                    json!({
+                        "start_stall_ms": stall, "idle_gap_ms": idle, "start_wall_ms": ms(wall),
+                        "frozen_ms": secs_to_ms(&t["frozen_seconds"]),
+                        "freeze_call_ms": secs_to_ms(&t["freeze_call_seconds"]),
+                        "suspended_ms": secs_to_ms(&t["suspended_seconds"]),
+                        "snapshot_ms": secs_to_ms(&t["snapshot_seconds"]),
+                        "remove_stall_ms": remove_stall, "remove_wall_ms": ms(remove_wall),
+                        "remove_frozen_ms": secs_to_ms(&removed[0]["frozen_seconds"]),
+                        "remove_seconds_ms": secs_to_ms(&removed[0]["seconds"]),
+                    })
+                }
+                "lvm" => {
+                    let snap = format!("{VG}/snap");
+                    let origin = origin_path();
+                    let create: [&str; 11] =
+                        ["lvcreate", "-q", "-y", "-s", "-n", "snap", "-L", "64M", "--chunksize", "4k", &origin];
+                    let (wall, stall, idle) = under_writer(writer, || timed_lvm(&create))?;
+                    if lvs_checked.is_none() {
+                        // LVM itself must see the snapshot it made.
+                        let lvs = lvm(&["lvs", "--noheadings", "-o", "lv_name,origin", VG])?;
+                        let ok = lvs.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["snap", "origin"]);
+                        ensure!(ok, "lvs does not show the snapshot of origin: {lvs}");
+                        lvs_checked = Some(lvs.trim().to_string());
+                    }
+                    let (remove_wall, remove_stall, _) =
+                        under_writer(writer, || timed_lvm(&["lvremove", "-q", "-f", &snap]))?;
+                    json!({
+                        "start_stall_ms": stall, "idle_gap_ms": idle, "start_wall_ms": ms(wall),
+                        "remove_stall_ms": remove_stall, "remove_wall_ms": ms(remove_wall),
+                    })
+                }
+                _ => {
+                    // The floor: suspend (dm freezes the filesystem: lockfs)
+                    // and resume, from this one process.
+                    let (window, stall, idle) = under_writer(writer, || {
+                        let t = Instant::now();
+                        dm.suspend(ORIGIN_DM, Suspend::Lockfs)?;
+                        dm.resume(ORIGIN_DM)?;
+                        Ok(t.elapsed())
+                    })?;
+                    json!({ "start_stall_ms": stall, "idle_gap_ms": idle, "window_ms": ms(window) })
+                }
+            };
+        }
+        runs.push(run);
+    }
+    Ok(json!({ "runs": runs, "lvs": lvs_checked }))
+}
+
+// ---------------------------------------------------------------- part 2
+
+struct Workload {
+    id: &'static str,
+    rw: &'static str,
+    bs: &'static str,
+    iodepth: &'static str,
+}
+
+const WORKLOADS: [Workload; 2] = [
+    Workload { id: "randwrite_4k", rw: "randwrite", bs: "4k", iodepth: "4" },
+    Workload { id: "seqwrite_1m", rw: "write", bs: "1M", iodepth: "2" },
+];
+
+fn fio(w: &Workload, seconds: u32) -> Result<Value> {
+    let file = Path::new(MOUNT).join("fio.dat");
+    let out = Command::new("/usr/bin/fio")
+        .args(["--name=bench", "--direct=1", "--ioengine=libaio", "--time_based", "--output-format=json"])
+        .arg(format!("--filename={}", file.display()))
+        .arg(format!("--size={FIO_FILE_MIB}M"))
+        .arg(format!("--rw={}", w.rw))
+        .arg(format!("--bs={}", w.bs))
+        .arg(format!("--iodepth={}", w.iodepth))
+        .arg(format!("--runtime={seconds}"))
+        .output()
+        .context("running fio (apt-get install fio)")?;
+    ensure!(out.status.success(), "fio failed ({}): {}", out.status, stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // fio may print notes before its JSON.
+    let json_start = text.find('{').context("fio printed no JSON")?;
+    let v: Value = serde_json::from_str(&text[json_start..]).context("parsing fio's JSON")?;
+    let wr = &v["jobs"][0]["write"];
+    let pct = |p: &str| wr["clat_ns"]["percentile"][p].as_f64().map_or(Value::Null, |ns| json!(ns / 1e3));
+    Ok(json!({
+        "iops": wr["iops"], "bw_mib_s": wr["bw_bytes"].as_f64().map(|b| b / (1u64 << 20) as f64),
+        "p50_us": pct("50.000000"), "p99_us": pct("99.000000"), "ios": wr["total_ios"],
+    }))
+}
+
+fn write_cost(reps: usize, seconds: u32, chunks: &[String]) -> Result<Value> {
+    let modes = ["none", "hcp", "lvm"];
+    let mut runs = Vec::new();
+    let mut turn = 0;
+    for rep in 0..reps {
+        for w in &WORKLOADS {
+            for chunk in chunks {
+                let order: Vec<&str> = (0..modes.len()).map(|i| modes[(turn + i) % modes.len()]).collect();
+                turn += 1;
+                say(&format!("write: repetition {}/{reps}: {} chunk {chunk}: {}", rep + 1, w.id, order.join(", ")));
+                let mut run = json!({ "rep": rep, "workload": w.id, "chunk": chunk, "order": order });
+                for mode in &order {
+                    run[*mode] =
+                        write_case(mode, w, chunk, seconds).with_context(|| format!("{} with {mode}", w.id))?;
+                }
+                runs.push(run);
+            }
+        }
+    }
+    Ok(json!({ "runs": runs, "fio_seconds": seconds, "file_mib": FIO_FILE_MIB }))
+}
+
+fn write_case(mode: &str, w: &Workload, chunk: &str, seconds: u32) -> Result<Value> {
+    match mode {
+        "none" => Ok(json!({ "fio": fio(w, seconds)? })),
+        "hcp" => {
+            let (started, _) = hcp_json(&[
+                "start",
+                "--skip-mount",
+                "--trace",
+                "--baseline",
+                "0s",
+                "--chunk-size",
+                chunk,
+                "-c",
+                &store_path(),
+                &origin_path(),
+            ])?;
+            let session = started["session"].as_str().context("start printed no session")?.to_string();
+            let fio = fio(w, seconds);
+            let stats = hcp_json(&["stats", &session]).map(|(s, _)| s);
+            hcp_json(&["remove", &session])?;
+            let (fio, stats) = (fio?, stats?);
+            let lat = &stats["app_writes"]["latency"];
+            let us = |k: &str| lat[k].as_f64().map_or(Value::Null, |ns| json!(ns / 1e3));
+            Ok(json!({
+                "fio": fio,
+                "tracer": {
+                    "p50_us": us("p50_ns"), "p99_us": us("p99_ns"), "count": lat["count"],
+                    "write_amplification": stats["write_amplification"], "state": stats["state"],
+                    "chunk_copies": stats["copy_out"]["chunk_copies"],
+                },
+            }))
+        }
+        _ => {
+            let snap = format!("{VG}/snap");
+            let size = format!("{STORE_MIB}M");
+            lvm(&["lvcreate", "-q", "-y", "-s", "-n", "snap", "-L", &size, "--chunksize", chunk, &origin_path()])?;
+            let fio = fio(w, seconds);
+            let used = lvm(&["lvs", "--noheadings", "-o", "snap_percent", &snap]).map(|s| s.trim().to_string());
+            lvm(&["lvremove", "-q", "-f", &snap])?;
+            Ok(json!({ "fio": fio?, "snap_percent": used.ok() }))
+        }
+    }
+}
+
+// ---------------------------------------------------------------- part 3
+
+fn command_latency(reps: usize, sessions: usize) -> Result<Value> {
+    let start_one = || -> Result<String> {
+        let (v, _) = hcp_json(&["start", "--skip-mount", "--trace", "--baseline", "0s", "-q", "8M", &origin_path()])?;
+        Ok(v["session"].as_str().context("start printed no session")?.to_string())
+    };
+    let first = start_one()?;
+    let mut results = Vec::new();
+    let mut counts = vec![1];
+    if sessions > 1 {
+        counts.push(sessions);
+    }
+    for &count in &counts {
+        while session_count()? < count {
+            start_one()?;
+        }
+        say(&format!("commands: {count} sessions"));
+        let cmds: [(&str, Vec<&str>); 3] = [
+            ("version", vec!["version"]),
+            ("list", vec!["list", "--json"]),
+            ("stats", vec!["stats", "--json", first.as_str()]),
+        ];
+        for rep in 0..reps {
+            let mut run = json!({ "sessions": count, "rep": rep });
+            for i in 0..cmds.len() {
+                let (name, args) = &cmds[(rep + i) % cmds.len()];
+                let t = Instant::now();
+                let out = Command::new(hcp_bin()).args(args).output()?;
+                let wall = t.elapsed();
+                ensure!(out.status.success(), "hcp {} failed ({}): {}", args.join(" "), out.status, stderr(&out));
+                run[*name] = json!(ms(wall));
+            }
+            results.push(run);
+        }
+    }
+    hcp_json(&["remove", &origin_path()])?;
+    Ok(json!({ "runs": results }))
+}
+
+fn session_count() -> Result<usize> {
+    let (v, _) = hcp_json(&["list"])?;
+    Ok(v.as_array().map_or(0, Vec::len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::longest_gap;
+
+    #[test]
+    fn longest_gap_counts_gaps_overlapping_the_window() {
+        let t = [0, 10, 20, 100, 110, 300, 310];
+        // The 20..100 gap overlaps 50..60; 110..300 starts after it.
+        assert_eq!(longest_gap(&t, 50, 60), Some(80));
+        // A window spanning two gaps takes the longer.
+        assert_eq!(longest_gap(&t, 90, 200), Some(190));
+        // Gaps that end at or before the window's start do not count.
+        assert_eq!(longest_gap(&t, 20, 25), Some(80));
+        assert_eq!(longest_gap(&t, 400, 500), None);
+    }
+}
