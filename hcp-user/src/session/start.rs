@@ -232,13 +232,16 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
             (name.clone(), raw.display_path(), true, raw.display_path().display().to_string())
         }
     };
+    let store = planned_store(&store_plan, file_bytes);
+    // The ceiling: a growing store's quota, else the store itself.
+    let quota_bytes = if grow.is_some() { quota } else { store.size_bytes };
     let mut session = Session {
         version: RECORD_VERSION,
         id: id.clone(),
         phase: Phase::Starting,
         origin: Origin { path: origin_path.clone(), dm_name: origin_name.clone(), real: real_label, wrapped },
         snapshot_path: snapshot_path.clone(),
-        store: planned_store(&store_plan, file_bytes),
+        store,
         mount: mount_point.as_ref().map(|path| MountRecord {
             path: path.clone(),
             read_only: opts.read_only,
@@ -246,8 +249,7 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         }),
         created_unix: now_unix(),
         chunk_bytes: opts.chunk.bytes(),
-        // The ceiling: a growing store's quota, else the store itself.
-        quota_bytes: 0,
+        quota_bytes,
         trace: None,
         autoextend: grow.map(|g| AutoextendRecord {
             threshold_percent: g.spec.threshold_percent,
@@ -256,7 +258,6 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
             log: autoextend::log_path(&id),
         }),
     };
-    session.quota_bytes = if grow.is_some() { quota } else { session.store.size_bytes };
     state::save(&session)?;
     {
         let id = id.clone();
