@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use hcp::autoextend::{Spec, StoreSize};
+use hcp::enroll::{EnrollOptions, UnenrollOptions};
 use hcp::error::Error;
 use hcp::session::{RemoveOptions, StartOptions};
 use hcp::size::{ChunkSize, Quota};
@@ -19,6 +20,7 @@ Examples:
   Show a device's:    hcp -s /dev/vg0/data
   Remove a session:   hcp -r /dev/hcp1           (or an origin: all of its sessions)
   Clean up leftovers: hcp recover
+  A mounted partition: hcp enroll --now /dev/sdc1   (once; then: hcp start /dev/sdc1)
 
 Exit status:
   0  success
@@ -130,6 +132,41 @@ enum Command {
     /// cut): roll back half-made sessions, finish half-removed ones, remove
     /// hcp devices without a session. Complete sessions are left alone.
     Recover,
+    /// Enroll a plain partition once, so that it can be snapshotted while
+    /// mounted: a pass-through dm-linear mapping (hcp-<name>) through which
+    /// its filesystem is mounted from then on.
+    Enroll {
+        device: String,
+        /// If it is mounted: unmount it, map it and mount it again through
+        /// the mapping, at the same place with the same options (a short
+        /// planned interruption, measured and reported).
+        #[arg(long)]
+        now: bool,
+        /// Change the /etc/fstab line that mounts it to name the mapping
+        /// (keeping a backup), as boot needs.
+        #[arg(long)]
+        edit_fstab: bool,
+    },
+    /// Undo `hcp enroll`: remove the mapping (refused while sessions exist).
+    Unenroll {
+        /// The enrolled device or its mapping.
+        device: String,
+        /// If it is mounted through the mapping: mount it from the device
+        /// itself again, at the same place with the same options.
+        #[arg(long)]
+        now: bool,
+        /// Change the /etc/fstab line back to name the device (keeping a backup).
+        #[arg(long)]
+        edit_fstab: bool,
+    },
+    /// Make the mapping of every enrolled device that lacks one (at boot,
+    /// before filesystems are mounted: hcp-activate.service). Running it
+    /// again changes nothing.
+    Activate {
+        /// Wait this long for an enrolled device that is not there yet.
+        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
     /// Show hcp's version.
     Version,
     /// The auto-extend monitor of a session (see the `autoextend` module);
@@ -147,6 +184,16 @@ enum Command {
         resume: Vec<String>,
         #[arg(long)]
         thaw: Vec<PathBuf>,
+        #[arg(long)]
+        mount_at: Option<PathBuf>,
+        #[arg(long, default_value = "")]
+        mount_type: String,
+        #[arg(long, default_value_t = 0)]
+        mount_flags: libc::c_ulong,
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
+        mount_data: String,
+        #[arg(long)]
+        mount_from: Vec<PathBuf>,
     },
 }
 
@@ -259,6 +306,9 @@ pub enum StatsFormat {
 /// What to do, with its options; the `bool` is `--json`.
 pub enum Action {
     Recover(bool),
+    Enroll(EnrollOptions, bool),
+    Unenroll(UnenrollOptions, bool),
+    Activate(std::time::Duration, bool),
     Stats(Option<String>, StatsFormat),
     FollowStats(String, std::time::Duration),
     TraceAttach(String, bool),
@@ -308,9 +358,37 @@ impl Cli {
             Some(Command::Trace { command: TraceCommand::Attach { session } }) => Action::TraceAttach(session, json),
             Some(Command::Version) => Action::Version(json),
             Some(Command::Recover) => Action::Recover(json),
+            Some(Command::Enroll { device, now, edit_fstab }) => {
+                Action::Enroll(EnrollOptions { device, now, edit_fstab }, json)
+            }
+            Some(Command::Unenroll { device, now, edit_fstab }) => {
+                Action::Unenroll(UnenrollOptions { device, now, edit_fstab }, json)
+            }
+            Some(Command::Activate { wait }) => Action::Activate(wait, json),
             Some(Command::Autoextend { session }) => Action::Autoextend(session),
-            Some(Command::Guard { deadline_ms, parent, resume, thaw }) => Action::Guard(
-                hcp::guard::Plan { resume, thaw, deadline: std::time::Duration::from_millis(deadline_ms) },
+            Some(Command::Guard {
+                deadline_ms,
+                parent,
+                resume,
+                thaw,
+                mount_at,
+                mount_type,
+                mount_flags,
+                mount_data,
+                mount_from,
+            }) => Action::Guard(
+                hcp::guard::Plan {
+                    resume,
+                    thaw,
+                    remount: mount_at.map(|mount_point| hcp::guard::Remount {
+                        mount_point,
+                        fs_type: mount_type,
+                        flags: mount_flags,
+                        data: mount_data,
+                        from: mount_from,
+                    }),
+                    deadline: std::time::Duration::from_millis(deadline_ms),
+                },
                 parent,
             ),
             None if self.list => Action::List(json),

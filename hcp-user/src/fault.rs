@@ -1,6 +1,7 @@
 //! Fault injection, a testing aid: `HCP_FAULT=STEP:ACTION` makes hcp fail on
-//! purpose at one step of `start` or `remove`, to prove that no failure anywhere leaves
-//! a filesystem frozen, a device suspended or the origin's data changed.
+//! purpose at one step of `start`, `remove`, `enroll` or `unenroll`, to
+//! prove that no failure anywhere leaves a filesystem frozen, a device
+//! suspended, a filesystem unmounted or the origin's data changed.
 //!
 //! Steps of `start`, in order: `after-snapshot-create` (the record, the
 //! store and `-real` made; the snapshot device exists, inactive),
@@ -17,6 +18,12 @@
 //! `remove-after-store-detach`. The origin steps come only with an
 //! origin's last session.
 //!
+//! Steps of `enroll --now`: `enroll-after-unmount` (the filesystem is
+//! unmounted, nothing made), `enroll-after-create` (the mapping exists, not
+//! yet mounted); of `unenroll --now`: `unenroll-after-unmount`,
+//! `unenroll-after-remove` (the mapping is gone, the raw device not yet
+//! mounted).
+//!
 //! Actions: `error` (fail as a system call would), `panic`, `kill`
 //! (SIGKILL to hcp itself: nothing of hcp runs after it) and `hang` (sleep
 //! until killed, as a stuck kernel call would). The variable is checked
@@ -28,7 +35,7 @@ use std::sync::OnceLock;
 use crate::error::{Error, Result};
 
 /// Every step a fault can be injected at: `start`'s, then `remove`'s.
-pub const STEPS: [&str; 15] = [
+pub const STEPS: [&str; 19] = [
     "after-snapshot-create",
     "after-origin-reload",
     "after-prepare",
@@ -44,6 +51,10 @@ pub const STEPS: [&str; 15] = [
     "remove-after-suspend",
     "remove-before-thaw",
     "remove-after-store-detach",
+    "enroll-after-unmount",
+    "enroll-after-create",
+    "unenroll-after-unmount",
+    "unenroll-after-remove",
 ];
 
 /// What an injected fault does.

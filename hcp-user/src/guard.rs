@@ -42,7 +42,23 @@ pub struct Plan {
     pub resume: Vec<String>,
     /// Mount points to thaw, after the resumes.
     pub thaw: Vec<PathBuf>,
+    /// A filesystem between its unmount and its mount again (`enroll
+    /// --now`), to be mounted if nothing is.
+    pub remount: Option<Remount>,
     pub deadline: Duration,
+}
+
+/// A filesystem to mount at `mount_point` unless one of `from` is mounted
+/// there already: from the first of `from` that mounts. (Of a partition
+/// and its pass-through mapping only one can be mounted: while the mapping
+/// exists it holds the partition exclusively, so the order does not matter.)
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Remount {
+    pub mount_point: PathBuf,
+    pub fs_type: String,
+    pub flags: libc::c_ulong,
+    pub data: String,
+    pub from: Vec<PathBuf>,
 }
 
 impl Plan {
@@ -55,6 +71,15 @@ impl Plan {
         }
         for path in &self.thaw {
             args.extend(["--thaw".to_string(), path.display().to_string()]);
+        }
+        if let Some(r) = &self.remount {
+            args.extend(["--mount-at".to_string(), r.mount_point.display().to_string()]);
+            args.extend(["--mount-type".to_string(), r.fs_type.clone()]);
+            args.push(format!("--mount-flags={}", r.flags));
+            args.push(format!("--mount-data={}", r.data));
+            for from in &r.from {
+                args.extend(["--mount-from".to_string(), from.display().to_string()]);
+            }
         }
         args
     }
@@ -163,12 +188,43 @@ pub fn serve(plan: &Plan, parent: i32) -> i32 {
             }
         }
     };
-    eprintln!("hcp guard: {restore_why}: resuming {:?}, thawing {:?}", plan.resume, plan.thaw);
+    eprintln!(
+        "hcp guard: {restore_why}: resuming {:?}, thawing {:?}, mounting {:?}",
+        plan.resume,
+        plan.thaw,
+        plan.remount.as_ref().map(|r| &r.mount_point)
+    );
     restore(plan);
     3
 }
 
-/// Resumes, then thaws; every step is tried whatever the others did.
+/// Mounts `r`'s filesystem unless it is mounted.
+fn remount(r: &Remount) {
+    let devs: Vec<crate::devnum::DevNum> =
+        r.from.iter().filter_map(|p| crate::devnum::DevNum::of_block_device(p).ok()).collect();
+    let table = crate::mountinfo::read().map(crate::mountinfo::MountTable);
+    if table.is_ok_and(|t| t.mount_at(&r.mount_point).is_some_and(|m| devs.contains(&m.dev))) {
+        return;
+    }
+    let mut failed = Vec::new();
+    for from in &r.from {
+        match crate::mount::mount(from, &r.mount_point, &r.fs_type, r.flags, &r.data) {
+            Ok(()) => return eprintln!("hcp guard: mounted {} at {}", from.display(), r.mount_point.display()),
+            Err(e) => failed.push(e.message().to_string()),
+        }
+    }
+    eprintln!(
+        "hcp guard: {}; mount it by hand: mount -t {} -o {} {} {}",
+        failed.join("; "),
+        r.fs_type,
+        if r.data.is_empty() { "defaults" } else { &r.data },
+        r.from.first().map(|p| p.display().to_string()).unwrap_or_default(),
+        r.mount_point.display()
+    );
+}
+
+/// Resumes, then thaws, then mounts; every step is tried whatever the
+/// others did.
 fn restore(plan: &Plan) {
     match Dm::open() {
         Ok(dm) => {
@@ -192,5 +248,8 @@ fn restore(plan: &Plan) {
                 path.display()
             ),
         }
+    }
+    if let Some(r) = &plan.remount {
+        remount(r);
     }
 }

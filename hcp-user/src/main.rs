@@ -41,13 +41,17 @@ fn main() -> ExitCode {
     // Commands that change sessions hold Ctrl-C, SIGTERM and SIGHUP back
     // for their whole run: `start` checks for them between its steps and
     // stops there, undoing what it made; `remove` and `recover` finish (a
-    // half-removed session helps nobody). Either way the signal ends the
-    // process only once this block is dropped, after hcp said what it did.
+    // half-removed session helps nobody), as do the enrollment commands (a
+    // filesystem between its unmount and its mount must be mounted again).
+    // Either way the signal ends the process only once this block is
+    // dropped, after hcp said what it did.
     let _signals = match &action {
-        Action::Start(..) | Action::Remove(..) | Action::Recover(..) => match SignalBlock::new() {
-            Ok(block) => Some(block),
-            Err(e) => return fail(e, json),
-        },
+        Action::Start(..) | Action::Remove(..) | Action::Recover(..) | Action::Enroll(..) | Action::Unenroll(..) => {
+            match SignalBlock::new() {
+                Ok(block) => Some(block),
+                Err(e) => return fail(e, json),
+            }
+        }
         _ => None,
     };
     match run(action) {
@@ -82,7 +86,7 @@ fn run(action: Action) -> Result<ExitCode, Error> {
         }
         Action::List(json) => {
             let entries = hcp::session::list()?;
-            render::list(&entries, json);
+            render::list(&entries, &hcp::enroll::list()?, json);
             let invalid = entries.iter().filter(|e| e.state == SessionState::Invalid).map(|e| e.session.as_str());
             Ok(invalid_exit(invalid, "remove it with `hcp -r`"))
         }
@@ -156,6 +160,23 @@ fn run(action: Action) -> Result<ExitCode, Error> {
             // Everything found is reported; the status is that of the first
             // thing that could not be cleaned up.
             Ok(match recovered.iter().find_map(|r| r.error_kind) {
+                Some(kind) => ExitCode::from(kind.exit_code()),
+                None => ExitCode::SUCCESS,
+            })
+        }
+        Action::Enroll(opts, json) => {
+            render::enrolled(&hcp::enroll::enroll(&opts)?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Action::Unenroll(opts, json) => {
+            render::unenrolled(&hcp::enroll::unenroll(&opts)?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Action::Activate(wait, json) => {
+            let report = hcp::enroll::activate(wait)?;
+            render::activated(&report, json);
+            // Every device is reported; the status is the first failure's.
+            Ok(match report.iter().find_map(|a| a.error_kind) {
                 Some(kind) => ExitCode::from(kind.exit_code()),
                 None => ExitCode::SUCCESS,
             })

@@ -40,6 +40,21 @@ impl FsType {
         }
     }
 
+    /// The filesystem UUID in a head that [`FsType::detect`] recognised, as
+    /// blkid and fstab's `UUID=` spell it.
+    pub fn uuid(self, head: &[u8]) -> Option<String> {
+        // ext4's s_uuid at 0x68 of the superblock (at 1024); XFS's sb_uuid
+        // at 32; btrfs's fsid at 0x20 of the superblock (at 64 KiB).
+        let at = match self {
+            FsType::Ext4 => 1024 + 0x68,
+            FsType::Xfs => 32,
+            FsType::Btrfs => 0x10000 + 0x20,
+        };
+        let b = head.get(at..at + 16)?;
+        let hex = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+        Some(format!("{}-{}-{}-{}-{}", hex(0..4), hex(4..6), hex(6..8), hex(8..10), hex(10..16)))
+    }
+
     /// Data options a snapshot of this filesystem needs. An XFS snapshot
     /// carries the origin's UUID, which XFS refuses to mount twice without
     /// `nouuid`; read-only, it cannot replay its log, so `norecovery` (the
@@ -55,11 +70,23 @@ impl FsType {
 
 /// Reads the head of `device` and recognises its filesystem.
 pub fn detect(device: &Path) -> Result<Option<FsType>> {
+    Ok(FsType::detect(&head_of(device)?))
+}
+
+/// The UUID of the filesystem on `device`, if hcp recognises it.
+pub fn fs_uuid(device: &Path) -> Result<Option<String>> {
+    let head = head_of(device)?;
+    Ok(FsType::detect(&head).and_then(|fs| fs.uuid(&head)))
+}
+
+/// The first 68 KiB of `device` (less if it is smaller): every superblock
+/// hcp recognises lies within.
+fn head_of(device: &Path) -> Result<Vec<u8>> {
     let file = File::open(device).map_err(|e| Error::io(format!("opening {}", device.display()), e))?;
     let mut head = vec![0u8; 0x11000];
     let n = read_up_to(&file, &mut head).map_err(|e| Error::io(format!("reading {}", device.display()), e))?;
     head.truncate(n);
-    Ok(FsType::detect(&head))
+    Ok(head)
 }
 
 fn read_up_to(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -105,7 +132,7 @@ fn block_filesystems() -> Vec<String> {
         .collect()
 }
 
-fn mount(device: &Path, target: &Path, fs: &str, flags: libc::c_ulong, data: &str) -> Result<()> {
+pub(crate) fn mount(device: &Path, target: &Path, fs: &str, flags: libc::c_ulong, data: &str) -> Result<()> {
     let c = |s: &[u8]| CString::new(s).map_err(|_| Error::usage("a path contains a NUL byte"));
     let (src, dst, fstype, opts) = (
         c(device.as_os_str().as_encoded_bytes())?,
@@ -159,6 +186,18 @@ mod tests {
         btrfs[0x10040..0x10048].copy_from_slice(b"_BHRfS_M");
         assert_eq!(FsType::detect(&btrfs), Some(FsType::Btrfs));
         assert_eq!(FsType::detect(&btrfs[..100]), None, "a short read is no filesystem");
+    }
+
+    #[test]
+    fn uuids_read_as_blkid_prints_them() {
+        let mut head = vec![0u8; 0x11000];
+        head[1024 + 56..1024 + 58].copy_from_slice(&[0x53, 0xef]);
+        let uuid: Vec<u8> = (0x10..0x20).collect();
+        head[1024 + 0x68..1024 + 0x78].copy_from_slice(&uuid);
+        assert_eq!(FsType::Ext4.uuid(&head).as_deref(), Some("10111213-1415-1617-1819-1a1b1c1d1e1f"));
+        head[32..48].copy_from_slice(&uuid);
+        assert_eq!(FsType::Xfs.uuid(&head).as_deref(), Some("10111213-1415-1617-1819-1a1b1c1d1e1f"));
+        assert_eq!(FsType::Xfs.uuid(&head[..40]), None);
     }
 
     #[test]

@@ -92,6 +92,12 @@ fn text(field: &[u8]) -> String {
     String::from_utf8_lossy(&unescape(field)).into_owned()
 }
 
+/// One option of `mount_options` or `super_options` (split at `,` first),
+/// unescaped.
+pub fn unescape_option(option: &str) -> String {
+    text(option.as_bytes())
+}
+
 /// Undoes the kernel's octal escapes (`\040` for a space; also tab, newline
 /// and backslash), which keep fields free of the separators.
 fn unescape(field: &[u8]) -> Vec<u8> {

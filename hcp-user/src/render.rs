@@ -1,6 +1,7 @@
 //! What hcp prints: text in the original hcp's spirit, or one JSON value
 //! with `--json`. Every figure says what it counts.
 
+use hcp::enroll::{Activation, Enrolled, EnrolledEntry, FstabChange, Unenrolled};
 use hcp::session::{ListEntry, Recovered, Removed, Shown, Started};
 use hcp::size::format_bytes;
 use serde::Serialize;
@@ -78,14 +79,33 @@ pub fn started(s: &Started, json: bool) {
     }
 }
 
-pub fn list(entries: &[ListEntry], json: bool) {
+pub fn list(entries: &[ListEntry], enrolled: &[EnrolledEntry], json: bool) {
     if json {
-        return print_json(&entries);
+        return print_json(&serde_json::json!({ "sessions": entries, "enrolled": enrolled }));
     }
     if entries.is_empty() {
         println!("No active Hot Copy sessions.");
-        return;
     }
+    list_sessions(entries);
+    if !enrolled.is_empty() {
+        println!("Enrolled devices:");
+        for e in enrolled {
+            let state = match (e.active, &e.mounted_at) {
+                (false, _) => "mapping missing: run `hcp activate`".to_string(),
+                (true, Some(mp)) => format!("mounted at {}", mp.display()),
+                (true, None) => "not mounted".to_string(),
+            };
+            let sessions = if e.sessions.is_empty() {
+                "no sessions".to_string()
+            } else {
+                format!("sessions {}", e.sessions.join(", "))
+            };
+            println!(" {} -> {}: {state}, {sessions}", e.device.display(), e.mapping.display());
+        }
+    }
+}
+
+fn list_sessions(entries: &[ListEntry]) {
     for e in entries {
         println!("****** {} ******", e.session);
         println!(" Real Device:           {}", e.real_device.display());
@@ -128,6 +148,83 @@ pub fn list(entries: &[ListEntry], json: bool) {
         println!(" State:                 {}", serde_json::to_value(e.state).expect("state").as_str().unwrap_or("?"));
         if let Some(problem) = &e.problem {
             println!(" Problem:               {problem}: run `hcp recover`");
+        }
+    }
+}
+
+pub fn enrolled(e: &Enrolled, json: bool) {
+    if json {
+        return print_json(e);
+    }
+    println!("Enrolled {} as {} (record {}).", e.device.display(), e.mapping.display(), e.record.display());
+    match &e.remounted {
+        Some(r) => println!(
+            "Remounted {} through {} ({}, {}): the filesystem was unmounted for {:.3} s.",
+            r.mount.mount_point.display(),
+            r.device.display(),
+            r.mount.fs_type,
+            r.mount.options,
+            r.downtime_seconds
+        ),
+        None => println!("Mount its filesystem through {} from now on.", e.mapping.display()),
+    }
+    println!("At boot the mapping must exist before the filesystem is mounted:");
+    println!("  1. systemctl enable {}   (runs `hcp activate` before local filesystems)", e.boot_unit);
+    let what = format!("name {} instead of the device (both carry the same filesystem UUID)", e.mapping.display());
+    let missing = format!("{} has no line for it: the line that mounts it must {what}", e.fstab.path);
+    fstab_change(&e.fstab, "  2. ", &what, &missing);
+}
+
+pub fn unenrolled(u: &Unenrolled, json: bool) {
+    if json {
+        return print_json(u);
+    }
+    match &u.mapping_removed {
+        Some(m) => println!("Unenrolled {}: mapping {} removed.", u.device.display(), m.display()),
+        None => println!("Unenrolled {} (its mapping did not exist).", u.device.display()),
+    }
+    if let Some(r) = &u.remounted {
+        println!(
+            "Remounted {} from {}: the filesystem was unmounted for {:.3} s.",
+            r.mount.mount_point.display(),
+            r.device.display(),
+            r.downtime_seconds
+        );
+    }
+    let missing = format!("{} has no line naming the mapping: nothing to change there", u.fstab.path);
+    fstab_change(&u.fstab, "", &format!("name {} again", u.device.display()), &missing);
+}
+
+/// The fstab line to change (or changed), as a diff, after `prefix`;
+/// `missing` when fstab has no line to change.
+fn fstab_change(f: &FstabChange, prefix: &str, what: &str, missing: &str) {
+    let indent = " ".repeat(prefix.len());
+    match (&f.line, &f.current, &f.wanted) {
+        (Some(line), Some(current), Some(wanted)) => {
+            let verb = if f.edited { "now reads" } else { "must read" };
+            println!("{prefix}{} line {line} {verb} ({what}):", f.path);
+            println!("{indent}- {current}");
+            println!("{indent}+ {wanted}");
+            match &f.backup {
+                Some(b) => println!("{indent}(the previous {} is kept as {})", f.path, b.display()),
+                None => println!("{indent}(`--edit-fstab` makes this change, keeping a backup)"),
+            }
+        }
+        _ => println!("{prefix}{missing}"),
+    }
+}
+
+pub fn activated(report: &[Activation], json: bool) {
+    if json {
+        return print_json(&report);
+    }
+    if report.is_empty() {
+        println!("No enrolled devices.");
+    }
+    for a in report {
+        match &a.error {
+            Some(e) => println!("{} ({}): FAILED: {e}", a.mapping.display(), a.device.display()),
+            None => println!("{} ({}): {}", a.mapping.display(), a.device.display(), a.state),
         }
     }
 }

@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 pub const RECORD_VERSION: u32 = 1;
 
 /// The owner of every directory and file hcp trusts.
-const ROOT: u32 = 0;
+pub(crate) const ROOT: u32 = 0;
 
 /// The largest record hcp reads. Real ones are a few KiB; the cap keeps a
 /// planted giant file from being read into memory.
@@ -347,71 +347,96 @@ fn load_all_in(dir: &Path, owner: u32) -> Result<Vec<Session>> {
     Ok(sessions)
 }
 
-/// Refuses a record, naming it, the problem and the fix.
-fn hostile(path: &Path, problem: impl std::fmt::Display) -> Error {
+/// Refuses a file of hcp's state (`what`: "session record"), naming it, the
+/// problem and the fix.
+pub(crate) fn hostile(what: &str, path: &Path, problem: impl std::fmt::Display) -> Error {
     Error::refused(format!(
-        "session record {} {problem}: hcp does not use it; inspect it and delete it, then run hcp again",
+        "{what} {} {problem}: hcp does not use it; inspect it and delete it, then run hcp again",
         path.display()
     ))
 }
 
-/// One record; `None` if it went away since its directory was read (a
-/// concurrent remove).
-fn load(path: &Path, owner: u32) -> Result<Option<Session>> {
+/// The bytes of one file of hcp's state, trusted only if `owner` alone
+/// could have written it (see the module's header); `None` if it does not
+/// exist (or went away since its directory was read: a concurrent remove).
+/// `what` names it in errors.
+pub(crate) fn read_private_file(path: &Path, owner: u32, what: &str) -> Result<Option<Vec<u8>>> {
+    let hostile = |problem: String| hostile(what, path, problem);
     // O_NOFOLLOW: a symlink fails with ELOOP instead of being followed.
     // O_NONBLOCK: opening a planted FIFO must not wait for a writer.
     let file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(hostile(path, "is a symlink")),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(hostile("is a symlink".into())),
         // A socket.
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Err(hostile(path, "is not a regular file")),
-        Err(e) => return Err(Error::io(format!("opening session record {}", path.display()), e)),
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Err(hostile("is not a regular file".into())),
+        Err(e) => return Err(Error::io(format!("opening {what} {}", path.display()), e)),
     };
     // Checked on the descriptor just opened, so what is read is what was
     // checked.
     let meta = file.metadata().map_err(|e| Error::io(path.display(), e))?;
     if !meta.is_file() {
-        return Err(hostile(path, "is not a regular file"));
+        return Err(hostile("is not a regular file".into()));
     }
     if meta.uid() != owner {
-        return Err(hostile(path, format!("is owned by uid {}, not {}", meta.uid(), owner_name(owner))));
+        return Err(hostile(format!("is owned by uid {}, not {}", meta.uid(), owner_name(owner))));
     }
     if meta.mode() & 0o022 != 0 {
-        return Err(hostile(path, format!("is writable by group or others (mode {:04o})", meta.mode() & 0o7777)));
+        return Err(hostile(format!("is writable by group or others (mode {:04o})", meta.mode() & 0o7777)));
     }
-    let too_big = || hostile(path, format!("is larger than {} KiB, far more than any record", MAX_RECORD_BYTES >> 10));
+    let too_big = || hostile(format!("is larger than {} KiB, far more than any record", MAX_RECORD_BYTES >> 10));
     if meta.len() > MAX_RECORD_BYTES {
         return Err(too_big());
     }
     let mut text = Vec::new();
     file.take(MAX_RECORD_BYTES + 1)
         .read_to_end(&mut text)
-        .map_err(|e| Error::io(format!("reading session record {}", path.display()), e))?;
+        .map_err(|e| Error::io(format!("reading {what} {}", path.display()), e))?;
     if text.len() as u64 > MAX_RECORD_BYTES {
         return Err(too_big());
     }
+    Ok(Some(text))
+}
+
+/// A record of format `version` from JSON `text`; anything else is refused
+/// through `hostile`.
+pub(crate) fn parse_record<T: serde::de::DeserializeOwned>(
+    text: &[u8],
+    version: u32,
+    hostile: impl Fn(String) -> Error,
+) -> Result<T> {
+    let value: serde_json::Value =
+        serde_json::from_slice(text).map_err(|e| hostile(format!("is not valid JSON ({e})")))?;
+    let found = value.get("version").and_then(serde_json::Value::as_u64);
+    if found != Some(u64::from(version)) {
+        let found = found.map_or_else(|| "none".to_string(), |v| v.to_string());
+        return Err(hostile(format!("has format version {found}, and this hcp reads {version}")));
+    }
+    serde_json::from_value(value).map_err(|e| hostile(format!("is not such a record ({e})")))
+}
+
+/// One record; `None` if it went away since its directory was read (a
+/// concurrent remove).
+fn load(path: &Path, owner: u32) -> Result<Option<Session>> {
+    const WHAT: &str = "session record";
+    let hostile = |problem: String| hostile(WHAT, path, problem);
+    let Some(text) = read_private_file(path, owner, WHAT)? else {
+        return Ok(None);
+    };
     let stem = path.file_stem().and_then(OsStr::to_str).unwrap_or_default();
     if !is_session_id(stem) {
-        return Err(hostile(path, "is not named after an hcp session (hcpN.json)"));
+        return Err(hostile("is not named after an hcp session (hcpN.json)".into()));
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| hostile(path, format!("is not valid JSON ({e})")))?;
-    let version = value.get("version").and_then(serde_json::Value::as_u64);
-    if version != Some(u64::from(RECORD_VERSION)) {
-        let version = version.map_or_else(|| "none".to_string(), |v| v.to_string());
-        return Err(hostile(path, format!("has format version {version}, and this hcp reads {RECORD_VERSION}")));
-    }
-    let session: Session =
-        serde_json::from_value(value).map_err(|e| hostile(path, format!("is not a session record ({e})")))?;
+    let session: Session = parse_record(&text, RECORD_VERSION, hostile)?;
     if session.id != stem {
-        return Err(hostile(path, format!("describes session {:?}, not {stem}", session.id)));
+        return Err(hostile(format!("describes session {:?}, not {stem}", session.id)));
     }
     if session.snapshot_path != Path::new("/dev").join(&session.id) {
-        return Err(hostile(
-            path,
-            format!("names {} as its snapshot, not /dev/{}", session.snapshot_path.display(), session.id),
-        ));
+        return Err(hostile(format!(
+            "names {} as its snapshot, not /dev/{}",
+            session.snapshot_path.display(),
+            session.id
+        )));
     }
     Ok(Some(session))
 }
@@ -432,10 +457,16 @@ fn save_in(dir: &Path, owner: u32, session: &Session) -> Result<()> {
     if !is_session_id(&session.id) {
         return Err(Error::system(format!("refusing to write a record for {:?}, not an hcp session", session.id)));
     }
-    ensure_dir(dir, owner)?;
-    let path = dir.join(format!("{}.json", session.id));
-    let tmp = dir.join(format!(".{}.json.tmp", session.id));
     let text = serde_json::to_string_pretty(session).expect("records serialise");
+    write_private_file(dir, owner, &format!("{}.json", session.id), text.as_bytes(), "session record")
+}
+
+/// Writes `dir/name` (0600, in a private directory made if missing) so that
+/// a reader, or a crash, sees the old or the new file, never a torn one.
+pub(crate) fn write_private_file(dir: &Path, owner: u32, name: &str, text: &[u8], what: &str) -> Result<()> {
+    ensure_dir(dir, owner)?;
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
     let write = || -> std::io::Result<()> {
         // A leftover of a crashed write goes first: the new one is made
         // with O_EXCL, which never follows a symlink either.
@@ -444,12 +475,12 @@ fn save_in(dir: &Path, owner: u32, session: &Session) -> Result<()> {
             _ => {}
         }
         let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        f.write_all(text.as_bytes())?;
+        f.write_all(text)?;
         f.sync_all()?;
         fs::rename(&tmp, &path)?;
         File::open(dir)?.sync_all()
     };
-    write().map_err(|e| Error::io(format!("writing session record {}", path.display()), e))
+    write().map_err(|e| Error::io(format!("writing {what} {}", path.display()), e))
 }
 
 pub fn delete(id: &str) -> Result<()> {
@@ -821,7 +852,7 @@ mod tests {
                 Box::new(move |p| fs::write(p, serde_json::to_vec(&wrong_version).unwrap()).unwrap()),
                 "format version 99",
             ),
-            ("hcp1.json", Box::new(|p| fs::write(p, b"{\"version\": 1}").unwrap()), "is not a session record"),
+            ("hcp1.json", Box::new(|p| fs::write(p, b"{\"version\": 1}").unwrap()), "is not such a record"),
             (
                 "hcp7.json",
                 Box::new(move |p| fs::write(p, record(&sample("hcp1"))).unwrap()),

@@ -50,6 +50,35 @@ impl LoopDevice {
     pub fn devnum(&self) -> DevNum {
         DevNum::of_block_device(&self.path).expect("loop device number")
     }
+
+    /// A disk with an MBR partition table holding one Linux partition,
+    /// from 1 MiB to the end, which the kernel scans: returns the disk and
+    /// its partition (`/dev/loopNp1`), a plain partition as `/dev/sdc1` is.
+    pub fn partitioned(size_bytes: u64) -> (LoopDevice, PathBuf) {
+        let backing = std::env::temp_dir().join(format!("hcp-test-{}-{}.img", std::process::id(), unique()));
+        let sectors = size_bytes / 512;
+        let mut mbr = [0u8; 512];
+        // One primary entry at 446: type 0x83, first LBA, sector count
+        // (the CHS fields are unused by Linux).
+        mbr[446 + 4] = 0x83;
+        mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+        mbr[446 + 12..446 + 16].copy_from_slice(&((sectors - 2048) as u32).to_le_bytes());
+        mbr[510..].copy_from_slice(&[0x55, 0xaa]);
+        let f = File::create(&backing).expect("create backing file");
+        f.set_len(size_bytes).unwrap();
+        f.write_all_at(&mbr, 0).unwrap();
+        drop(f);
+        let path = run("losetup", &["--find", "--show", "--partscan", backing.to_str().expect("utf-8 path")]);
+        let disk = LoopDevice { path: PathBuf::from(path.trim()), backing };
+        let part = PathBuf::from(format!("{}p1", disk.path.display()));
+        // devtmpfs makes the node from a kernel thread: wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while DevNum::of_block_device(&part).is_err() {
+            assert!(std::time::Instant::now() < deadline, "{} did not appear", part.display());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        (disk, part)
+    }
 }
 
 impl Drop for LoopDevice {
@@ -343,7 +372,22 @@ impl SystemState {
             names
         };
         let records = names_in("/run/hcp/sessions").into_iter().map(|n| n["/run/hcp/sessions/".len()..].to_string());
-        let files = [names_in("/var/lib/hcp"), names_in("/var/hcp")].concat();
+        let files = [names_in("/var/lib/hcp"), names_in("/var/hcp"), names_in("/etc/hcp/enrolled")].concat();
         SystemState { dm: names, loops, mounts, records: records.collect(), files }
     }
+}
+
+/// Whether hcp's helper process `kind` (`__autoextend`, `__guard`) runs,
+/// for session `id` or any.
+pub fn helper_running(kind: &str, id: Option<&str>) -> bool {
+    fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()).any(|e| {
+        let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+        args.len() >= 3
+            && args[1] == kind.as_bytes()
+            && id.is_none_or(|id| args[2] == id.as_bytes())
+            && !matches!(state, Some('Z' | 'X'))
+    })
 }

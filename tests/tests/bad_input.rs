@@ -11,6 +11,8 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use hcp::dm::device::Dm;
+use hcp::dm::table::{Linear, TargetParams};
 use hcp_tests::{hcp_bin, hcp_json, require_root, run, serial, temp_dir, Fs, LoopDevice, Output, SystemState, Volume};
 use serde_json::Value;
 
@@ -128,6 +130,12 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
     let real = format!("/dev/mapper/{}-real", vol.name);
     let tiny = LoopDevice::new(512 << 10);
     let free = LoopDevice::new(16 << 20);
+    // A device mapped whole by one dm-linear device is snapshotted through
+    // it (see the enroll tests); one mapped in part is in use.
+    let half = LoopDevice::new(16 << 20);
+    let half_line = Linear { device: half.devnum(), offset: 0 }.table_line(8 << 11);
+    Dm::open().unwrap().create("t-bad-half", "TEST-t-bad-half", &[half_line]).unwrap();
+    let partly_mapped = half.path.to_str().unwrap().to_string();
     let under = vol.loop_dev.path.to_str().unwrap().to_string();
     let (plain_dev, plain_mnt_s, a_file_s) =
         (plain.path.to_str().unwrap(), plain_mnt.to_str().unwrap(), a_file.to_str().unwrap());
@@ -154,12 +162,12 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
         case(&["start", &hcp_dev], 2, "is an hcp snapshot", "snapshot the origin instead"),
         case(&["start", &real], 2, "is the data device under an hcp origin", "snapshot the origin instead"),
         case(&["start", &store_loop], 2, &format!("is the store of hcp session {id}"), "snapshot the origin instead"),
-        case(&["start", plain_dev], 5, "is mounted at", "unmount"),
+        case(&["start", plain_dev], 5, "is mounted at", "hcp enroll --now"),
         case(
-            &["start", &under],
+            &["start", &partly_mapped],
             4,
-            "is in use by device /dev/mapper/t-bad-real built on it",
-            "snapshot /dev/mapper/t-bad",
+            "is in use by device /dev/mapper/t-bad-half built on it",
+            "snapshot /dev/mapper/t-bad-half",
         ),
         case(&["start", "4095:4095"], 3, "no block device 4095:4095", "give an existing one"),
         case(&["start", ""], 2, "the device name is empty", "give a block device"),
@@ -330,6 +338,7 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
 
     run("umount", &[plain_mnt_s]);
     hcp_json(&["remove", &hcp_dev]);
+    Dm::open().unwrap().remove("t-bad-half").unwrap();
     fs::remove_dir_all(&elsewhere).unwrap();
 }
 

@@ -127,7 +127,7 @@ fn hcp_commands_racing_on_shared_and_separate_origins_leave_consistent_state() {
     }
 
     // Records, `hcp -l` and dm agree.
-    let listed = hcp_json(&["list"]);
+    let listed = hcp_json(&["list"])["sessions"].clone();
     let listed = listed.as_array().expect("a list");
     let started_ids = ids(sessions.iter().copied());
     assert_eq!(started_ids.len(), 4, "four distinct sessions: {started_ids:?}");

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use hcp::dm::device::Dm;
 use hcp_tests::{
-    assert_files, assert_matches_stats_schema, hcp, hcp_bin, hcp_json, hcp_json_exit, require_root, run, serial,
-    temp_dir, write_files, Fs, LoopDevice, SystemState, Volume,
+    assert_files, assert_matches_stats_schema, hcp, hcp_bin, hcp_json, hcp_json_exit, helper_running, require_root,
+    run, serial, temp_dir, write_files, Fs, LoopDevice, SystemState, Volume,
 };
 use serde_json::Value;
 
@@ -87,7 +87,7 @@ fn live_snapshot_is_consistent(fs_type: Fs) {
     let origin_log = fs::metadata(origin_dir.join("stream.log")).unwrap().len();
     assert!(origin_log > snap_log, "origin log {origin_log} bytes, snapshot's {snap_log}: the origin moved on");
 
-    let listed = hcp_json(&["list"]);
+    let listed = hcp_json(&["list"])["sessions"].clone();
     let entry = listed.as_array().unwrap().iter().find(|e| e["virtual_device"] == started["snapshot"]).expect("listed");
     assert_eq!(entry["state"], "active", "{entry}");
     assert!(entry["changed_bytes"].as_u64().unwrap() >= 8 * 64 * 1024, "overwrites were copied aside: {entry}");
@@ -168,7 +168,7 @@ fn a_full_store_invalidates_the_snapshot_not_the_origin() {
     fs::write(dir.join("big.bin"), &big).unwrap();
     run("sync", &[]);
     // An invalid session is listed, and makes the listing exit 7.
-    let listed = hcp_json_exit(&["list"], 7);
+    let listed = hcp_json_exit(&["list"], 7)["sessions"].clone();
     let entry = listed.as_array().unwrap().iter().find(|e| e["session"] == started["session"]).unwrap();
     assert_eq!(entry["state"], "invalid", "{entry}");
     // The origin keeps working.
@@ -596,7 +596,7 @@ fn a_failed_start_never_leaves_the_origin_frozen_suspended_or_changed() {
     let before = SystemState::take();
     let vol_path = vol.path().to_str().unwrap().to_string();
     let steps = &hcp::fault::STEPS[..7];
-    assert!(steps.iter().all(|s| !s.starts_with("remove-")), "{steps:?}");
+    assert!(steps.iter().all(|s| s.starts_with("after-") || s.starts_with("before-")), "{steps:?}");
     for step in steps {
         for action in ["error", "panic", "kill", "hang"] {
             let case = format!("{step}:{action}");
@@ -608,7 +608,7 @@ fn a_failed_start_never_leaves_the_origin_frozen_suspended_or_changed() {
             // a killed hcp leaves a session `list` calls incomplete.
             let clean = matches!(action, "error" | "panic");
             if !clean {
-                let listed = hcp_json(&["list"]);
+                let listed = hcp_json(&["list"])["sessions"].clone();
                 assert!(
                     listed.as_array().unwrap().iter().any(|s| s["state"] == "incomplete"),
                     "{case}: list shows the leftover: {listed} ({stderr})"
@@ -631,9 +631,9 @@ fn a_failed_remove_is_finished_by_recover() {
     let files = write_files(&dir, "before");
     let before = SystemState::take();
     let vol_path = vol.path().to_str().unwrap().to_string();
-    let steps = &hcp::fault::STEPS[7..];
-    assert!(steps.iter().all(|s| s.starts_with("remove-")), "{steps:?}");
-    for step in steps {
+    let steps: Vec<&str> = hcp::fault::STEPS.iter().copied().filter(|s| s.starts_with("remove-")).collect();
+    assert_eq!(steps.len(), 8, "{steps:?}");
+    for step in &steps {
         for action in ["error", "panic", "kill", "hang"] {
             let case = format!("{step}:{action}");
             // A complete session, its snapshot mounted, taken after a write
@@ -646,7 +646,7 @@ fn a_failed_remove_is_finished_by_recover() {
             if *step == "remove-after-unmount" {
                 // Failed before the session was marked as going: it is still
                 // complete (unmounted), and `remove` takes it from there.
-                let listed = hcp_json(&["list"]);
+                let listed = hcp_json(&["list"])["sessions"].clone();
                 assert_eq!(listed[0]["state"], "active", "{case}: {listed} ({stderr})");
                 hcp_json(&["remove", &id]);
                 assert_recovered(&case, name, &dir, &files, &before, true);
@@ -703,21 +703,6 @@ impl Drop for Fio {
 /// zombie, does not).
 fn monitor_running(id: &str) -> bool {
     helper_running("__autoextend", Some(id))
-}
-
-/// Whether hcp's helper process `kind` (`__autoextend`, `__guard`) runs,
-/// for session `id` or any.
-fn helper_running(kind: &str, id: Option<&str>) -> bool {
-    fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()).any(|e| {
-        let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
-        args.len() >= 3
-            && args[1] == kind.as_bytes()
-            && id.is_none_or(|id| args[2] == id.as_bytes())
-            && !matches!(state, Some('Z' | 'X'))
-    })
 }
 
 /// `allocated/total` sectors of snapshot `id`, None once it is invalid.
@@ -989,7 +974,7 @@ fn a_write_burst_three_times_the_store_survives_with_autoextend_and_invalidates_
     let log = PathBuf::from(started["autoextend"]["log"].as_str().expect("the monitor's log"));
     assert!(monitor_running(&id), "the monitor runs once start has returned");
     let waited = paced_burst(&dev, &id, BURST, PIECE, Some(80), Duration::from_secs(2));
-    let listed = hcp_json(&["list"]);
+    let listed = hcp_json(&["list"])["sessions"].clone();
     let entry = listed.as_array().unwrap().iter().find(|e| e["session"] == id.as_str()).unwrap().clone();
     let log_text = fs::read_to_string(&log).unwrap();
     eprintln!("burst of {BURST} bytes with auto-extend: waited {waited:?} for the monitor\n{log_text}{entry:#}");
@@ -1025,6 +1010,7 @@ fn a_write_burst_three_times_the_store_survives_with_autoextend_and_invalidates_
         assert_eq!(out.code, 7, "hcp {args:?}: {}{}", out.stdout, out.stderr);
         assert!(out.stderr.contains("invalid") && out.stderr.contains(&id), "hcp {args:?}: {}", out.stderr);
         let value: Value = serde_json::from_str(&out.stdout).unwrap();
+        let value = if args[0] == "list" { value["sessions"].clone() } else { value };
         let state = match &value {
             Value::Array(entries) => entries.iter().find(|e| e["session"] == id.as_str()).unwrap()["state"].clone(),
             stats => {

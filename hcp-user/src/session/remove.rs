@@ -106,6 +106,11 @@ fn find_targets(target: &str, sessions: &[Session]) -> Result<Vec<String>> {
         return Ok(vec![s.id.clone()]);
     }
     if let Ok(dev) = BlockDevice::resolve(target) {
+        // An enrolled partition's sessions are its mapping's.
+        let dev = match Dm::open() {
+            Ok(dm) => crate::passthrough::acting_device(&dm, dev)?,
+            Err(_) => dev,
+        };
         let of_origin: Vec<String> = sessions.iter().filter(|s| is_origin_of(s, &dev)).map(|s| s.id.clone()).collect();
         if !of_origin.is_empty() {
             return Ok(of_origin);

@@ -287,6 +287,11 @@ pub struct Shown {
 pub fn show(device: &str) -> Result<Shown> {
     let dev = BlockDevice::resolve(device)?;
     let sessions = state::load_all()?;
+    // An enrolled partition's sessions are its mapping's.
+    let dev = match Dm::open() {
+        Ok(dm) => crate::passthrough::acting_device(&dm, dev)?,
+        Err(_) => dev,
+    };
     let of_dev: Vec<&Session> = sessions.iter().filter(|s| is_origin_of(s, &dev)).collect();
     if state::lock_holder().is_none() {
         if let Ok(dm) = Dm::open() {

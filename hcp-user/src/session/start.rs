@@ -171,7 +171,9 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         Some(path) => Some(super::trace::check_report_path(path)?),
         None => None,
     };
-    let named = BlockDevice::resolve(&opts.device)?;
+    // A partition under a pass-through mapping (enrolled) is snapshotted
+    // through the mapping, where its filesystem is mounted.
+    let named = crate::passthrough::acting_device(&dm, BlockDevice::resolve(&opts.device)?)?;
     let plan = plan_origin(&dm, &named, &sessions, &mounts)?;
     let (origin_dev, origin_label) = match &plan {
         OriginPlan::Live { name, .. } => (BlockDevice::from_devnum(dm_devnum(&dm, name)?)?, name.clone()),
@@ -493,9 +495,9 @@ fn plan_origin(dm: &Dm, named: &BlockDevice, sessions: &[Session], mounts: &Moun
         }
         if let Some(m) = mounts.mounts_of(named.devnum).first() {
             return Err(Error::refused(format!(
-                "{} is mounted at {} and is not a device-mapper device: device-mapper cannot be slid under a mounted \
-                 plain partition. Snapshot an LVM or dm volume instead, or unmount {} and run hcp again (it then wraps \
-                 the device)",
+                "{} is mounted at {} and is not enrolled: device-mapper cannot be slid under a mounted plain \
+                 partition. Enroll it once (`hcp enroll --now {}` remounts it through a pass-through mapping, a \
+                 short planned interruption), then snapshot it live",
                 shown.display(),
                 m.mount_point.display(),
                 shown.display()
@@ -515,6 +517,14 @@ fn plan_origin(dm: &Dm, named: &BlockDevice, sessions: &[Session], mounts: &Moun
                 shown.display(),
                 holder.display_path().display(),
                 suggested.display()
+            )));
+        }
+        if let Some(enrolled) = crate::enroll::enrollment_of(named)? {
+            return Err(Error::refused(format!(
+                "{} is enrolled, but its mapping {} is missing: run `hcp activate`, mount the filesystem through the \
+                 mapping, then snapshot it",
+                shown.display(),
+                enrolled.mapping_path().display()
             )));
         }
         check_not_open_exclusively(&shown)?;

@@ -68,6 +68,7 @@ pub fn switch(
     let plan = crate::guard::Plan {
         resume: vec![origin.to_string()],
         thaw: mounted_at.map(Path::to_path_buf).into_iter().collect(),
+        remount: None,
         deadline: crate::guard::deadline()?,
     };
     // Dropped last: by then hcp has restored what it could itself.
