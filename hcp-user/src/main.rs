@@ -136,12 +136,19 @@ fn run(action: Action) -> Result<ExitCode, Error> {
         }
         Action::FollowStats(session, interval) => {
             use std::io::Write;
+            let mut invalid = None;
             hcp::session::follow_stats(&session, interval, |figures| {
                 // A closed pipe (the reader went away) ends the stream.
                 let line = serde_json::to_string(figures).expect("stats serialise");
-                writeln!(std::io::stdout(), "{line}").and_then(|()| std::io::stdout().flush()).is_ok()
+                let written = writeln!(std::io::stdout(), "{line}").and_then(|()| std::io::stdout().flush()).is_ok();
+                // So does the snapshot's end: its figures stop there, and
+                // the exit status says so, as for `hcp stats`.
+                if figures.state == Some(SessionState::Invalid) {
+                    invalid = Some(figures.session.clone());
+                }
+                written && invalid.is_none()
             })?;
-            Ok(ExitCode::SUCCESS)
+            Ok(invalid_exit(invalid.iter().map(String::as_str), "its figures stop where it was dropped"))
         }
         Action::TraceAttach(session, json) => {
             let snapshot = hcp::session::trace_attach(&session)?;

@@ -15,6 +15,8 @@
 //! |---|---|---|---|
 //! | `hcp_session_info` | gauge, always 1 | `session`, `origin` | `session`, `origin` |
 //! | `hcp_session_traced_since_timestamp_seconds` | gauge | `session` | `traced_since_unix` (none when 0: untraced) |
+//! | `hcp_session_state` | gauge, 1 or 0 | `session`, `state` | `state`: one series per state, 1 for the session's |
+//! | `hcp_store_size_bytes`, `hcp_store_used_bytes`, `hcp_store_quota_bytes` | gauge | `session` | `store.size_bytes`, `.used_bytes`, `.quota_bytes` |
 //! | `hcp_io_bios_total` | counter | `session`, `kind` | `app_writes.count`, `app_reads.count`, `snapshot_reads.count`, `snapshot_writes.count` |
 //! | `hcp_io_bytes_total` | counter | `session`, `kind` | the same, `.bytes` |
 //! | `hcp_copy_out_<field>_total` | counter | `session` | each field of `copy_out` |
@@ -58,6 +60,7 @@ use std::fmt::{self, Write as _};
 
 use hcp_common::hist::{bucket_of, LatencyHist, LINEAR_BUCKETS, OCTAVES, UNIT_NS};
 
+use crate::session::SessionState;
 use crate::stats::{Losses, NamedHistogram, SessionStats, Traffic};
 
 /// The `le` edges of `hcp_latency_seconds`, in nanoseconds: 2^10 to 2^36,
@@ -82,7 +85,7 @@ const NS_PER_S: f64 = 1e9;
 type Figure = fn(&SessionStats) -> Option<Value>;
 
 /// The families with one unlabelled (but for `session`) sample per session.
-const SCALARS: [(&str, &str, &str, Figure); 17] = [
+const SCALARS: [(&str, &str, &str, Figure); 20] = [
     ("hcp_session_traced_since_timestamp_seconds", GAUGE, "Unix time since which the session is traced", |s| {
         (s.traced_since_unix > 0).then_some(Value::Int(s.traced_since_unix))
     }),
@@ -161,6 +164,29 @@ const SCALARS: [(&str, &str, &str, Figure); 17] = [
     ("hcp_switch_lost_events", GAUGE, "Freeze, suspend and write-stall events not recorded at the snapshot", |s| {
         Some(Value::Int(s.freeze.kernel.as_ref()?.lost_events))
     }),
+    ("hcp_store_size_bytes", GAUGE, "The store's size now (it grows with --autoextend)", |s| {
+        Some(Value::Int(s.store.as_ref()?.size_bytes))
+    }),
+    (
+        "hcp_store_used_bytes",
+        GAUGE,
+        "Store bytes in use, data and metadata (none once the snapshot is invalid): at the size, dm drops the \
+         snapshot",
+        |s| s.store.as_ref()?.used_bytes.map(Value::Int),
+    ),
+    ("hcp_store_quota_bytes", GAUGE, "The most the store may take (its size, unless it grows)", |s| {
+        Some(Value::Int(s.store.as_ref()?.quota_bytes))
+    }),
+];
+
+/// The values of `hcp_session_state`'s `state` label, as in `list`.
+const STATES: [SessionState; 6] = [
+    SessionState::Active,
+    SessionState::Invalid,
+    SessionState::Merging,
+    SessionState::Starting,
+    SessionState::Removing,
+    SessionState::Incomplete,
 ];
 
 /// The traffic of one kind of a session.
@@ -194,6 +220,20 @@ pub fn render(stats: &[SessionStats]) -> String {
         info.sample(&s.session, "", &[("origin", &s.origin.to_string_lossy())], Value::Int(1));
     }
     info.write_to(&mut out);
+
+    // One series per state, 1 for the session's: an alert on
+    // `hcp_session_state{state="invalid"} == 1` needs no regex.
+    let mut state = Family::new("hcp_session_state", GAUGE, "The session's state (1) and the others (0), as hcp -l");
+    for s in stats {
+        if let Some(now) = s.state {
+            for st in STATES {
+                let name =
+                    serde_json::to_value(st).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+                state.sample(&s.session, "", &[("state", &name)], Value::Int(u64::from(st == now)));
+            }
+        }
+    }
+    state.write_to(&mut out);
 
     let mut bios =
         Family::new("hcp_io_bios_total", COUNTER, "Bios of applications on the origin and of the snapshot device");
@@ -621,6 +661,14 @@ pub(crate) mod tests {
         let mut stats = compute(&session("hcp1", "/dev/vdb"), &counters(), 2);
         stats.freeze.frozen_seconds = Some(0.25);
         stats.freeze.suspended_seconds = Some(0.125);
+        stats.state = Some(SessionState::Invalid);
+        stats.store = Some(crate::stats::StoreUse {
+            size_bytes: 1 << 20,
+            used_bytes: None,
+            use_percent: None,
+            quota_bytes: 4 << 20,
+            autoextend: true,
+        });
         let text = render(&[stats]);
         let samples = check(&text);
         let one = [("session", "hcp1")];
@@ -633,6 +681,11 @@ pub(crate) mod tests {
         assert_eq!(value(&samples, "hcp_copy_out_store_data_bytes_total", &one), 8192.0);
         assert_eq!(value(&samples, "hcp_write_amplification_ratio", &one), 16384.0 / 12288.0);
         assert_eq!(value(&samples, "hcp_frozen_seconds", &one), 0.25);
+        assert_eq!(value(&samples, "hcp_session_state", &[("session", "hcp1"), ("state", "invalid")]), 1.0);
+        assert_eq!(value(&samples, "hcp_session_state", &[("session", "hcp1"), ("state", "active")]), 0.0);
+        assert_eq!(samples.iter().filter(|s| s.name == "hcp_session_state").count(), 6, "one series per state");
+        assert_eq!(value(&samples, "hcp_store_size_bytes", &one), 1048576.0);
+        assert_eq!(value(&samples, "hcp_store_quota_bytes", &one), 4194304.0);
         assert_eq!(value(&samples, "hcp_suspended_seconds", &one), 0.125);
         assert_eq!(value(&samples, "hcp_lost_events_total", &[("reason", "inflight_full")]), 2.0);
         assert_eq!(value(&samples, "hcp_lost_events_total", &[("reason", "unmatched")]), 5.0);
@@ -644,7 +697,7 @@ pub(crate) mod tests {
         assert_eq!(value(&samples, "hcp_latency_seconds_bucket", &[("kind", "app_write"), ("le", "0.002097152")]), 3.0);
         check_histograms(&samples);
         // Null figures have no sample, and families without one are left out.
-        for absent in ["hcp_read_amplification_ratio", "hcp_freeze_call_seconds"] {
+        for absent in ["hcp_read_amplification_ratio", "hcp_freeze_call_seconds", "hcp_store_used_bytes"] {
             assert!(!text.contains(absent), "{absent} in\n{text}");
         }
         assert!(find(&samples, "hcp_latency_seconds_count", &kind("app_read")).is_none());

@@ -210,6 +210,9 @@ fn fstab_change(f: &FstabChange, prefix: &str, what: &str, missing: &str) {
                 None => println!("{indent}(`--edit-fstab` makes this change, keeping a backup)"),
             }
         }
+        (Some(line), Some(_), None) => {
+            println!("{prefix}{} line {line} is as it must be: nothing to change there", f.path)
+        }
         _ => println!("{prefix}{missing}"),
     }
 }

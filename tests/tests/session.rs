@@ -1020,6 +1020,24 @@ fn a_write_burst_three_times_the_store_survives_with_autoextend_and_invalidates_
         };
         assert_eq!(state, "invalid", "hcp {args:?}: {value}");
     }
+    // `stats --follow` prints the interval in which the snapshot ended and
+    // stops there, with the same status.
+    let mut follow = std::process::Command::new(hcp_bin())
+        .args(["stats", &id, "--follow", "--interval", "200ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while follow.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "stats --follow kept following an invalid session");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let out: hcp_tests::Output = follow.wait_with_output().unwrap().into();
+    assert_eq!(out.code, 7, "stats --follow: {}{}", out.stdout, out.stderr);
+    let lines: Vec<Value> = out.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1, "{}", out.stdout);
+    assert_eq!(lines[0]["state"], "invalid", "{}", out.stdout);
     // The origin works on and keeps every write.
     write_direct(&dev, 8, 1, 0x77);
     let mut origin = Vec::new();

@@ -92,7 +92,8 @@ pub struct FstabChange {
     /// 1-based; `None` when fstab has no line for it.
     pub line: Option<usize>,
     pub current: Option<String>,
-    /// The line as it must read (with `--edit-fstab`: as it now reads).
+    /// The line as it must read (with `--edit-fstab`: as it now reads);
+    /// `None` with a `current` line that needs no change.
     pub wanted: Option<String>,
     pub edited: bool,
     /// The copy of fstab made before editing it.
@@ -204,16 +205,22 @@ pub fn enroll(opts: &EnrollOptions) -> Result<Enrolled> {
         size_sectors: raw.size_sectors(),
         fs_uuid,
         enrolled_unix: now_unix(),
-        fstab_source: None,
+        // (Enrolling again keeps what fstab named before the first time.)
+        fstab_source: stale.and_then(|r| r.fstab_source.clone()),
     };
     let fstab_text = fstab::read()?;
     let mapping = record.mapping_path();
     let entry = fstab::entries(&fstab_text).into_iter().find(|e| {
         denotes(&e.source, &raw, record.fs_uuid.as_deref())
+            || Path::new(&e.source) == mapping
             || spec.as_ref().is_some_and(|s| Path::new(&e.mount_point) == s.mount_point)
     });
-    let wanted = entry.as_ref().map(|e| e.changed(&mapping.display().to_string(), fstab::REQUIRES_ACTIVATE, true));
-    if opts.edit_fstab && entry.as_ref().is_some_and(|e| Path::new(&e.source) == mapping) {
+    let names_mapping = entry.as_ref().is_some_and(|e| Path::new(&e.source) == mapping);
+    let wanted = entry
+        .as_ref()
+        .filter(|_| !names_mapping)
+        .map(|e| e.changed(&mapping.display().to_string(), fstab::REQUIRES_ACTIVATE, true));
+    if opts.edit_fstab && names_mapping {
         return Err(Error::usage(format!(
             "--edit-fstab: {} names {} already; enroll without it",
             fstab::PATH,
@@ -234,8 +241,9 @@ pub fn enroll(opts: &EnrollOptions) -> Result<Enrolled> {
     // The record first: if hcp dies from here on, `hcp activate` (or
     // `unenroll`) finds an enrollment to complete or undo.
     record::save(&record)?;
-    // Taken back if the mapping is not made, whether by an error or a panic.
-    let unsaved = Unsave(Some(&record));
+    // Taken back if the mapping is not made, whether by an error or a panic
+    // (an earlier, incomplete enrollment stays as it was).
+    let unsaved = Unsave(stale.is_none().then_some(&record));
     let remounted = match &spec {
         None => create_mapping(&dm, &record, raw.devnum).map(|_| None)?,
         Some(spec) => Some(move_mount(
@@ -343,6 +351,14 @@ pub fn unenroll(opts: &UnenrollOptions) -> Result<Unenrolled> {
             }
             mapping_removed = Some(mapping.clone());
             raw
+        }
+        None if dm.exists(&record.name)? => {
+            return Err(Error::refused(format!(
+                "{} has a table hcp did not make (not one linear line over a whole device): inspect it \
+                 (`dmsetup table {}`) and remove it by hand",
+                mapping.display(),
+                record.name
+            )))
         }
         None => record.device.clone(),
     };
