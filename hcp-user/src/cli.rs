@@ -136,6 +136,7 @@ enum Command {
     /// mounted: a pass-through dm-linear mapping (hcp-<name>) through which
     /// its filesystem is mounted from then on.
     Enroll {
+        /// The partition (or any plain device), by any name: /dev/sdc1, /dev/disk/by-*, MAJOR:MINOR.
         device: String,
         /// If it is mounted: unmount it, map it and mount it again through
         /// the mapping, at the same place with the same options (a short

@@ -588,15 +588,23 @@ impl Lock {
                 let mut holder = [0u8; 16];
                 let n = file.read_at(&mut holder, 0).unwrap_or(0);
                 let holder = std::str::from_utf8(&holder[..n]).unwrap_or_default().trim();
-                let pid = holder.parse::<u32>().map(|p| format!(" (pid {p})")).unwrap_or_default();
+                // The pid written by the last hcp to take the lock: the
+                // holder's only if that process is an hcp still running
+                // (anything may flock the file).
                 let waited = if timeout.is_zero() {
                     String::new()
                 } else {
                     format!(" (waited {:.0} s; HCP_LOCK_TIMEOUT=SECONDS waits longer)", waited.as_secs_f64())
                 };
-                return Err(Error::busy(format!(
-                    "another hcp command{pid} is changing sessions: retry when it has finished{waited}"
-                )));
+                return Err(Error::busy(match holder.parse::<u32>() {
+                    Ok(pid) if is_hcp_process(pid) => format!(
+                        "another hcp command (pid {pid}) is changing sessions: retry when it has finished{waited}"
+                    ),
+                    _ => format!(
+                        "{shown} is held by a process that is not a running hcp (`fuser -v {shown}` names it): \
+                         retry when it has let go{waited}"
+                    ),
+                }));
             }
             std::thread::sleep(POLL.min(timeout - waited));
         }
@@ -605,6 +613,11 @@ impl Lock {
             .map_err(|e| Error::io(&shown, e))?;
         Ok(Lock { _file: file })
     }
+}
+
+/// Whether `pid` is a running hcp.
+fn is_hcp_process(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "hcp")
 }
 
 /// The pid of the hcp command changing sessions now, if one is: a reader
@@ -903,8 +916,11 @@ mod tests {
         let err = Lock::acquire_in(&dir, me(), Duration::ZERO).err().expect("busy");
         assert!(began.elapsed() < Duration::from_millis(200), "0 fails at once");
         assert_eq!(err.kind, Kind::Busy, "{err}");
+        // The holder (this test) is not an hcp process: its pid is not
+        // passed off as an hcp command's.
         let pid = std::process::id();
-        assert!(err.message().contains(&format!("another hcp command (pid {pid}) is changing sessions")), "{err}");
+        assert!(!err.message().contains(&format!("pid {pid}")), "{err}");
+        assert!(err.message().contains("is held by a process that is not a running hcp"), "{err}");
         assert!(!err.message().contains("waited"), "{err}");
 
         let began = Instant::now();
