@@ -24,6 +24,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 use super::report::{significant, Figure, Section, Target};
+use super::Part;
 use crate::workspace_root;
 
 /// Where hcp pins its tracer: the benchmark needs it to itself.
@@ -72,14 +73,39 @@ const LOOP_BYTES: u64 = 256 << 20;
 /// Devices the capacity part drives at once.
 const CAPACITY_DEVICES: usize = 4;
 
-pub fn run(quick: bool) -> Result<Vec<Section>> {
+/// Runs the host `parts` (of [`Part::Tracing`], [`Part::Capacity`] and
+/// [`Part::Memory`]), in that order.
+pub fn run(quick: bool, parts: &[Part]) -> Result<Vec<Section>> {
     let plan = Plan::new(quick);
     preflight()?;
     let bins = Bins::build()?;
-    let overhead = timed("tracing overhead", || tracing_overhead(&bins, &plan))?;
-    let capacity = timed("tracer capacity", || tracer_capacity(&bins, &plan))?;
-    let memory = timed("memory", || memory(&bins, &plan, &overhead.1, &capacity.1))?;
-    Ok(vec![overhead.0, capacity.0, memory])
+    let mut sections = Vec::new();
+    let mut one = None;
+    if parts.contains(&Part::Tracing) {
+        let (section, traced) = timed("tracing overhead", || tracing_overhead(&bins, &plan))?;
+        sections.push(section);
+        one = Some(traced);
+    }
+    let mut several = None;
+    if parts.contains(&Part::Capacity) {
+        let (section, traced) = timed("tracer capacity", || tracer_capacity(&bins, &plan))?;
+        sections.push(section);
+        several = Some(traced);
+    }
+    if parts.contains(&Part::Memory) {
+        // The memory part reads the BPF memory and the loader's RSS off
+        // traced runs: those of the parts above, or short ones of its own.
+        let one = match one {
+            Some(runs) => runs,
+            None => timed("memory: a traced run on 1 device", || traced_runs(&bins, 1))?,
+        };
+        let several = match several {
+            Some(runs) => runs,
+            None => timed("memory: a traced run on several devices", || traced_runs(&bins, CAPACITY_DEVICES))?,
+        };
+        sections.push(timed("memory", || memory(&bins, &plan, &one, &several))?);
+    }
+    Ok(sections)
 }
 
 fn timed<T>(what: &str, part: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -200,6 +226,14 @@ fn bpftrace_script(kernel_dev: u32) -> String {
 /// What the other parts use from a traced run: the driver's last report.
 struct TracedRuns {
     reports: Vec<Value>,
+}
+
+/// One short hcp-traced fio run on `devices` loop devices, for the memory
+/// part when the parts that would have made such runs are not run.
+fn traced_runs(bins: &Bins, devices: usize) -> Result<TracedRuns> {
+    let devices = (0..devices).map(LoopDevice::new).collect::<Result<Vec<_>>>()?;
+    let run = measured_run(Case::Hcp, bins, &devices, 2)?;
+    Ok(TracedRuns { reports: vec![run.trace.context("the traced run made no report")?] })
 }
 
 fn tracing_overhead(bins: &Bins, plan: &Plan) -> Result<(Section, TracedRuns)> {
@@ -642,7 +676,7 @@ fn memory(bins: &Bins, plan: &Plan, one: &TracedRuns, several: &TracedRuns) -> R
          host, without device-mapper or sessions, {repeats} run(s) each.{refused} The tracer's loader is the \
          benchmark driver, which makes the same library calls as `hcp start --trace` (load the object with \
          this kernel's offsets from tracefs and BTF, attach, pin, add the devices) and then reads every map, \
-         as `hcp stats` does; its figure is from the traced runs of the two parts above. BPF memory: the \
+         as `hcp stats` does; its figure is from the traced runs of the two parts above (or, when they are not run, one short traced run of its own for each device count). BPF memory: the \
          `memlock` of each map and program of the pinned set, read from /proc/self/fdinfo while the \
          devices are traced, after the load (the latency histograms are allocated per key, on first use).\
          {breakdown}",
