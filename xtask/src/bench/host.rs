@@ -179,11 +179,10 @@ enum Case {
     Hcp,
     Bpftrace,
     Floor,
-    FloorBtf,
 }
 
 impl Case {
-    const ALL: [Case; 5] = [Case::None, Case::Hcp, Case::Bpftrace, Case::Floor, Case::FloorBtf];
+    const ALL: [Case; 4] = [Case::None, Case::Hcp, Case::Bpftrace, Case::Floor];
 
     fn name(self) -> &'static str {
         match self {
@@ -191,7 +190,6 @@ impl Case {
             Case::Hcp => "hcp",
             Case::Bpftrace => "bpftrace",
             Case::Floor => "floor",
-            Case::FloorBtf => "floor_btf",
         }
     }
 
@@ -201,7 +199,6 @@ impl Case {
             Case::Hcp => "traced by hcp",
             Case::Bpftrace => "traced by the bpftrace latency script",
             Case::Floor => "with the floor's empty programs attached",
-            Case::FloorBtf => "with only the floor's four empty tp_btf programs attached",
         }
     }
 }
@@ -348,15 +345,14 @@ fn tracing_overhead(bins: &Bins, plan: &Plan) -> Result<(Section, TracedRuns)> {
     let method = format!(
         "{FIO_LOAD_TEXT}, {runtime} s per run, on one loop device over a {size} MiB file in /dev/shm (tmpfs), \
          on the host ({kernel}, {cpus} CPUs). {rounds} rounds; each round runs every case once, untraced, \
-         traced by hcp, traced by bpftrace, and the two floors, the starting case rotating from round to round, \
+         traced by hcp, traced by bpftrace, and the floor, the starting case rotating from round to round, \
          so every case sees the same background noise. Ratios are taken within a round; overhead = 1 - ratio. \
-         hcp: its tracer as a traced session attaches it (the pinned set under /sys/fs/bpf/hcp: classic \
-         tracepoints block_bio_queue, block_rq_complete, block_bio_remap and tp_btf block_bio_queue, \
-         block_bio_complete, block_rq_issue, block_rq_complete), the device added as a session's. \
+         hcp: its tracer as a traced session attaches it (the pinned set under /sys/fs/bpf/hcp: one tp_btf \
+         program on each of block_bio_queue, block_bio_remap, block_bio_complete, block_rq_issue and \
+         block_rq_complete, counting and timing), the device added as a session's. \
          bpftrace ({bpftrace}): request latency from block_rq_issue to block_rq_complete (classic tracepoints, \
          keyed by device and sector, filtered to the device) into a histogram per device, biolatency's job. \
-         Floor: empty programs on exactly hcp's seven events with hcp's attach types, loaded alone; \
-         floor_btf: only its four tp_btf ones, what the events cost without classic tracepoints. \
+         Floor: empty programs on exactly hcp's five events with hcp's attach type (tp_btf), loaded alone. \
          CPU per I/O: the busy time of all CPUs (user, nice, system, irq, softirq, steal in /proc/stat) over \
          the fio run, divided by the I/Os fio did: it includes the loop device's worker and the programs \
          wherever they run, and any other load on the machine; fio's own time misses the loop worker. ({fio})",
@@ -397,7 +393,6 @@ fn measured_run(case: Case, bins: &Bins, devices: &[LoopDevice], runtime_s: u32)
         Case::None => Tracer::Nothing,
         Case::Hcp => Tracer::Driver(Driver::start(&bins.driver, "hcp", devices)?),
         Case::Floor => Tracer::Driver(Driver::start(&bins.driver, "floor", &[])?),
-        Case::FloorBtf => Tracer::Driver(Driver::start(&bins.driver, "floor-btf", &[])?),
         Case::Bpftrace => {
             ensure!(devices.len() == 1, "the bpftrace script traces one device");
             Tracer::Bpftrace(Bpftrace::start(&bpftrace_script(devices[0].id.kernel()))?)
@@ -534,10 +529,10 @@ fn tracer_capacity(bins: &Bins, plan: &Plan) -> Result<(Section, TracedRuns)> {
          requests per device (/sys/block/*/stat) is the reference every request must be in. This is the \
          highest load fio drives here: {cpus} CPUs run fio and the loop workers, so `cpu_busy` near 1 means \
          the machine, not the tracer, sets the rate; the tracer's own limits are its in-flight map (65536 \
-         bios and requests) and its histogram map (1024 keys), far from full at this load. The kernel runs \
-         at most one tracepoint-type BPF program per CPU at a time (and a tp_btf program does not nest in \
-         itself): an event that fires while another runs on that CPU (a completion interrupting a \
-         submission) is skipped and counted only in the program's recursion_misses, which is read too.",
+         bios and requests) and its histogram map (1024 keys), far from full at this load. \
+         hcp's programs are tp_btf programs, which the kernel skips only when one would interrupt itself \
+         on a CPU (the same event firing in an interrupt while its program runs): such a run is counted \
+         only in the program's recursion_misses, which is read too.",
         size = LOOP_BYTES >> 20,
         runtime = plan.runtime_s,
         rounds = plan.capacity_rounds,
@@ -646,7 +641,7 @@ fn memory(bins: &Bins, plan: &Plan, one: &TracedRuns, several: &TracedRuns) -> R
         );
         let mut programs = Figure::new(
             &format!("bpf_prog_kib/{devices}dev"),
-            "kernel memory of hcp's seven programs (fdinfo memlock)",
+            "kernel memory of hcp's five programs (fdinfo memlock)",
             "KiB",
         );
         for report in &runs.reports {
