@@ -1,10 +1,12 @@
 //! Byte offsets of kernel struct members, from the running kernel's BTF.
 //!
 //! aya's Rust eBPF programs get no CO-RE field relocations, so they read
-//! kernel structs with `bpf_probe_read_kernel` at offsets that user space
-//! looks up here and writes into read-only globals before load, as it does
-//! for tracepoint records (see `tracefs`). Struct layouts move between
-//! kernels and configs, so hard-coded offsets would read garbage.
+//! kernel structs (with BTF-checked loads in tp_btf programs, with
+//! `bpf_probe_read_kernel` elsewhere) at offsets that user space looks up
+//! here and writes into read-only globals before load, as it does for
+//! tracepoint records (see `tracefs`); the few flag bits they test
+//! (`__REQ_FUA`) are enumerators, looked up here too. Struct layouts move
+//! between kernels and configs, so hard-coded offsets would read garbage.
 //!
 //! aya keeps its BTF types crate-private, so this is a reader of its own for
 //! the part of the format (the kernel's Documentation/bpf/btf.rst) that member
