@@ -96,7 +96,8 @@ pub struct BioStart {
 }
 
 /// Offsets inside kernel structs, read from the running kernel's BTF by
-/// user space and written into the read-only global `BIO_LAYOUT`.
+/// user space and written into the read-only global `BIO_LAYOUT`, and the
+/// one request flag the programs test.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BioLayout {
@@ -104,13 +105,28 @@ pub struct BioLayout {
     pub bio_bdev: u32,
     /// `struct bio` -> `blk_opf_t bi_opf`
     pub bio_opf: u32,
+    /// `struct bio` -> `bi_iter.bi_size` (bytes left to do: all of them
+    /// when the bio is queued or remapped)
+    pub bio_size: u32,
     /// `struct block_device` -> `dev_t bd_dev`
     pub bdev_dev: u32,
+    /// `struct block_device` -> `struct gendisk *bd_disk`
+    pub bdev_disk: u32,
+    /// `struct gendisk` -> `int major`
+    pub disk_major: u32,
+    /// `struct gendisk` -> `int first_minor`
+    pub disk_first_minor: u32,
     /// `struct request` -> `struct block_device *part`
     pub rq_part: u32,
     /// `struct request` -> `blk_opf_t cmd_flags`
     pub rq_cmd_flags: u32,
-    pub _pad: u32,
+    /// `struct request` -> `struct request_queue *q`
+    pub rq_q: u32,
+    /// `struct request_queue` -> `struct gendisk *disk`
+    pub queue_disk: u32,
+    /// `REQ_FUA` (`1 << __REQ_FUA`), the bit of `bi_opf` and `cmd_flags`
+    /// that marks a forced-unit-access write.
+    pub req_fua: u32,
 }
 
 /// Events that could not be measured, per device. Reported beside every

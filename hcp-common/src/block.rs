@@ -1,5 +1,5 @@
-//! Per-device block I/O accounting, filled by the `block_bio_queue`,
-//! `block_rq_complete` and `block_bio_remap` tracepoint programs.
+//! Per-device block I/O accounting, filled by the programs on the
+//! `block_bio_queue`, `block_rq_complete` and `block_bio_remap` events.
 
 /// The direction class of a block I/O, decoded from the tracepoint's `rwbs`
 /// string (see [`IoOp::from_rwbs`]). Used as an index into per-class arrays.
@@ -32,6 +32,22 @@ impl IoOp {
             b'R' => IoOp::Read,
             b'W' => IoOp::Write,
             b'D' => IoOp::Discard,
+            _ => IoOp::Other,
+        }
+    }
+
+    /// The class of `opf` (a bio's `bi_opf`, a request's `cmd_flags`) as
+    /// [`IoOp::from_rwbs`] gives it for the `rwbs` the kernel makes of it
+    /// (`blk_fill_rwbs()`): read 0, write 1, discard 3, secure erase 5;
+    /// everything else (flush 2, write zeroes 9, zone append 13, ...) prints
+    /// as `F` or `N` there, so `Other`. The per-device counts keep the
+    /// classes the block tracepoints' records have always given them.
+    #[inline(always)]
+    pub fn from_opf(opf: u32) -> IoOp {
+        match opf & 0xff {
+            0 => IoOp::Read,
+            1 => IoOp::Write,
+            3 | 5 => IoOp::Discard,
             _ => IoOp::Other,
         }
     }
@@ -85,10 +101,13 @@ pub struct DevIoStats {
     /// Only request-based (blk-mq) devices complete requests; a dm device
     /// never shows up here.
     pub rq_completed: [OpCount; IO_OPS],
-    /// The FUA writes among `bio_queued[Write]` (see [`IoOp::is_fua_write`]).
+    /// The FUA writes among `bio_queued[Write]` (`REQ_FUA`; see [`IoOp::is_fua_write`] for its `rwbs` form).
     pub bio_fua_writes: OpCount,
-    /// Events of this device whose record could not be read (the read of a
-    /// field failed). Counted so that a loss is visible, never silent.
+    /// Events of this device that could not be counted in full: a remap
+    /// whose `DEV_REMAP` entry could not be made (the map full). Counted so
+    /// that a loss is visible, never silent. (Kernel reads that fail are
+    /// not attributable to a device: they are counted with the latency
+    /// losses, under device 0.)
     pub read_errors: u64,
 }
 
@@ -109,36 +128,10 @@ pub struct RemapStats {
     pub ops: [OpCount; IO_OPS],
 }
 
-/// Byte offsets, inside one tracepoint's record, of the fields hcp reads.
-/// User space reads them from the tracepoint's `format` file at load time, so
-/// no kernel's layout is hard-coded.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TpFields {
-    /// `dev_t dev` (4 bytes)
-    pub dev: u32,
-    /// `unsigned int nr_sector` (4 bytes)
-    pub nr_sector: u32,
-    /// `char rwbs[8]`
-    pub rwbs: u32,
-    /// `dev_t old_dev` (4 bytes): `block_bio_remap` only, 0 elsewhere.
-    pub old_dev: u32,
-}
-
-/// The read-only global `BLOCK_TP_LAYOUT` of the eBPF object.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BlockTpLayout {
-    pub bio_queue: TpFields,
-    pub rq_complete: TpFields,
-    pub bio_remap: TpFields,
-}
-
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] integers without padding holes.
     unsafe impl aya::Pod for super::DevIoStats {}
-    unsafe impl aya::Pod for super::BlockTpLayout {}
     unsafe impl aya::Pod for super::RemapKey {}
     unsafe impl aya::Pod for super::RemapStats {}
 }
@@ -192,6 +185,33 @@ mod tests {
             ("F", false),
         ] {
             assert_eq!(IoOp::is_fua_write(&rwbs(s)), fua, "rwbs {s:?}");
+        }
+    }
+
+    #[test]
+    fn opf_classes_match_the_rwbs_the_kernel_makes_of_them() {
+        // (opf, the rwbs blk_fill_rwbs() prints for it), REQ_FUA = 1 << 17,
+        // REQ_PREFLUSH = 1 << 18, REQ_SYNC = 1 << 11, REQ_META = 1 << 12.
+        let (fua, preflush, sync, meta) = (1 << 17, 1 << 18, 1 << 11, 1 << 12);
+        for (opf, s) in [
+            (0, "R"),
+            (sync | meta, "RSM"),
+            (1, "W"),
+            (1 | sync, "WS"),
+            (1 | fua | sync, "WFS"),
+            (1 | preflush | sync, "FWS"),
+            (1 | preflush | fua | sync | meta, "FWFSM"),
+            (2, "F"),
+            (2 | preflush, "FF"),
+            (2 | sync, "FS"),
+            (3, "D"),
+            (5, "DE"),
+            (9, "N"),         // write zeroes
+            (13, "N"),        // zone append
+            (34, "N"),        // a driver-private op
+            (preflush, "FR"), // read (0) with a preflush
+        ] {
+            assert_eq!(IoOp::from_opf(opf), IoOp::from_rwbs(&rwbs(s)), "opf {opf:#x}, rwbs {s:?}");
         }
     }
 

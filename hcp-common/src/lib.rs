@@ -13,5 +13,5 @@ pub mod freeze;
 pub mod hist;
 pub mod stall;
 
-pub use block::{BlockTpLayout, DevIoStats, IoOp, OpCount, RemapKey, RemapStats, TpFields, IO_OPS};
+pub use block::{DevIoStats, IoOp, OpCount, RemapKey, RemapStats, IO_OPS};
 pub use hist::LatencyHist;

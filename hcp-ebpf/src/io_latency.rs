@@ -1,26 +1,17 @@
 //! I/O latency per device, level and direction (see
 //! `hcp_common::bio`): a start is recorded keyed by the bio's or request's
-//! address, and its completion becomes a histogram sample. tp_btf (BTF-typed
-//! raw tracepoints) hands us the kernel objects themselves, which the classic
-//! tracepoint records do not carry.
-//!
-//! aya's Rust programs cannot relocate field offsets (CO-RE), so the offsets
-//! of the few fields read come from the kernel's BTF, via user space, in
-//! `BIO_LAYOUT`.
+//! address, and its completion becomes a histogram sample. Called by the
+//! programs in `block_events`, which hand over the kernel objects
+//! themselves (tp_btf), which the classic tracepoint records do not carry.
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::{btf_tracepoint, map},
+    helpers::bpf_ktime_get_ns,
+    macros::map,
     maps::{HashMap, PerCpuHashMap},
-    programs::BtfTracePointContext,
 };
-use hcp_common::bio::{op_of_opf, BioLayout, BioLosses, BioStart, LatKey, Level, REQUEST_BASED};
+use hcp_common::bio::{op_of_opf, BioLosses, BioStart, LatKey, Level, REQUEST_BASED};
 use hcp_common::hist::LatencyHist;
-
-/// Set by user space before load.
-#[no_mangle]
-static BIO_LAYOUT: BioLayout = BioLayout { bio_bdev: 0, bio_opf: 0, bdev_dev: 0, rq_part: 0, rq_cmd_flags: 0, _pad: 0 };
 
 /// Traced devices (kernel `dev_t`), with their `Role` (for whoever reads
 /// the map) and whether they are request-based (`bio::REQUEST_BASED`).
@@ -49,56 +40,17 @@ static ZERO_HIST: LatencyHist = LatencyHist::zeroed();
 #[map]
 static IO_LOSSES: PerCpuHashMap<u32, BioLosses> = PerCpuHashMap::with_max_entries(256, 0);
 
-#[btf_tracepoint(function = "block_bio_queue")]
-pub fn bio_queue(ctx: BtfTracePointContext) -> i32 {
-    // TP_PROTO(struct bio *bio)
-    let bio: u64 = ctx.arg(0);
-    let layout = layout();
-    on_start(bio, Level::Bio, read_device(bio, layout.bio_bdev, layout.bio_opf, &layout));
-    0
-}
-
-#[btf_tracepoint(function = "block_bio_complete")]
-pub fn bio_complete(ctx: BtfTracePointContext) -> i32 {
-    // TP_PROTO(struct request_queue *q, struct bio *bio)
-    let bio: u64 = ctx.arg(1);
-    let layout = layout();
-    on_complete(bio, || read_device(bio, layout.bio_bdev, layout.bio_opf, &layout));
-    0
-}
-
-#[btf_tracepoint(function = "block_rq_issue")]
-pub fn rq_issue(ctx: BtfTracePointContext) -> i32 {
-    // TP_PROTO(struct request *rq)
-    let rq: u64 = ctx.arg(0);
-    let layout = layout();
-    on_start(rq, Level::Request, read_device(rq, layout.rq_part, layout.rq_cmd_flags, &layout));
-    0
-}
-
-#[btf_tracepoint(function = "block_rq_complete")]
-pub fn rq_complete(ctx: BtfTracePointContext) -> i32 {
-    // TP_PROTO(struct request *rq, blk_status_t error, unsigned int nr_bytes)
-    let rq: u64 = ctx.arg(0);
-    let layout = layout();
-    on_complete(rq, || read_device(rq, layout.rq_part, layout.rq_cmd_flags, &layout));
-    0
-}
-
+/// A kernel read that failed: not attributable to any device, so charged
+/// to device 0, which no block device has, so that it shows up rather than
+/// nothing.
 #[inline(always)]
-fn layout() -> BioLayout {
-    // SAFETY: a read-only global written by user space before load.
-    unsafe { core::ptr::read_volatile(&BIO_LAYOUT) }
+pub fn read_error() {
+    count_loss(0, |l| l.read_errors += 1);
 }
 
+/// `object` (a bio or request of device `dev`, operation `opf`) starts.
 #[inline(always)]
-fn on_start(object: u64, level: Level, device: Option<(u32, u32)>) {
-    let Some((dev, opf)) = device else {
-        // Not attributable: charged to device 0, which no block device has,
-        // so that wrong offsets show up rather than nothing.
-        count_loss(0, |l| l.read_errors += 1);
-        return;
-    };
+pub fn on_start(object: u64, level: Level, dev: u32, opf: u32) {
     if dev == 0 {
         return; // no device (some flush requests): nothing to charge
     }
@@ -117,8 +69,10 @@ fn on_start(object: u64, level: Level, device: Option<(u32, u32)>) {
     }
 }
 
+/// `object` completes; `device` reads its device (and operation) when no
+/// start was recorded.
 #[inline(always)]
-fn on_complete(object: u64, device: impl FnOnce() -> Option<(u32, u32)>) {
+pub fn on_complete(object: u64, device: impl FnOnce() -> Option<(u32, u32)>) {
     // SAFETY: the value is copied out before the entry is deleted.
     let Some(start) = (unsafe { IO_START.get(object) }).copied() else {
         // Only a traced device's completion without a start is a loss.
@@ -142,24 +96,6 @@ fn on_complete(object: u64, device: impl FnOnce() -> Option<(u32, u32)>) {
         // SAFETY: this CPU's copy of our own map value.
         Some(hist) => unsafe { (*hist).record(elapsed) },
         None => count_loss(start.key.dev, |l| l.histogram_full += 1),
-    }
-}
-
-/// `object->bdev_field->bd_dev` and `object->opf_field`: the device and
-/// operation of a bio (`bi_bdev`, `bi_opf`) or a request (`part`,
-/// `cmd_flags`). Device 0 when it has none; `None` when a read failed.
-#[inline(always)]
-fn read_device(object: u64, bdev_field: u32, opf_field: u32, layout: &BioLayout) -> Option<(u32, u32)> {
-    // SAFETY: reads through bpf_probe_read_kernel, which fails cleanly on a
-    // bad address; the offsets come from this kernel's BTF.
-    unsafe {
-        let bdev: u64 = bpf_probe_read_kernel((object + u64::from(bdev_field)) as *const u64).ok()?;
-        let opf: u32 = bpf_probe_read_kernel((object + u64::from(opf_field)) as *const u32).ok()?;
-        if bdev == 0 {
-            return Some((0, opf));
-        }
-        let dev: u32 = bpf_probe_read_kernel((bdev + u64::from(layout.bdev_dev)) as *const u32).ok()?;
-        Some((dev, opf))
     }
 }
 

@@ -3,10 +3,12 @@
 #![no_std]
 #![no_main]
 
+mod block_events;
 mod block_io;
 mod floor;
 mod freeze;
 mod io_latency;
+mod kernel;
 mod write_stall;
 
 /// tp_btf and bpf_probe_read_kernel need a GPL-compatible license.

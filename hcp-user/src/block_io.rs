@@ -1,20 +1,17 @@
 //! Per-device block I/O counts and bytes, by direction, counted in the kernel
-//! by the `block_io` programs: bios queued, requests completed, FUA writes,
-//! and bios passed down from one traced device to another.
+//! by the block programs (`probes::BLOCK_PROGRAMS`): bios queued, requests
+//! completed, FUA writes, and bios passed down from one traced device to
+//! another.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, PerCpuHashMap, PerCpuValues};
-use aya::programs::TracePoint;
 use aya::Ebpf;
 use hcp_common::{DevIoStats, OpCount, RemapKey, RemapStats, IO_OPS};
 
 use crate::devnum::DevNum;
 use crate::probes;
-
-/// The classic tracepoint programs (category `block`), named after their events.
-pub const PROGRAMS: [&str; 3] = ["block_bio_queue", "block_rq_complete", "block_bio_remap"];
 
 /// Counts block I/O of a fixed set of devices while it lives; dropping it
 /// detaches the programs.
@@ -31,7 +28,7 @@ impl BlockIoTracer {
         let mut ebpf = probes::load(probes::Purpose::BlockIo)?;
         let mut counts = PerCpuHashMap::try_from(ebpf.take_map("DEV_IO").context("eBPF object lacks map DEV_IO")?)?;
         add_devices(&mut counts, devices)?;
-        attach_programs(&mut ebpf)?;
+        probes::attach_block_programs(&mut ebpf)?;
         let remaps = PerCpuHashMap::try_from(ebpf.take_map("DEV_REMAP").context("eBPF object lacks map DEV_REMAP")?)?;
         Ok(BlockIoTracer { _ebpf: ebpf, counts, remaps })
     }
@@ -45,17 +42,6 @@ impl BlockIoTracer {
     pub fn remaps(&self) -> Result<BTreeMap<(DevNum, DevNum), RemapStats>> {
         read_remaps(&self.remaps)
     }
-}
-
-/// Loads and attaches the classic tracepoint programs of a loaded object.
-pub fn attach_programs(ebpf: &mut Ebpf) -> Result<()> {
-    for event in PROGRAMS {
-        let prog: &mut TracePoint =
-            ebpf.program_mut(event).with_context(|| format!("eBPF object lacks program {event}"))?.try_into()?;
-        prog.load().with_context(|| format!("loading program {event}"))?;
-        prog.attach("block", event).with_context(|| format!("attaching to tracepoint block:{event}"))?;
-    }
-    Ok(())
 }
 
 /// Starts counting `devices`: the `DEV_IO` map is the filter too, a device

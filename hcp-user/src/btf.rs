@@ -1,10 +1,12 @@
 //! Byte offsets of kernel struct members, from the running kernel's BTF.
 //!
 //! aya's Rust eBPF programs get no CO-RE field relocations, so they read
-//! kernel structs with `bpf_probe_read_kernel` at offsets that user space
-//! looks up here and writes into read-only globals before load, as it does
-//! for tracepoint records (see `tracefs`). Struct layouts move between
-//! kernels and configs, so hard-coded offsets would read garbage.
+//! kernel structs (with BTF-checked loads in tp_btf programs, with
+//! `bpf_probe_read_kernel` elsewhere) at offsets that user space looks up
+//! here and writes into read-only globals before load, as it does for
+//! tracepoint records (see `tracefs`); the few flag bits they test
+//! (`__REQ_FUA`) are enumerators, looked up here too. Struct layouts move
+//! between kernels and configs, so hard-coded offsets would read garbage.
 //!
 //! aya keeps its BTF types crate-private, so this is a reader of its own for
 //! the part of the format (the kernel's Documentation/bpf/btf.rst) that member
@@ -83,6 +85,8 @@ pub struct KernelBtf {
     strings: Vec<u8>,
     types: Vec<Type>,
     members: Vec<Member>,
+    /// Every enumerator of every enum: (name, value).
+    enumerators: Vec<(u32, i64)>,
     /// Whose BTF this is, for messages: "kernel 6.12.48-amd64".
     source: String,
 }
@@ -144,6 +148,19 @@ impl KernelBtf {
             .ok_or_else(|| Error::refused(format!("{path}: a member of unknown size ({})", self.source)))
     }
 
+    /// The value of the enumerator `name` (such as `__REQ_FUA`, the bit
+    /// number of a request flag), which every enum that has it must agree on.
+    pub fn enum_value(&self, name: &str) -> Result<i64> {
+        let mut values = self.enumerators.iter().filter(|(n, _)| self.name(*n) == name.as_bytes()).map(|(_, v)| *v);
+        let Some(value) = values.next() else {
+            return Err(Error::refused(format!("no enumerator {name} ({})", self.source)));
+        };
+        if values.any(|v| v != value) {
+            return Err(Error::refused(format!("enumerator {name} has conflicting values ({})", self.source)));
+        }
+        Ok(value)
+    }
+
     fn parse_from(bytes: &[u8], source: String) -> Result<KernelBtf> {
         let bad = |what: &str| Error::system(format!("malformed BTF: {what}"));
         let word = |at: usize| bytes.get(at..at + 4).map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
@@ -172,8 +189,13 @@ impl KernelBtf {
         };
         let (type_sec, str_sec) = (section(8)?, section(16)?);
 
-        let mut btf =
-            KernelBtf { strings: bytes[str_sec].to_vec(), types: vec![Type::default()], members: Vec::new(), source };
+        let mut btf = KernelBtf {
+            strings: bytes[str_sec].to_vec(),
+            types: vec![Type::default()],
+            members: Vec::new(),
+            enumerators: Vec::new(),
+            source,
+        };
         let mut w = Words { bytes: &bytes[..type_sec.end], at: type_sec.start };
         while w.at < type_sec.end {
             let (name, info, size_or_type) = (w.next()?, w.next()?, w.next()?);
@@ -201,8 +223,24 @@ impl KernelBtf {
                     }
                     0
                 }
-                ENUM | FUNC_PROTO => 2 * vlen,
-                ENUM64 | DATASEC => 3 * vlen,
+                ENUM => {
+                    for _ in 0..vlen {
+                        let (name, value) = (w.next()?, w.next()?);
+                        // Signed or not (kind_flag), the flag values hcp
+                        // looks up are small and positive either way.
+                        btf.enumerators.push((name, i64::from(value as i32)));
+                    }
+                    0
+                }
+                ENUM64 => {
+                    for _ in 0..vlen {
+                        let (name, lo, hi) = (w.next()?, w.next()?, w.next()?);
+                        btf.enumerators.push((name, (u64::from(hi) << 32 | u64::from(lo)) as i64));
+                    }
+                    0
+                }
+                FUNC_PROTO => 2 * vlen,
+                DATASEC => 3 * vlen,
                 VAR | DECL_TAG => 1,
                 PTR | FWD | TYPEDEF | VOLATILE | CONST | RESTRICT | FUNC | FLOAT | TYPE_TAG => 0,
                 _ => return Err(bad(&format!("unknown kind {kind} at type id {}", btf.types.len()))),
@@ -559,11 +597,28 @@ mod tests {
             ("bio.bi_iter.bi_sector", 8),
             ("bio.bi_iter.bi_size", 4),
             ("block_device.bd_dev", 4),
+            ("block_device.bd_disk", 8),
+            ("gendisk.major", 4),
+            ("gendisk.first_minor", 4),
+            ("request.q", 8),
+            ("request_queue.disk", 8),
         ] {
             let offset = btf.member_offset(path).unwrap();
             let found = btf.member_size(path).unwrap();
             println!("  {path}: offset {offset}, size {found}");
             assert_eq!(found, size, "size of {path}");
         }
+        let fua = btf.enum_value("__REQ_FUA").unwrap();
+        println!("  __REQ_FUA: {fua}");
+        assert!((8..32).contains(&fua), "a flag bit above the 8 operation bits of a 32-bit opf");
+    }
+
+    #[test]
+    fn enumerators() {
+        let btf = KernelBtf::parse(&sample()).unwrap();
+        assert_eq!(btf.enum_value("B").unwrap(), 1);
+        let err = btf.enum_value("A").unwrap_err().to_string();
+        assert!(err.contains("conflicting"), "A is 0 in one enum, 2^33 + 1 in another: {err}");
+        assert!(btf.enum_value("C").unwrap_err().to_string().contains("no enumerator C"));
     }
 }

@@ -3,21 +3,12 @@
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData, PerCpuHashMap};
-use aya::programs::BtfTracePoint;
-use aya::{Btf, Ebpf};
+use aya::Ebpf;
 use hcp_common::bio::{device_flags, BioLosses, BioStart, LatKey, Role};
 use hcp_common::LatencyHist;
 
 use crate::devnum::DevNum;
 use crate::probes;
-
-/// The tp_btf programs and the events they attach to.
-pub const PROGRAMS: [(&str, &str); 4] = [
-    ("bio_queue", "block_bio_queue"),
-    ("bio_complete", "block_bio_complete"),
-    ("rq_issue", "block_rq_issue"),
-    ("rq_complete", "block_rq_complete"),
-];
 
 /// Measures I/O latency of a fixed set of devices while it lives; dropping
 /// it detaches the programs.
@@ -40,7 +31,7 @@ impl IoLatencyTracer {
                 .insert(dev.to_kernel(), device_flags(*role, crate::blockdev::is_request_based(*dev)), 0)
                 .with_context(|| format!("tracing device {dev}"))?;
         }
-        attach_programs(&mut ebpf)?;
+        probes::attach_block_programs(&mut ebpf)?;
         let latency = PerCpuHashMap::try_from(ebpf.take_map("IO_LATENCY").context("map IO_LATENCY")?)?;
         let losses = PerCpuHashMap::try_from(ebpf.take_map("IO_LOSSES").context("map IO_LOSSES")?)?;
         let starts = HashMap::try_from(ebpf.take_map("IO_START").context("map IO_START")?)?;
@@ -63,18 +54,6 @@ impl IoLatencyTracer {
     pub fn losses(&self, dev: Option<DevNum>) -> Result<BioLosses> {
         losses(&self.losses, dev)
     }
-}
-
-/// Loads and attaches the tp_btf programs of a loaded object.
-pub fn attach_programs(ebpf: &mut Ebpf) -> Result<()> {
-    let btf = Btf::from_sys_fs().context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
-    for (program, event) in PROGRAMS {
-        let prog: &mut BtfTracePoint =
-            ebpf.program_mut(program).with_context(|| format!("eBPF object lacks program {program}"))?.try_into()?;
-        prog.load(event, &btf).with_context(|| format!("loading program {program}"))?;
-        prog.attach().with_context(|| format!("attaching to tp_btf {event}"))?;
-    }
-    Ok(())
 }
 
 /// The histograms of an `IO_LATENCY` map, merged over CPUs, sorted by key.

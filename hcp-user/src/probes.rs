@@ -6,9 +6,9 @@
 //! every map of a loaded object whether or not its programs run.
 
 use anyhow::{Context, Result};
+use aya::programs::BtfTracePoint;
 use aya::{Ebpf, EbpfLoader};
 use hcp_common::bio::BioLayout;
-use hcp_common::{BlockTpLayout, TpFields};
 
 use crate::btf::KernelBtf;
 use crate::tracefs;
@@ -25,6 +25,16 @@ pub enum Purpose {
     Switch { stalls: bool },
 }
 
+/// The block I/O programs (hcp-ebpf's `block_events`: tp_btf, one per
+/// event, each counting and timing) and the events they attach to.
+pub const BLOCK_PROGRAMS: [(&str, &str); 5] = [
+    ("bio_queue", "block_bio_queue"),
+    ("bio_remap", "block_bio_remap"),
+    ("bio_complete", "block_bio_complete"),
+    ("rq_issue", "block_rq_issue"),
+    ("rq_complete", "block_rq_complete"),
+];
+
 /// The maps only the block I/O programs use.
 const BLOCK_IO_MAPS: [&str; 6] = ["DEV_IO", "DEV_REMAP", "IO_DEVICES", "IO_START", "IO_LATENCY", "IO_LOSSES"];
 /// The maps only the switch programs use, with their smallest sizes (a ring
@@ -34,33 +44,25 @@ const SWITCH_MAPS: [(&str, u32); 3] = [("FREEZE_INFLIGHT", 1), ("FREEZE_EVENTS",
 /// Loads every map of the object and parses its programs (nothing is loaded
 /// into the kernel's verifier or attached yet).
 pub fn load(purpose: Purpose) -> Result<Ebpf> {
-    let tracefs = tracefs::root()?;
     let btf = KernelBtf::load()?;
-    let layout = BlockTpLayout {
-        bio_queue: block_fields(&tracefs, "block_bio_queue")?,
-        rq_complete: block_fields(&tracefs, "block_rq_complete")?,
-        bio_remap: TpFields {
-            old_dev: tracefs::Format::read(&tracefs, "block", "block_bio_remap")?.offset_of("old_dev", 4)?,
-            ..block_fields(&tracefs, "block_bio_remap")?
-        },
-    };
     let bio = bio_layout(&btf)?;
     // Layouts of programs this load will not attach stay zeroed: their
     // tracepoints' formats need not even exist (a kernel without syscall
     // tracepoints still traces block I/O).
     let (ioctl, stall) = match purpose {
         Purpose::BlockIo => Default::default(),
-        Purpose::Switch { stalls } => (
-            crate::freeze_trace::tp_layout(&tracefs)?,
-            if stalls { crate::write_stall::layout(&tracefs, &btf)? } else { Default::default() },
-        ),
+        Purpose::Switch { stalls } => {
+            let tracefs = tracefs::root()?;
+            (
+                crate::freeze_trace::tp_layout(&tracefs)?,
+                if stalls { crate::write_stall::layout(&tracefs, &btf)? } else { Default::default() },
+            )
+        }
     };
     let mut loader = EbpfLoader::new();
-    loader
-        .override_global("BLOCK_TP_LAYOUT", &layout, true)
-        .override_global("BIO_LAYOUT", &bio, true)
-        .override_global("IOCTL_TP_LAYOUT", &ioctl, true)
-        .override_global("STALL_LAYOUT", &stall, true);
+    loader.override_global("BIO_LAYOUT", &bio, true);
+    loader.override_global("IOCTL_TP_LAYOUT", &ioctl, true);
+    loader.override_global("STALL_LAYOUT", &stall, true);
     match purpose {
         Purpose::BlockIo => {
             for (map, size) in SWITCH_MAPS {
@@ -76,15 +78,49 @@ pub fn load(purpose: Purpose) -> Result<Ebpf> {
     loader.load(OBJECT).context("loading hcp's eBPF programs (needs root, or CAP_BPF and CAP_PERFMON)")
 }
 
-/// The offsets of the kernel struct fields the bio programs read.
+/// Loads and attaches the block I/O programs of a loaded object; they
+/// detach when it drops, unless their links are taken.
+pub fn attach_block_programs(ebpf: &mut Ebpf) -> Result<()> {
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
+    for (program, event) in BLOCK_PROGRAMS {
+        load_block_program(ebpf, program, event, &btf)?
+            .attach()
+            .with_context(|| format!("attaching to tp_btf {event}"))?;
+    }
+    Ok(())
+}
+
+/// Loads one block I/O program (or a benchmark floor's) into the kernel.
+pub fn load_block_program<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &str,
+    event: &str,
+    btf: &aya::Btf,
+) -> Result<&'a mut BtfTracePoint> {
+    let prog: &mut BtfTracePoint =
+        ebpf.program_mut(program).with_context(|| format!("eBPF object lacks program {program}"))?.try_into()?;
+    prog.load(event, btf).with_context(|| format!("loading program {program}"))?;
+    Ok(prog)
+}
+
+/// The offsets of the kernel struct fields the block programs read, and
+/// the request flag they test.
 fn bio_layout(btf: &KernelBtf) -> Result<BioLayout> {
+    let fua_bit = btf.enum_value("__REQ_FUA")?;
+    anyhow::ensure!((0..32).contains(&fua_bit), "__REQ_FUA is bit {fua_bit}, outside a 32-bit blk_opf_t");
     Ok(BioLayout {
         bio_bdev: sized_offset(btf, "bio.bi_bdev", 8)?,
         bio_opf: sized_offset(btf, "bio.bi_opf", 4)?,
+        bio_size: sized_offset(btf, "bio.bi_iter.bi_size", 4)?,
         bdev_dev: sized_offset(btf, "block_device.bd_dev", 4)?,
+        bdev_disk: sized_offset(btf, "block_device.bd_disk", 8)?,
+        disk_major: sized_offset(btf, "gendisk.major", 4)?,
+        disk_first_minor: sized_offset(btf, "gendisk.first_minor", 4)?,
         rq_part: sized_offset(btf, "request.part", 8)?,
         rq_cmd_flags: sized_offset(btf, "request.cmd_flags", 4)?,
-        _pad: 0,
+        rq_q: sized_offset(btf, "request.q", 8)?,
+        queue_disk: sized_offset(btf, "request_queue.disk", 8)?,
+        req_fua: 1 << fua_bit,
     })
 }
 
@@ -94,16 +130,4 @@ pub fn sized_offset(btf: &KernelBtf, path: &str, size: u32) -> Result<u32> {
     let found = btf.member_size(path)?;
     anyhow::ensure!(found == size, "kernel field {path} is {found} bytes, hcp reads {size}");
     Ok(btf.member_offset(path)?)
-}
-
-fn block_fields(tracefs: &std::path::Path, event: &str) -> Result<TpFields> {
-    let format = tracefs::Format::read(tracefs, "block", event)?;
-    Ok(TpFields {
-        dev: format.offset_of("dev", 4)?,
-        nr_sector: format.offset_of("nr_sector", 4)?,
-        // Only the first bytes (flags and op letter) are decoded; the array
-        // has been 8 or 10 bytes depending on the kernel.
-        rwbs: format.offset_of("rwbs", 8)?,
-        old_dev: 0,
-    })
 }

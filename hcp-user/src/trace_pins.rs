@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use aya::maps::{HashMap, Map, MapData, PerCpuHashMap};
 use aya::programs::links::FdLink;
-use aya::programs::{BtfTracePoint, TracePoint};
 use hcp_common::bio::{device_flags, BioLosses, LatKey, Level, Role};
 use hcp_common::{DevIoStats, IoOp, LatencyHist, RemapKey, RemapStats};
 
@@ -71,18 +70,9 @@ pub fn ensure_attached() -> Result<()> {
         let map = ebpf.map(name).with_context(|| format!("eBPF object lacks map {name}"))?;
         map.pin(staging.join("maps").join(name)).with_context(|| format!("pinning map {name}"))?;
     }
-    for event in block_io::PROGRAMS {
-        let prog: &mut TracePoint = ebpf.program_mut(event).context("program")?.try_into()?;
-        prog.load().with_context(|| format!("loading program {event}"))?;
-        let id = prog.attach("block", event).with_context(|| format!("attaching to block:{event}"))?;
-        let link = FdLink::try_from(prog.take_link(id)?)
-            .context("this kernel cannot keep a tracepoint attached without a process (needs bpf_link, 5.15+)")?;
-        link.pin(staging.join("links").join(event)).with_context(|| format!("pinning link {event}"))?;
-    }
     let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
-    for (program, event) in io_latency::PROGRAMS {
-        let prog: &mut BtfTracePoint = ebpf.program_mut(program).context("program")?.try_into()?;
-        prog.load(event, &btf).with_context(|| format!("loading program {program}"))?;
+    for (program, event) in probes::BLOCK_PROGRAMS {
+        let prog = probes::load_block_program(&mut ebpf, program, event, &btf)?;
         let id = prog.attach().with_context(|| format!("attaching to tp_btf {event}"))?;
         FdLink::from(prog.take_link(id)?)
             .pin(staging.join("links").join(program))

@@ -5,8 +5,7 @@
 //!
 //! ```text
 //! hcp-trace-bench hcp DEVICE...    hcp's tracer (the pinned set under /sys/fs/bpf/hcp)
-//! hcp-trace-bench floor            empty programs on the same events, same attach types
-//! hcp-trace-bench floor-btf        only the floor's tp_btf programs (none on classic tracepoints)
+//! hcp-trace-bench floor            empty programs on the same events, same attach type
 //! ```
 //!
 //! Once attached it prints one JSON line, `{"ready": true}`. Then each line
@@ -21,25 +20,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use aya::maps::MapInfo;
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{BtfTracePoint, TracePoint};
 use aya::Ebpf;
 use hcp::common::bio::{BioLosses, Level, Role};
 use hcp::devnum::DevNum;
 use hcp::{probes, trace_pins};
 use serde_json::{json, Value};
 
-/// The floor's classic tracepoint programs (hcp-ebpf/src/floor.rs) and the
-/// `block` events they attach to: those of `block_io::PROGRAMS`.
-const FLOOR_TRACEPOINTS: [(&str, &str); 3] = [
-    ("floor_tp_bio_queue", "block_bio_queue"),
-    ("floor_tp_rq_complete", "block_rq_complete"),
-    ("floor_tp_bio_remap", "block_bio_remap"),
-];
-
-/// The floor's tp_btf programs and their events: those of
-/// `io_latency::PROGRAMS`.
-const FLOOR_BTF: [(&str, &str); 4] = [
+/// The floor's programs (hcp-ebpf/src/floor.rs, tp_btf) and their events:
+/// those of `probes::BLOCK_PROGRAMS`.
+const FLOOR: [(&str, &str); 5] = [
     ("floor_bio_queue", "block_bio_queue"),
+    ("floor_bio_remap", "block_bio_remap"),
     ("floor_bio_complete", "block_bio_complete"),
     ("floor_rq_issue", "block_rq_issue"),
     ("floor_rq_complete", "block_rq_complete"),
@@ -55,7 +46,7 @@ fn main() {
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((mode, devices)) = args.split_first() else {
-        bail!("usage: hcp-trace-bench hcp DEVICE... | hcp-trace-bench floor | hcp-trace-bench floor-btf");
+        bail!("usage: hcp-trace-bench hcp DEVICE... | hcp-trace-bench floor");
     };
     match mode.as_str() {
         "hcp" => {
@@ -64,12 +55,12 @@ fn run() -> Result<()> {
             let tracer = HcpTracer::attach(&devices)?;
             serve(|| tracer.report())
         }
-        "floor" | "floor-btf" => {
+        "floor" => {
             anyhow::ensure!(devices.is_empty(), "the floor traces every device; it takes no devices");
-            let _floor = attach_floor(mode == "floor")?;
+            let _floor = attach_floor()?;
             serve(|| Ok(json!({ "max_rss_kib": max_rss_kib() })))
         }
-        other => bail!("unknown mode `{other}`: hcp, floor or floor-btf"),
+        other => bail!("unknown mode `{other}`: hcp or floor"),
     }
 }
 
@@ -170,21 +161,13 @@ fn losses_json(l: &BioLosses) -> Value {
     })
 }
 
-/// The floor's programs (without its classic tracepoint ones unless
-/// `classic`), loaded and attached; they detach when it drops.
-fn attach_floor(classic: bool) -> Result<Ebpf> {
+/// The floor's programs, loaded and attached as hcp's are; they detach
+/// when it drops.
+fn attach_floor() -> Result<Ebpf> {
     let mut ebpf = probes::load(probes::Purpose::BlockIo)?;
-    for (program, event) in FLOOR_TRACEPOINTS.into_iter().filter(|_| classic) {
-        let prog: &mut TracePoint =
-            ebpf.program_mut(program).context("eBPF object lacks a floor program")?.try_into()?;
-        prog.load().with_context(|| format!("loading {program}"))?;
-        prog.attach("block", event).with_context(|| format!("attaching {program} to block:{event}"))?;
-    }
     let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
-    for (program, event) in FLOOR_BTF {
-        let prog: &mut BtfTracePoint =
-            ebpf.program_mut(program).context("eBPF object lacks a floor program")?.try_into()?;
-        prog.load(event, &btf).with_context(|| format!("loading {program}"))?;
+    for (program, event) in FLOOR {
+        let prog = probes::load_block_program(&mut ebpf, program, event, &btf)?;
         prog.attach().with_context(|| format!("attaching {program} to tp_btf {event}"))?;
     }
     Ok(ebpf)
@@ -254,15 +237,12 @@ fn max_rss_kib() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hcp::{block_io, io_latency};
 
     #[test]
     fn the_floor_covers_exactly_the_tracers_events() {
-        let floor: Vec<&str> = FLOOR_TRACEPOINTS.iter().map(|(_, e)| *e).collect();
-        assert_eq!(floor, block_io::PROGRAMS, "classic tracepoints");
-        let floor: Vec<&str> = FLOOR_BTF.iter().map(|(_, e)| *e).collect();
-        let hcp: Vec<&str> = io_latency::PROGRAMS.iter().map(|(_, e)| *e).collect();
-        assert_eq!(floor, hcp, "tp_btf");
+        let floor: Vec<&str> = FLOOR.iter().map(|(_, e)| *e).collect();
+        let hcp: Vec<&str> = probes::BLOCK_PROGRAMS.iter().map(|(_, e)| *e).collect();
+        assert_eq!(floor, hcp, "tp_btf, one program per event");
     }
 
     #[test]

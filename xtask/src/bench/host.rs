@@ -24,6 +24,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 use super::report::{significant, Figure, Section, Target};
+use super::Part;
 use crate::workspace_root;
 
 /// Where hcp pins its tracer: the benchmark needs it to itself.
@@ -72,14 +73,39 @@ const LOOP_BYTES: u64 = 256 << 20;
 /// Devices the capacity part drives at once.
 const CAPACITY_DEVICES: usize = 4;
 
-pub fn run(quick: bool) -> Result<Vec<Section>> {
+/// Runs the host `parts` (of [`Part::Tracing`], [`Part::Capacity`] and
+/// [`Part::Memory`]), in that order.
+pub fn run(quick: bool, parts: &[Part]) -> Result<Vec<Section>> {
     let plan = Plan::new(quick);
     preflight()?;
     let bins = Bins::build()?;
-    let overhead = timed("tracing overhead", || tracing_overhead(&bins, &plan))?;
-    let capacity = timed("tracer capacity", || tracer_capacity(&bins, &plan))?;
-    let memory = timed("memory", || memory(&bins, &plan, &overhead.1, &capacity.1))?;
-    Ok(vec![overhead.0, capacity.0, memory])
+    let mut sections = Vec::new();
+    let mut one = None;
+    if parts.contains(&Part::Tracing) {
+        let (section, traced) = timed("tracing overhead", || tracing_overhead(&bins, &plan))?;
+        sections.push(section);
+        one = Some(traced);
+    }
+    let mut several = None;
+    if parts.contains(&Part::Capacity) {
+        let (section, traced) = timed("tracer capacity", || tracer_capacity(&bins, &plan))?;
+        sections.push(section);
+        several = Some(traced);
+    }
+    if parts.contains(&Part::Memory) {
+        // The memory part reads the BPF memory and the loader's RSS off
+        // traced runs: those of the parts above, or short ones of its own.
+        let one = match one {
+            Some(runs) => runs,
+            None => timed("memory: a traced run on 1 device", || traced_runs(&bins, 1))?,
+        };
+        let several = match several {
+            Some(runs) => runs,
+            None => timed("memory: a traced run on several devices", || traced_runs(&bins, CAPACITY_DEVICES))?,
+        };
+        sections.push(timed("memory", || memory(&bins, &plan, &one, &several))?);
+    }
+    Ok(sections)
 }
 
 fn timed<T>(what: &str, part: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -153,11 +179,10 @@ enum Case {
     Hcp,
     Bpftrace,
     Floor,
-    FloorBtf,
 }
 
 impl Case {
-    const ALL: [Case; 5] = [Case::None, Case::Hcp, Case::Bpftrace, Case::Floor, Case::FloorBtf];
+    const ALL: [Case; 4] = [Case::None, Case::Hcp, Case::Bpftrace, Case::Floor];
 
     fn name(self) -> &'static str {
         match self {
@@ -165,7 +190,6 @@ impl Case {
             Case::Hcp => "hcp",
             Case::Bpftrace => "bpftrace",
             Case::Floor => "floor",
-            Case::FloorBtf => "floor_btf",
         }
     }
 
@@ -175,7 +199,6 @@ impl Case {
             Case::Hcp => "traced by hcp",
             Case::Bpftrace => "traced by the bpftrace latency script",
             Case::Floor => "with the floor's empty programs attached",
-            Case::FloorBtf => "with only the floor's four empty tp_btf programs attached",
         }
     }
 }
@@ -200,6 +223,14 @@ fn bpftrace_script(kernel_dev: u32) -> String {
 /// What the other parts use from a traced run: the driver's last report.
 struct TracedRuns {
     reports: Vec<Value>,
+}
+
+/// One short hcp-traced fio run on `devices` loop devices, for the memory
+/// part when the parts that would have made such runs are not run.
+fn traced_runs(bins: &Bins, devices: usize) -> Result<TracedRuns> {
+    let devices = (0..devices).map(LoopDevice::new).collect::<Result<Vec<_>>>()?;
+    let run = measured_run(Case::Hcp, bins, &devices, 2)?;
+    Ok(TracedRuns { reports: vec![run.trace.context("the traced run made no report")?] })
 }
 
 fn tracing_overhead(bins: &Bins, plan: &Plan) -> Result<(Section, TracedRuns)> {
@@ -314,15 +345,14 @@ fn tracing_overhead(bins: &Bins, plan: &Plan) -> Result<(Section, TracedRuns)> {
     let method = format!(
         "{FIO_LOAD_TEXT}, {runtime} s per run, on one loop device over a {size} MiB file in /dev/shm (tmpfs), \
          on the host ({kernel}, {cpus} CPUs). {rounds} rounds; each round runs every case once, untraced, \
-         traced by hcp, traced by bpftrace, and the two floors, the starting case rotating from round to round, \
+         traced by hcp, traced by bpftrace, and the floor, the starting case rotating from round to round, \
          so every case sees the same background noise. Ratios are taken within a round; overhead = 1 - ratio. \
-         hcp: its tracer as a traced session attaches it (the pinned set under /sys/fs/bpf/hcp: classic \
-         tracepoints block_bio_queue, block_rq_complete, block_bio_remap and tp_btf block_bio_queue, \
-         block_bio_complete, block_rq_issue, block_rq_complete), the device added as a session's. \
+         hcp: its tracer as a traced session attaches it (the pinned set under /sys/fs/bpf/hcp: one tp_btf \
+         program on each of block_bio_queue, block_bio_remap, block_bio_complete, block_rq_issue and \
+         block_rq_complete, counting and timing), the device added as a session's. \
          bpftrace ({bpftrace}): request latency from block_rq_issue to block_rq_complete (classic tracepoints, \
          keyed by device and sector, filtered to the device) into a histogram per device, biolatency's job. \
-         Floor: empty programs on exactly hcp's seven events with hcp's attach types, loaded alone; \
-         floor_btf: only its four tp_btf ones, what the events cost without classic tracepoints. \
+         Floor: empty programs on exactly hcp's five events with hcp's attach type (tp_btf), loaded alone. \
          CPU per I/O: the busy time of all CPUs (user, nice, system, irq, softirq, steal in /proc/stat) over \
          the fio run, divided by the I/Os fio did: it includes the loop device's worker and the programs \
          wherever they run, and any other load on the machine; fio's own time misses the loop worker. ({fio})",
@@ -363,7 +393,6 @@ fn measured_run(case: Case, bins: &Bins, devices: &[LoopDevice], runtime_s: u32)
         Case::None => Tracer::Nothing,
         Case::Hcp => Tracer::Driver(Driver::start(&bins.driver, "hcp", devices)?),
         Case::Floor => Tracer::Driver(Driver::start(&bins.driver, "floor", &[])?),
-        Case::FloorBtf => Tracer::Driver(Driver::start(&bins.driver, "floor-btf", &[])?),
         Case::Bpftrace => {
             ensure!(devices.len() == 1, "the bpftrace script traces one device");
             Tracer::Bpftrace(Bpftrace::start(&bpftrace_script(devices[0].id.kernel()))?)
@@ -500,10 +529,10 @@ fn tracer_capacity(bins: &Bins, plan: &Plan) -> Result<(Section, TracedRuns)> {
          requests per device (/sys/block/*/stat) is the reference every request must be in. This is the \
          highest load fio drives here: {cpus} CPUs run fio and the loop workers, so `cpu_busy` near 1 means \
          the machine, not the tracer, sets the rate; the tracer's own limits are its in-flight map (65536 \
-         bios and requests) and its histogram map (1024 keys), far from full at this load. The kernel runs \
-         at most one tracepoint-type BPF program per CPU at a time (and a tp_btf program does not nest in \
-         itself): an event that fires while another runs on that CPU (a completion interrupting a \
-         submission) is skipped and counted only in the program's recursion_misses, which is read too.",
+         bios and requests) and its histogram map (1024 keys), far from full at this load. \
+         hcp's programs are tp_btf programs, which the kernel skips only when one would interrupt itself \
+         on a CPU (the same event firing in an interrupt while its program runs): such a run is counted \
+         only in the program's recursion_misses, which is read too.",
         size = LOOP_BYTES >> 20,
         runtime = plan.runtime_s,
         rounds = plan.capacity_rounds,
@@ -612,7 +641,7 @@ fn memory(bins: &Bins, plan: &Plan, one: &TracedRuns, several: &TracedRuns) -> R
         );
         let mut programs = Figure::new(
             &format!("bpf_prog_kib/{devices}dev"),
-            "kernel memory of hcp's seven programs (fdinfo memlock)",
+            "kernel memory of hcp's five programs (fdinfo memlock)",
             "KiB",
         );
         for report in &runs.reports {
@@ -642,7 +671,7 @@ fn memory(bins: &Bins, plan: &Plan, one: &TracedRuns, several: &TracedRuns) -> R
          host, without device-mapper or sessions, {repeats} run(s) each.{refused} The tracer's loader is the \
          benchmark driver, which makes the same library calls as `hcp start --trace` (load the object with \
          this kernel's offsets from tracefs and BTF, attach, pin, add the devices) and then reads every map, \
-         as `hcp stats` does; its figure is from the traced runs of the two parts above. BPF memory: the \
+         as `hcp stats` does; its figure is from the traced runs of the two parts above (or, when they are not run, one short traced run of its own for each device count). BPF memory: the \
          `memlock` of each map and program of the pinned set, read from /proc/self/fdinfo while the \
          devices are traced, after the load (the latency histograms are allocated per key, on first use).\
          {breakdown}",

@@ -4,9 +4,9 @@
 //! kernels and the tools) and rendered from it as `bench/RESULTS.md`.
 //!
 //! Parts 1-3 need device-mapper and run in the test VM ([`vm`]); parts 4-6
-//! run on the host ([`host`]). A run of
-//! some parts (`--only`) keeps the other sections of the last results.json,
-//! each marked with the run that measured it.
+//! run on the host ([`host`]). A run of some parts (`--only`, VM or host
+//! parts alike) keeps the other sections of the last results.json, each
+//! marked with the run that measured it.
 
 mod host;
 pub mod report;
@@ -45,10 +45,16 @@ pub enum Part {
     Write,
     /// 3. `hcp list` and `hcp stats` wall time with 1 and 16 sessions (VM).
     Commands,
+    /// 4. fio IOPS untraced, traced by hcp, by bpftrace and by the floor (host).
+    Tracing,
+    /// 5. Block events per second hcp's tracer handles, and what it loses (host).
+    Capacity,
+    /// 6. Peak RSS of hcp's commands and the tracer's BPF memory (host).
+    Memory,
 }
 
 impl Part {
-    const ALL: [Part; 3] = [Part::Switch, Part::Write, Part::Commands];
+    const ALL: [Part; 6] = [Part::Switch, Part::Write, Part::Commands, Part::Tracing, Part::Capacity, Part::Memory];
 
     /// The part's name on the command line, and in the guest.
     fn name(self) -> &'static str {
@@ -56,7 +62,16 @@ impl Part {
             Part::Switch => "switch",
             Part::Write => "write",
             Part::Commands => "commands",
+            Part::Tracing => "tracing",
+            Part::Capacity => "capacity",
+            Part::Memory => "memory",
         }
+    }
+
+    /// Whether the part runs on the host (eBPF, loop devices) rather than
+    /// in the test VM.
+    fn on_host(self) -> bool {
+        matches!(self, Part::Tracing | Part::Capacity | Part::Memory)
     }
 
     /// The ids of the sections the part writes start with this.
@@ -65,8 +80,17 @@ impl Part {
             Part::Switch => "switch_cost",
             Part::Write => "write_cost",
             Part::Commands => "command_latency",
+            Part::Tracing => "tracing_overhead",
+            Part::Capacity => "tracer_capacity",
+            Part::Memory => "memory",
         }
     }
+}
+
+/// Whether a section of an earlier run is kept by a run of `parts`: it is
+/// unless one of them measures it anew.
+fn kept_by(parts: &[Part], section_id: &str) -> bool {
+    !parts.iter().any(|p| section_id.starts_with(p.section_prefix()))
 }
 
 /// Where results go, relative to the workspace root.
@@ -96,14 +120,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     let mut sections = Vec::new();
     let mut guest_kernels = Vec::new();
-    if !parts.is_empty() {
-        let names: Vec<&str> = parts.iter().map(|p| p.name()).collect();
+    let (host_parts, vm_parts): (Vec<Part>, Vec<Part>) = parts.iter().partition(|p| p.on_host());
+    if !vm_parts.is_empty() {
+        let names: Vec<&str> = vm_parts.iter().map(|p| p.name()).collect();
         let (s, g) = vm::run(args.quick, &names, &kernels)?;
         sections.extend(s);
         guest_kernels.extend(g);
     }
-    if args.only.is_empty() {
-        sections.extend(host::run(args.quick)?);
+    if !host_parts.is_empty() {
+        sections.extend(host::run(args.quick, &host_parts)?);
     }
 
     let root = crate::workspace_root();
@@ -112,7 +137,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if !args.only.is_empty() {
         // Keep what this run did not measure, marked with the run that did.
         let (kept, kernels_then) = previous_sections(&json_path);
-        measured.extend(kept.into_iter().filter(|(s, _)| !parts.iter().any(|p| s.id.starts_with(p.section_prefix()))));
+        measured.extend(kept.into_iter().filter(|(s, _)| kept_by(&parts, &s.id)));
         for k in kernels_then {
             if !guest_kernels.contains(&k) {
                 guest_kernels.push(k);
@@ -160,8 +185,8 @@ fn command_line(args: &BenchArgs) -> String {
     cmd
 }
 
-/// Where a section goes in the report: parts in their order, then the
-/// host's (a stable sort keeps kernels in their order within a part).
+/// Where a section goes in the report: parts in their order (a stable sort
+/// keeps kernels in their order within a part), anything unknown last.
 fn rank(id: &str) -> usize {
     Part::ALL.iter().position(|p| id.starts_with(p.section_prefix())).unwrap_or(Part::ALL.len())
 }
@@ -411,9 +436,62 @@ mod tests {
 
     #[test]
     fn sections_keep_the_order_of_the_parts() {
-        let mut ids = vec!["command_latency/6.1", "tracing_overhead", "switch_cost/6.1", "write_cost/x/6.1"];
+        let mut ids = vec![
+            "memory",
+            "command_latency/6.1",
+            "tracer_capacity",
+            "tracing_overhead",
+            "switch_cost/6.1",
+            "write_cost/x/6.1",
+        ];
         ids.sort_by_key(|id| rank(id));
-        assert_eq!(ids, vec!["switch_cost/6.1", "write_cost/x/6.1", "command_latency/6.1", "tracing_overhead"]);
+        assert_eq!(
+            ids,
+            vec![
+                "switch_cost/6.1",
+                "write_cost/x/6.1",
+                "command_latency/6.1",
+                "tracing_overhead",
+                "tracer_capacity",
+                "memory"
+            ]
+        );
+    }
+
+    #[test]
+    fn only_takes_host_parts_too() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["bench", "--quick", "--only", "tracing", "memory", "--only", "switch"]).unwrap();
+        assert_eq!(cli.bench.only, vec![Part::Tracing, Part::Memory, Part::Switch]);
+        assert!(Cli::try_parse_from(["bench", "--only", "host"]).is_err(), "not a part");
+        let (host, vm): (Vec<Part>, Vec<Part>) = cli.bench.only.iter().partition(|p| p.on_host());
+        assert_eq!((host, vm), (vec![Part::Tracing, Part::Memory], vec![Part::Switch]));
+        assert_eq!(command_line(&cli.bench), "cargo xtask bench --quick --only tracing memory switch");
+    }
+
+    #[test]
+    fn a_run_of_some_parts_keeps_the_other_sections() {
+        let only = [Part::Tracing];
+        assert!(!kept_by(&only, "tracing_overhead"));
+        for id in
+            ["switch_cost/6.1", "write_cost/randwrite_4k/6.12", "command_latency/6.1", "tracer_capacity", "memory"]
+        {
+            assert!(kept_by(&only, id), "{id}");
+        }
+        let only = [Part::Write, Part::Capacity, Part::Memory];
+        for (id, kept) in [
+            ("write_cost/seqwrite_1m/6.1", false),
+            ("tracer_capacity", false),
+            ("memory", false),
+            ("switch_cost/6.1", true),
+        ] {
+            assert_eq!(kept_by(&only, id), kept, "{id}");
+        }
     }
 
     #[test]

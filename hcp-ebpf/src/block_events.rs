@@ -1,0 +1,74 @@
+//! The block I/O programs: one tp_btf program per block event, each doing
+//! all hcp does on it: counting (`block_io`) and timing (`io_latency`).
+//!
+//! Why tp_btf for all of it, one program per event: a classic tracepoint
+//! program makes the kernel build the event's record first (`rwbs` string
+//! and all) and is skipped whenever any other tracing program is running on
+//! the CPU (a completion interrupting a submission's program), counted only
+//! in the program's `recursion_misses`; a tp_btf program gets the event's
+//! arguments as they are, and is skipped only if it interrupts itself. And
+//! each program attached to an event is one more indirect call on every
+//! I/O: one program per event does the work of both.
+//!
+//! Attached by user space in the order of `hcp::probes::BLOCK_PROGRAMS`.
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use hcp_common::bio::Level;
+
+use crate::{block_io, io_latency, kernel};
+
+#[btf_tracepoint(function = "block_bio_queue")]
+pub fn bio_queue(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct bio *bio)
+    let bio: u64 = ctx.arg(0);
+    match kernel::bio(bio) {
+        Some(b) => {
+            block_io::bio_queued(b.disk_dev, b.opf, b.bytes);
+            io_latency::on_start(bio, Level::Bio, b.dev, b.opf);
+        }
+        None => io_latency::read_error(),
+    }
+    0
+}
+
+#[btf_tracepoint(function = "block_bio_remap")]
+pub fn bio_remap(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct bio *bio, dev_t dev, sector_t from): `bio` already
+    // points at the device it is passed down to; `dev` is where it was.
+    let bio: u64 = ctx.arg(0);
+    let from: u64 = ctx.arg(1);
+    match kernel::bio(bio) {
+        Some(b) => block_io::bio_remapped(b.disk_dev, from as u32, b.opf, b.bytes),
+        None => io_latency::read_error(),
+    }
+    0
+}
+
+#[btf_tracepoint(function = "block_bio_complete")]
+pub fn bio_complete(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct request_queue *q, struct bio *bio)
+    let bio: u64 = ctx.arg(1);
+    io_latency::on_complete(bio, || kernel::bio(bio).map(|b| (b.dev, b.opf)));
+    0
+}
+
+#[btf_tracepoint(function = "block_rq_issue")]
+pub fn rq_issue(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct request *rq)
+    let rq: u64 = ctx.arg(0);
+    match kernel::request_part(rq) {
+        Some((dev, opf)) => io_latency::on_start(rq, Level::Request, dev, opf),
+        None => io_latency::read_error(),
+    }
+    0
+}
+
+#[btf_tracepoint(function = "block_rq_complete")]
+pub fn rq_complete(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct request *rq, blk_status_t error, unsigned int nr_bytes)
+    let rq: u64 = ctx.arg(0);
+    let nr_bytes: u64 = ctx.arg(2);
+    block_io::rq_completed(kernel::request_disk(rq), kernel::request_opf(rq), nr_bytes as u32);
+    io_latency::on_complete(rq, || kernel::request_part(rq));
+    0
+}
