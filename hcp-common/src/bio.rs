@@ -110,8 +110,6 @@ pub struct BioLayout {
     pub bio_size: u32,
     /// `struct block_device` -> `dev_t bd_dev`
     pub bdev_dev: u32,
-    /// `struct block_device` -> `struct gendisk *bd_disk`
-    pub bdev_disk: u32,
     /// `struct gendisk` -> `int major`
     pub disk_major: u32,
     /// `struct gendisk` -> `int first_minor`

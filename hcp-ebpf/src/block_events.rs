@@ -23,7 +23,7 @@ pub fn bio_queue(ctx: BtfTracePointContext) -> i32 {
     let bio: u64 = ctx.arg(0);
     match kernel::bio(bio) {
         Some(b) => {
-            block_io::bio_queued(b.disk_dev, b.opf, b.bytes);
+            block_io::bio_queued(b.dev, b.opf, b.bytes);
             io_latency::on_start(bio, Level::Bio, b.dev, b.opf);
         }
         None => io_latency::read_error(),
@@ -38,7 +38,10 @@ pub fn bio_remap(ctx: BtfTracePointContext) -> i32 {
     let bio: u64 = ctx.arg(0);
     let from: u64 = ctx.arg(1);
     match kernel::bio(bio) {
-        Some(b) => block_io::bio_remapped(b.disk_dev, from as u32, b.opf, b.bytes),
+        // A partition's own remap onto its disk keeps the bio's device (the
+        // partition): not a pass-down between devices.
+        Some(b) if b.dev == from as u32 => {}
+        Some(b) => block_io::bio_remapped(b.dev, from as u32, b.opf, b.bytes),
         None => io_latency::read_error(),
     }
     0
@@ -68,7 +71,12 @@ pub fn rq_complete(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct request *rq, blk_status_t error, unsigned int nr_bytes)
     let rq: u64 = ctx.arg(0);
     let nr_bytes: u64 = ctx.arg(2);
-    block_io::rq_completed(kernel::request_disk(rq), kernel::request_opf(rq), nr_bytes as u32);
+    // Counted for the partition the request is for, else its disk.
+    let dev = match kernel::request_part(rq) {
+        Some((dev, _)) if dev != 0 => dev,
+        _ => kernel::request_disk(rq),
+    };
+    block_io::rq_completed(dev, kernel::request_opf(rq), nr_bytes as u32);
     io_latency::on_complete(rq, || kernel::request_part(rq));
     0
 }

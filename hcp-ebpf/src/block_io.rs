@@ -3,9 +3,10 @@
 //! stacked device passed down (`block_bio_remap`), by source. Called by the
 //! programs in `block_events`, which also time the same events.
 //!
-//! Devices and directions are those the block tracepoints' records give
-//! (the whole disk's number, the class of their `rwbs`), so the counts mean
-//! what they meant when these were classic tracepoint programs.
+//! Devices are those the I/O is for: a partition's own number, not its
+//! disk's (which the block tracepoints' records give), since a partition
+//! can be an origin's data device or a store; directions are the class of
+//! the records' `rwbs`.
 
 use aya_ebpf::{macros::map, maps::PerCpuHashMap};
 use hcp_common::{DevIoStats, IoOp, RemapKey, RemapStats};
@@ -21,7 +22,7 @@ static DEV_IO: PerCpuHashMap<u32, DevIoStats> = PerCpuHashMap::with_max_entries(
 #[map]
 static DEV_REMAP: PerCpuHashMap<RemapKey, RemapStats> = PerCpuHashMap::with_max_entries(1024, 0);
 
-/// A bio of `bytes` queued on disk `dev`.
+/// A bio of `bytes` queued on device `dev`.
 #[inline(always)]
 pub fn bio_queued(dev: u32, opf: u32, bytes: u32) {
     let Some(stats) = DEV_IO.get_ptr_mut(dev) else {
@@ -39,7 +40,7 @@ pub fn bio_queued(dev: u32, opf: u32, bytes: u32) {
     }
 }
 
-/// A request of disk `dev` completed `bytes`.
+/// A request of device `dev` completed `bytes`.
 #[inline(always)]
 pub fn rq_completed(dev: u32, opf: u32, bytes: u32) {
     let Some(stats) = DEV_IO.get_ptr_mut(dev) else { return };
@@ -50,7 +51,7 @@ pub fn rq_completed(dev: u32, opf: u32, bytes: u32) {
     }
 }
 
-/// A bio of `bytes` passed down to disk `dev` from device `from`.
+/// A bio of `bytes` passed down to device `dev` from device `from`.
 #[inline(always)]
 pub fn bio_remapped(dev: u32, from: u32, opf: u32, bytes: u32) {
     // Only between traced devices: the target's entry must exist.

@@ -24,7 +24,6 @@ static BIO_LAYOUT: BioLayout = BioLayout {
     bio_opf: 0,
     bio_size: 0,
     bdev_dev: 0,
-    bdev_disk: 0,
     disk_major: 0,
     disk_first_minor: 0,
     rq_part: 0,
@@ -57,10 +56,6 @@ pub struct Bio {
     /// `bi_bdev->bd_dev`: the device the bio is for, a partition's own
     /// number (latency is kept per device, partitions included). 0: none.
     pub dev: u32,
-    /// The whole disk's number, `disk_devt(bi_bdev->bd_disk)`: what the
-    /// block tracepoints' records call the bio's device, and so what the
-    /// per-device counts are keyed by. 0: none.
-    pub disk_dev: u32,
     /// `bi_opf`: operation and flags.
     pub opf: u32,
     /// `bi_iter.bi_size`: its size in bytes.
@@ -77,15 +72,13 @@ pub fn bio(bio: u64) -> Option<Bio> {
         let bytes = load::<u32>(bio, l.bio_size);
         let bdev = load::<u64>(bio, l.bio_bdev);
         if bdev == 0 {
-            return Some(Bio { dev: 0, disk_dev: 0, opf, bytes });
+            return Some(Bio { dev: 0, opf, bytes });
         }
-        let dev = load::<u32>(bdev, l.bdev_dev);
-        let disk_dev = disk_devt(load::<u64>(bdev, l.bdev_disk));
-        // Every block device has a number and a disk.
-        if dev == 0 || disk_dev == 0 {
-            return None;
+        // Every block device has a number.
+        match load::<u32>(bdev, l.bdev_dev) {
+            0 => None,
+            dev => Some(Bio { dev, opf, bytes }),
         }
-        Some(Bio { dev, disk_dev, opf, bytes })
     }
 }
 

@@ -113,7 +113,6 @@ fn bio_layout(btf: &KernelBtf) -> Result<BioLayout> {
         bio_opf: sized_offset(btf, "bio.bi_opf", 4)?,
         bio_size: sized_offset(btf, "bio.bi_iter.bi_size", 4)?,
         bdev_dev: sized_offset(btf, "block_device.bd_dev", 4)?,
-        bdev_disk: sized_offset(btf, "block_device.bd_disk", 8)?,
         disk_major: sized_offset(btf, "gendisk.major", 4)?,
         disk_first_minor: sized_offset(btf, "gendisk.first_minor", 4)?,
         rq_part: sized_offset(btf, "request.part", 8)?,

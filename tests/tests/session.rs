@@ -484,6 +484,30 @@ fn copy_out_and_amplification_are_exact_on_a_raw_origin() {
     hcp_json(&["remove", &id]);
 }
 
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn copy_out_is_counted_on_a_partition() {
+    // A partition's I/O is its own, not its disk's: a wrapped partition's
+    // copy-out reads come from the partition.
+    require_root();
+    let _serial = serial();
+    let (_disk, part) = LoopDevice::partitioned(64 << 20);
+    let started =
+        hcp_json(&["start", "--trace", "--baseline", "0", "--skip-mount", "-q", "32M", part.to_str().unwrap()]);
+    let id = started["session"].as_str().unwrap().to_string();
+    let through = PathBuf::from(started["write_through"].as_str().expect("a wrapped partition"));
+    const X: u64 = 4;
+    write_direct(&through, 0, X, 0x44);
+    let s = hcp_json(&["stats", &id]);
+    let n = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("not a number: {v} in {s}"));
+    assert_eq!(n(&s["app_writes"]["bytes"]), X << 20, "{}", s["app_writes"]);
+    assert_eq!(n(&s["copy_out"]["read_bytes"]), X << 20, "copy-out read from the partition: {}", s["copy_out"]);
+    let real = s["devices"].as_array().unwrap().iter().find(|d| d["role"] == "real").expect("the partition is traced");
+    assert_eq!(real["device"], part.to_str().unwrap(), "{real}");
+    assert_eq!(n(&real["bios"]["read"]["bytes"]), X << 20, "{real}");
+    hcp_json(&["remove", &id]);
+}
+
 /// Whether dm device `name` is suspended (`dmsetup info`).
 fn suspended(name: &str) -> bool {
     let out =
