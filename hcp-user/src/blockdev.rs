@@ -112,6 +112,21 @@ impl BlockDevice {
     }
 }
 
+/// Refuses a device some program or the kernel holds open exclusively
+/// (`O_EXCL` on a block device fails with EBUSY then): a mounted
+/// filesystem, a dm table, an md array, a program's own claim.
+pub fn check_not_open_exclusively(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match fs::OpenOptions::new().read(true).custom_flags(libc::O_EXCL).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(Error::busy(format!(
+            "{} is in use (opened exclusively by a program or the kernel): stop what uses it and retry",
+            path.display()
+        ))),
+        Err(e) => Err(Error::io(format!("opening {}", path.display()), e)),
+    }
+}
+
 fn stacked_on(dev: DevNum, other: DevNum, depth: u32) -> bool {
     // Stacks are shallow; the bound only guards against a sysfs loop.
     dev == other

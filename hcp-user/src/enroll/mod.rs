@@ -194,7 +194,7 @@ pub fn enroll(opts: &EnrollOptions) -> Result<Enrolled> {
         (many, _) => return Err(mounted_in_many(&shown, many)),
     };
     if spec.is_none() {
-        check_not_open_exclusively(&shown)?;
+        crate::blockdev::check_not_open_exclusively(&shown)?;
     }
     let fs_uuid = crate::mount::fs_uuid(&shown).ok().flatten();
     let mut record = Enrollment {
@@ -204,7 +204,7 @@ pub fn enroll(opts: &EnrollOptions) -> Result<Enrolled> {
         kernel_path: shown.clone(),
         size_sectors: raw.size_sectors(),
         fs_uuid,
-        enrolled_unix: now_unix(),
+        enrolled_unix: crate::session::now_unix(),
         // (Enrolling again keeps what fstab named before the first time.)
         fstab_source: stale.and_then(|r| r.fstab_source.clone()),
     };
@@ -378,7 +378,7 @@ pub fn unenroll(opts: &UnenrollOptions) -> Result<Unenrolled> {
         if let (Some(entry), Some(wanted)) = (&entry, &fstab.wanted) {
             let text = fstab::replace_line(&fstab_text, entry.line, wanted);
             fstab.backup = Some(
-                fstab::write_with_backup(&text, now_unix())
+                fstab::write_with_backup(&text, crate::session::now_unix())
                     .map_err(|e| e.context(format!("{} is unenrolled, but fstab was not changed", raw.display())))?,
             );
             fstab.edited = true;
@@ -830,18 +830,6 @@ fn is_in_use(dev: &BlockDevice) -> bool {
     !dev.holders().is_empty() || mountinfo::read().is_ok_and(|m| !MountTable(m).mounts_of(dev.devnum).is_empty())
 }
 
-fn check_not_open_exclusively(path: &Path) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_EXCL).open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(Error::busy(format!(
-            "{} is in use (opened exclusively by a program or the kernel): stop what uses it and retry",
-            path.display()
-        ))),
-        Err(e) => Err(Error::io(format!("opening {}", path.display()), e)),
-    }
-}
-
 /// syncfs(2) on the filesystem mounted at `mount_point`.
 fn sync_filesystem(mount_point: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
@@ -852,8 +840,4 @@ fn sync_filesystem(mount_point: &Path) -> Result<()> {
         return Err(Error::io(format!("syncing {}", mount_point.display()), std::io::Error::last_os_error()));
     }
     Ok(())
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

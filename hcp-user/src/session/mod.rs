@@ -84,7 +84,7 @@ fn siblings<'a>(sessions: &'a [Session], session: &Session) -> Vec<&'a Session> 
 }
 
 /// Seconds since the Unix epoch.
-fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 

@@ -527,7 +527,7 @@ fn plan_origin(dm: &Dm, named: &BlockDevice, sessions: &[Session], mounts: &Moun
                 enrolled.mapping_path().display()
             )));
         }
-        check_not_open_exclusively(&shown)?;
+        crate::blockdev::check_not_open_exclusively(&shown)?;
         return Ok(OriginPlan::Wrap { name: format!("hcp-{}", named.kernel_name), raw: named.clone() });
     };
     for (prefix, what) in [
@@ -696,7 +696,7 @@ fn plan_device_store(
     if let Some(holder) = dev.holders().first() {
         return Err(Error::busy(format!("store {} is in use by device {holder}: give a free device", given.display())));
     }
-    check_not_open_exclusively(given)?;
+    crate::blockdev::check_not_open_exclusively(given)?;
     if dev.size_bytes < min_store {
         return Err(Error::usage(format!(
             "store {} is too small ({}): a snapshot store needs at least {}; give a larger device",
@@ -719,17 +719,6 @@ fn plan_device_store(
 
 /// An exclusive open fails with EBUSY when anything holds the device:
 /// a mount, dm, md, or a program that opened it with O_EXCL.
-fn check_not_open_exclusively(path: &Path) -> Result<()> {
-    match OpenOptions::new().read(true).custom_flags(libc::O_EXCL).open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(Error::busy(format!(
-            "{} is in use (opened exclusively by a program or the kernel): stop what uses it and retry",
-            path.display()
-        ))),
-        Err(e) => Err(Error::io(format!("opening {}", path.display()), e)),
-    }
-}
-
 fn check_mount_point(path: &Path, mounts: &MountTable) -> Result<()> {
     if path.starts_with(DEFAULT_MOUNT_DIR) {
         state::check_private_dir(Path::new(DEFAULT_MOUNT_DIR))?;
