@@ -87,12 +87,40 @@ pub struct LatKey {
     pub _pad: u16,
 }
 
-/// A bio or request in flight, keyed by its address in `IO_START`.
+/// When a bio or request in flight started, and the histogram its
+/// completion goes to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BioStart {
     pub start_ns: u64,
     pub key: LatKey,
+}
+
+/// A slot of the in-flight table (`IN_FLIGHT`): which bio or request holds
+/// it (a number made of its address; 0: free), and its start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InFlightSlot {
+    pub object: u64,
+    pub start_ns: u64,
+    pub key: LatKey,
+}
+
+/// log2 of the in-flight table's slots. With n objects in flight, about
+/// n²/2 / slots pairs share a slot (then one of them goes to the hash map):
+/// 0.1 of a pair at queue depth 128.
+pub const IN_FLIGHT_BITS: u32 = 16;
+pub const IN_FLIGHT_SLOTS: u32 = 1 << IN_FLIGHT_BITS;
+
+/// The slot of the object numbered `object` (from its address) in a table
+/// of [`IN_FLIGHT_SLOTS`] (of fewer, a power of two: the low bits of this):
+/// Fibonacci hashing,
+/// whose top bits depend on every bit of the address, so that objects
+/// allocated at a fixed stride (requests of one tag set, bios of one slab)
+/// spread over the table.
+#[inline(always)]
+pub fn in_flight_slot(object: u64) -> u32 {
+    ((object >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - IN_FLIGHT_BITS)) as u32
 }
 
 /// Offsets inside kernel structs, read from the running kernel's BTF by
@@ -132,7 +160,8 @@ pub struct BioLayout {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BioLosses {
-    /// Starts not recorded because the in-flight map was full.
+    /// Starts not recorded: their in-flight slot was taken and the overflow
+    /// map (`IO_START`) full.
     pub inflight_full: u64,
     /// Samples dropped because the histogram map was full.
     pub histogram_full: u64,
@@ -165,6 +194,7 @@ mod pod {
     unsafe impl aya::Pod for super::BioLayout {}
     unsafe impl aya::Pod for super::BioLosses {}
     unsafe impl aya::Pod for super::BioStart {}
+    unsafe impl aya::Pod for super::InFlightSlot {}
 }
 
 #[cfg(test)]
@@ -178,5 +208,21 @@ mod tests {
         assert_eq!(op_of_opf(2), IoOp::Other);
         assert_eq!(op_of_opf(3), IoOp::Discard);
         assert_eq!(op_of_opf(9), IoOp::Write);
+    }
+
+    #[test]
+    fn in_flight_slots_spread_strided_objects() {
+        // Requests of one tag set: 128 of them, 320 bytes apart; bios of one
+        // slab, 256 apart. Each within range, and hardly any two sharing.
+        for (base, stride) in [(0xffff_8881_0a2c_0000u64, 320u64), (0xffff_8881_3f00_1000, 256)] {
+            let mut slots = [0u32; 128];
+            for (i, slot) in slots.iter_mut().enumerate() {
+                *slot = in_flight_slot(base + i as u64 * stride);
+                assert!(*slot < IN_FLIGHT_SLOTS);
+            }
+            slots.sort_unstable();
+            let distinct = 1 + slots.windows(2).filter(|w| w[0] != w[1]).count();
+            assert!(distinct >= 126, "{distinct} distinct slots of 128");
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! I/O latency per device, level and direction (see
-//! `hcp_common::bio`): a start is recorded keyed by the bio's or request's
-//! address, and its completion becomes a histogram sample. Called by the
-//! programs in `block_events`, which hand over the kernel objects
-//! themselves (tp_btf), which the classic tracepoint records do not carry.
+//! `hcp_common::bio`): a start is recorded (`in_flight`) keyed by the bio's
+//! or request's address, and its completion becomes a histogram sample.
+//! Called by the programs in `block_events`, which hand over the kernel
+//! objects themselves (tp_btf), which the classic tracepoint records do not
+//! carry.
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -13,15 +14,12 @@ use aya_ebpf::{
 use hcp_common::bio::{op_of_opf, BioLosses, BioStart, LatKey, Level, REQUEST_BASED};
 use hcp_common::hist::LatencyHist;
 
+use crate::in_flight;
+
 /// Traced devices (kernel `dev_t`), with their `Role` (for whoever reads
 /// the map) and whether they are request-based (`bio::REQUEST_BASED`).
 #[map]
 static IO_DEVICES: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
-
-/// Bios and requests in flight on traced devices, by address. Sized for deep
-/// queues on several devices; a full map is counted in `IO_LOSSES`.
-#[map]
-static IO_START: HashMap<u64, BioStart> = HashMap::with_max_entries(65536, 0);
 
 /// Latency histograms, per CPU so the I/O path never contends on a lock.
 /// Not preallocated: a histogram is 7 KiB per CPU, and a preallocated map
@@ -64,7 +62,7 @@ pub fn on_start(object: u64, level: Level, dev: u32, opf: u32) {
     let key = LatKey { dev, level: level as u8, op: op_of_opf(opf) as u8, _pad: 0 };
     // SAFETY: a helper without preconditions.
     let start = BioStart { start_ns: unsafe { bpf_ktime_get_ns() }, key };
-    if IO_START.insert(object, start, 0).is_err() {
+    if in_flight::record(object, start).is_err() {
         count_loss(dev, |l| l.inflight_full += 1);
     }
 }
@@ -73,8 +71,7 @@ pub fn on_start(object: u64, level: Level, dev: u32, opf: u32) {
 /// start was recorded.
 #[inline(always)]
 pub fn on_complete(object: u64, device: impl FnOnce() -> Option<(u32, u32)>) {
-    // SAFETY: the value is copied out before the entry is deleted.
-    let Some(start) = (unsafe { IO_START.get(object) }).copied() else {
+    let Some(start) = in_flight::take(object) else {
         // Only a traced device's completion without a start is a loss.
         if let Some((dev, _)) = device().filter(|(dev, _)| *dev != 0) {
             // SAFETY: a membership test of our own map.
@@ -84,7 +81,6 @@ pub fn on_complete(object: u64, device: impl FnOnce() -> Option<(u32, u32)>) {
         }
         return;
     };
-    let _ = IO_START.remove(object);
     // SAFETY: a helper without preconditions.
     let elapsed = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.start_ns);
     if IO_LATENCY.get_ptr_mut(start.key).is_none() {

@@ -50,6 +50,16 @@ unsafe fn load<T>(base: u64, offset: u32) -> T {
     core::ptr::read_volatile((base + u64::from(offset)) as *const T)
 }
 
+/// A kernel object's address (a tp_btf pointer argument) as a plain number
+/// that identifies it, for hashing and storing: its distance from a fixed
+/// address of our own. The verifier refuses any arithmetic on a kernel
+/// pointer but one, the difference of two pointers, which it lets programs
+/// loaded with CAP_PERFMON make, and which is then a number like any other.
+#[inline(always)]
+pub fn object_id(object: u64) -> u64 {
+    object.wrapping_sub(&raw const BIO_LAYOUT as u64)
+}
+
 /// What a bio is, for counting and timing.
 #[derive(Clone, Copy)]
 pub struct Bio {

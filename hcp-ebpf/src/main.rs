@@ -2,11 +2,16 @@
 //! read-only globals (set by user space before load) are the whole interface.
 #![no_std]
 #![no_main]
+// BPF's atomic instructions (see `atomic`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
+mod atomic;
 mod block_events;
 mod block_io;
 mod floor;
 mod freeze;
+mod in_flight;
 mod io_latency;
 mod kernel;
 mod write_stall;

@@ -2,9 +2,9 @@
 //! kernel by the `io_latency` programs (see `hcp_common::bio`).
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, MapData, PerCpuHashMap};
+use aya::maps::{Array, HashMap, MapData, PerCpuHashMap};
 use aya::Ebpf;
-use hcp_common::bio::{device_flags, BioLosses, BioStart, LatKey, Role};
+use hcp_common::bio::{device_flags, BioLosses, BioStart, InFlightSlot, LatKey, Role, IN_FLIGHT_SLOTS};
 use hcp_common::LatencyHist;
 
 use crate::devnum::DevNum;
@@ -17,13 +17,21 @@ pub struct IoLatencyTracer {
     _ebpf: Ebpf,
     latency: PerCpuHashMap<MapData, LatKey, LatencyHist>,
     losses: PerCpuHashMap<MapData, u32, BioLosses>,
+    slots: Array<MapData, InFlightSlot>,
     starts: HashMap<MapData, u64, BioStart>,
+    starts_use: Array<MapData, u64>,
 }
 
 impl IoLatencyTracer {
     /// Starts measuring `devices`, each with the role it plays.
     pub fn attach(devices: &[(DevNum, Role)]) -> Result<IoLatencyTracer> {
-        let mut ebpf = probes::load(probes::Purpose::BlockIo)?;
+        Self::attach_with_in_flight_slots(devices, IN_FLIGHT_SLOTS)
+    }
+
+    /// [`Self::attach`] with an in-flight table of `slots` (see
+    /// [`probes::load_with_in_flight_slots`]).
+    pub fn attach_with_in_flight_slots(devices: &[(DevNum, Role)], slots: u32) -> Result<IoLatencyTracer> {
+        let mut ebpf = probes::load_with_in_flight_slots(probes::Purpose::BlockIo, slots)?;
         let mut traced: HashMap<MapData, u32, u32> =
             HashMap::try_from(ebpf.take_map("IO_DEVICES").context("eBPF object lacks map IO_DEVICES")?)?;
         for (dev, role) in devices {
@@ -34,17 +42,30 @@ impl IoLatencyTracer {
         probes::attach_block_programs(&mut ebpf)?;
         let latency = PerCpuHashMap::try_from(ebpf.take_map("IO_LATENCY").context("map IO_LATENCY")?)?;
         let losses = PerCpuHashMap::try_from(ebpf.take_map("IO_LOSSES").context("map IO_LOSSES")?)?;
+        let slots = Array::try_from(ebpf.take_map("IN_FLIGHT").context("map IN_FLIGHT")?)?;
         let starts = HashMap::try_from(ebpf.take_map("IO_START").context("map IO_START")?)?;
-        Ok(IoLatencyTracer { _ebpf: ebpf, latency, losses, starts })
+        let starts_use = Array::try_from(ebpf.take_map("IO_START_USE").context("map IO_START_USE")?)?;
+        Ok(IoLatencyTracer { _ebpf: ebpf, latency, losses, slots, starts, starts_use })
+    }
+
+    /// How many bios and requests are recorded as in flight, in the table
+    /// and in the hash map: once the I/O is over, none (a start that never
+    /// completes would hold its slot, or fill the map).
+    pub fn in_flight(&self) -> Result<usize> {
+        let mut held = 0;
+        for slot in self.slots.iter() {
+            held += usize::from(slot?.object != 0);
+        }
+        Ok(held + self.starts.keys().collect::<Result<Vec<u64>, _>>()?.len())
+    }
+
+    /// How many starts went to the overflow map so far, their slot held by
+    /// another object in flight.
+    pub fn overflowed(&self) -> Result<u64> {
+        Ok(self.starts_use.get(&1, 0)?)
     }
 
     /// Every histogram so far, merged over CPUs, sorted by key.
-    /// How many bios and requests are recorded as in flight: once the
-    /// I/O is over, none (a start that never completes would fill the map).
-    pub fn in_flight(&self) -> Result<usize> {
-        Ok(self.starts.keys().collect::<Result<Vec<u64>, _>>()?.len())
-    }
-
     pub fn histograms(&self) -> Result<Vec<(LatKey, LatencyHist)>> {
         histograms(&self.latency)
     }

@@ -5,10 +5,10 @@
 //! shrinks the maps that purpose never touches, since the kernel allocates
 //! every map of a loaded object whether or not its programs run.
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use aya::programs::BtfTracePoint;
 use aya::{Ebpf, EbpfLoader};
-use hcp_common::bio::BioLayout;
+use hcp_common::bio::{BioLayout, IN_FLIGHT_SLOTS};
 
 use crate::btf::KernelBtf;
 use crate::tracefs;
@@ -36,7 +36,8 @@ pub const BLOCK_PROGRAMS: [(&str, &str); 5] = [
 ];
 
 /// The maps only the block I/O programs use.
-const BLOCK_IO_MAPS: [&str; 6] = ["DEV_IO", "DEV_REMAP", "IO_DEVICES", "IO_START", "IO_LATENCY", "IO_LOSSES"];
+const BLOCK_IO_MAPS: [&str; 8] =
+    ["DEV_IO", "DEV_REMAP", "IO_DEVICES", "IN_FLIGHT", "IO_START", "IO_START_USE", "IO_LATENCY", "IO_LOSSES"];
 /// The maps only the switch programs use, with their smallest sizes (a ring
 /// buffer's size is in bytes, a page at least).
 const SWITCH_MAPS: [(&str, u32); 3] = [("FREEZE_INFLIGHT", 1), ("FREEZE_EVENTS", 4096), ("STALL_INFLIGHT", 1)];
@@ -44,6 +45,17 @@ const SWITCH_MAPS: [(&str, u32); 3] = [("FREEZE_INFLIGHT", 1), ("FREEZE_EVENTS",
 /// Loads every map of the object and parses its programs (nothing is loaded
 /// into the kernel's verifier or attached yet).
 pub fn load(purpose: Purpose) -> Result<Ebpf> {
+    load_with_in_flight_slots(purpose, IN_FLIGHT_SLOTS)
+}
+
+/// [`load`], with an in-flight table of `slots` (a power of two, at most
+/// [`IN_FLIGHT_SLOTS`]): fewer make objects share slots, which tests use to
+/// drive the overflow map's path.
+pub fn load_with_in_flight_slots(purpose: Purpose, slots: u32) -> Result<Ebpf> {
+    ensure!(
+        slots.is_power_of_two() && slots <= IN_FLIGHT_SLOTS,
+        "in-flight slots: a power of two up to {IN_FLIGHT_SLOTS}"
+    );
     let btf = KernelBtf::load()?;
     let bio = bio_layout(&btf)?;
     // Layouts of programs this load will not attach stay zeroed: their
@@ -63,8 +75,11 @@ pub fn load(purpose: Purpose) -> Result<Ebpf> {
     loader.override_global("BIO_LAYOUT", &bio, true);
     loader.override_global("IOCTL_TP_LAYOUT", &ioctl, true);
     loader.override_global("STALL_LAYOUT", &stall, true);
+    let in_flight_mask = slots - 1;
+    loader.override_global("IN_FLIGHT_MASK", &in_flight_mask, true);
     match purpose {
         Purpose::BlockIo => {
+            loader.map_max_entries("IN_FLIGHT", slots);
             for (map, size) in SWITCH_MAPS {
                 loader.map_max_entries(map, size);
             }

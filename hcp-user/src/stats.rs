@@ -334,7 +334,8 @@ pub struct LevelLatency {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Losses {
-    /// Starts not recorded: the in-flight map was full.
+    /// Starts not recorded: the in-flight table's slot was taken and its
+    /// overflow map full.
     pub inflight_full: u64,
     /// Samples not recorded: the histogram map was full.
     pub histogram_full: u64,

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! hcp-bench --disk /dev/vda --out FILE [--parts switch,write,commands]
-//!           [--reps 7] [--write-reps 3] [--fio-seconds 3] [--chunks 4K,16K,64K]
+//!           [--reps 7] [--write-reps 3] [--write-mib 8] [--chunks 4K,16K,64K]
 //!           [--command-reps 5] [--sessions 16]
 //! ```
 //!
@@ -53,7 +53,7 @@ struct Args {
     parts: Vec<String>,
     reps: usize,
     write_reps: usize,
-    fio_seconds: u32,
+    write_mib: u64,
     chunks: Vec<String>,
     command_reps: usize,
     sessions: usize,
@@ -66,7 +66,7 @@ fn parse_args() -> Result<Args> {
         parts: vec!["switch".into(), "write".into(), "commands".into()],
         reps: 7,
         write_reps: 3,
-        fio_seconds: 3,
+        write_mib: 8,
         chunks: vec!["4K".into(), "16K".into(), "64K".into()],
         command_reps: 5,
         sessions: 16,
@@ -81,7 +81,7 @@ fn parse_args() -> Result<Args> {
             "--parts" => a.parts = list(),
             "--reps" => a.reps = value.parse()?,
             "--write-reps" => a.write_reps = value.parse()?,
-            "--fio-seconds" => a.fio_seconds = value.parse()?,
+            "--write-mib" => a.write_mib = value.parse()?,
             "--chunks" => a.chunks = list(),
             "--command-reps" => a.command_reps = value.parse()?,
             "--sessions" => a.sessions = value.parse()?,
@@ -111,7 +111,7 @@ fn run() -> Result<()> {
         say(&format!("part {part}"));
         let result = match part.as_str() {
             "switch" => switch_cost(args.reps),
-            "write" => write_cost(args.write_reps, args.fio_seconds, &args.chunks),
+            "write" => write_cost(args.write_reps, args.write_mib, &args.chunks),
             "commands" => command_latency(args.command_reps, args.sessions),
             _ => bail!("unknown part {part}: switch, write or commands"),
         };
@@ -411,23 +411,30 @@ struct Workload {
     rw: &'static str,
     bs: &'static str,
     iodepth: &'static str,
+    /// The region written, as a multiple of `--write-mib`.
+    scale: u64,
 }
 
 const WORKLOADS: [Workload; 2] = [
-    Workload { id: "randwrite_4k", rw: "randwrite", bs: "4k", iodepth: "4" },
-    Workload { id: "seqwrite_1m", rw: "write", bs: "1M", iodepth: "2" },
+    Workload { id: "randwrite_4k", rw: "randwrite", bs: "4k", iodepth: "4", scale: 1 },
+    Workload { id: "seqwrite_1m", rw: "write", bs: "1M", iodepth: "2", scale: 4 },
 ];
 
-fn fio(w: &Workload, seconds: u32) -> Result<Value> {
+/// fio writes every block of the file's first `mib` MiB exactly once (a
+/// random order is fio's random map with its fixed seed, the same in every
+/// run), so every run under a new snapshot copies out the same chunks: the
+/// same work, whose time is what differs. A time-based run would not be:
+/// how much of it is spent on first writes (copied) or on rewrites (not)
+/// depends on its own speed, which made single ratios range over 100×.
+fn fio(w: &Workload, mib: u64) -> Result<Value> {
     let file = Path::new(MOUNT).join("fio.dat");
     let out = Command::new("/usr/bin/fio")
-        .args(["--name=bench", "--direct=1", "--ioengine=libaio", "--time_based", "--output-format=json"])
+        .args(["--name=bench", "--direct=1", "--ioengine=libaio", "--randrepeat=1", "--output-format=json"])
         .arg(format!("--filename={}", file.display()))
-        .arg(format!("--size={FIO_FILE_MIB}M"))
+        .arg(format!("--size={}M", mib * w.scale))
         .arg(format!("--rw={}", w.rw))
         .arg(format!("--bs={}", w.bs))
         .arg(format!("--iodepth={}", w.iodepth))
-        .arg(format!("--runtime={seconds}"))
         .output()
         .context("running fio (apt-get install fio)")?;
     ensure!(out.status.success(), "fio failed ({}): {}", out.status, stderr(&out));
@@ -436,14 +443,20 @@ fn fio(w: &Workload, seconds: u32) -> Result<Value> {
     let json_start = text.find('{').context("fio printed no JSON")?;
     let v: Value = serde_json::from_str(&text[json_start..]).context("parsing fio's JSON")?;
     let wr = &v["jobs"][0]["write"];
+    let written = wr["io_bytes"].as_u64().context("fio reported no bytes written")?;
+    ensure!(written == (mib * w.scale) << 20, "fio wrote {written} bytes, not the {} MiB asked", mib * w.scale);
     let pct = |p: &str| wr["clat_ns"]["percentile"][p].as_f64().map_or(Value::Null, |ns| json!(ns / 1e3));
     Ok(json!({
         "iops": wr["iops"], "bw_mib_s": wr["bw_bytes"].as_f64().map(|b| b / (1u64 << 20) as f64),
-        "p50_us": pct("50.000000"), "p99_us": pct("99.000000"), "ios": wr["total_ios"],
+        "p50_us": pct("50.000000"), "p99_us": pct("99.000000"), "ios": wr["total_ios"], "runtime_ms": wr["runtime"],
     }))
 }
 
-fn write_cost(reps: usize, seconds: u32, chunks: &[String]) -> Result<Value> {
+fn write_cost(reps: usize, mib: u64, chunks: &[String]) -> Result<Value> {
+    ensure!(
+        mib * WORKLOADS.iter().map(|w| w.scale).max().unwrap_or(1) <= FIO_FILE_MIB,
+        "--write-mib: at most the file"
+    );
     // hcp untraced against LVM (the same kernel engine, so the comparison
     // is of what each tool sets up), and hcp traced for its tracer's
     // figures and what tracing costs on top.
@@ -458,24 +471,23 @@ fn write_cost(reps: usize, seconds: u32, chunks: &[String]) -> Result<Value> {
                 say(&format!("write: repetition {}/{reps}: {} chunk {chunk}: {}", rep + 1, w.id, order.join(", ")));
                 let mut run = json!({ "rep": rep, "workload": w.id, "chunk": chunk, "order": order });
                 for mode in &order {
-                    run[*mode] =
-                        write_case(mode, w, chunk, seconds).with_context(|| format!("{} with {mode}", w.id))?;
+                    run[*mode] = write_case(mode, w, chunk, mib).with_context(|| format!("{} with {mode}", w.id))?;
                 }
                 runs.push(run);
             }
         }
     }
-    Ok(json!({ "runs": runs, "fio_seconds": seconds, "file_mib": FIO_FILE_MIB }))
+    Ok(json!({ "runs": runs, "write_mib": mib, "file_mib": FIO_FILE_MIB }))
 }
 
-fn write_case(mode: &str, w: &Workload, chunk: &str, seconds: u32) -> Result<Value> {
+fn write_case(mode: &str, w: &Workload, chunk: &str, mib: u64) -> Result<Value> {
     match mode {
-        "none" => Ok(json!({ "fio": fio(w, seconds)? })),
+        "none" => Ok(json!({ "fio": fio(w, mib)? })),
         "hcp" => {
             let (started, _) =
                 hcp_json(&["start", "--skip-mount", "--chunk-size", chunk, "-c", &store_path(), &origin_path()])?;
             let session = started["session"].as_str().context("start printed no session")?.to_string();
-            let fio = fio(w, seconds);
+            let fio = fio(w, mib);
             hcp_json(&["remove", &session])?;
             Ok(json!({ "fio": fio? }))
         }
@@ -493,7 +505,7 @@ fn write_case(mode: &str, w: &Workload, chunk: &str, seconds: u32) -> Result<Val
                 &origin_path(),
             ])?;
             let session = started["session"].as_str().context("start printed no session")?.to_string();
-            let fio = fio(w, seconds);
+            let fio = fio(w, mib);
             let stats = hcp_json(&["stats", &session]).map(|(s, _)| s);
             hcp_json(&["remove", &session])?;
             let (fio, stats) = (fio?, stats?);
@@ -512,7 +524,7 @@ fn write_case(mode: &str, w: &Workload, chunk: &str, seconds: u32) -> Result<Val
             let snap = format!("{VG}/snap");
             let size = format!("{STORE_MIB}M");
             lvm(&["lvcreate", "-q", "-y", "-s", "-n", "snap", "-L", &size, "--chunksize", chunk, &origin_path()])?;
-            let fio = fio(w, seconds);
+            let fio = fio(w, mib);
             let used = lvm(&["lvs", "--noheadings", "-o", "snap_percent", &snap]).map(|s| s.trim().to_string());
             lvm(&["lvremove", "-q", "-f", &snap])?;
             Ok(json!({ "fio": fio?, "snap_percent": used.ok() }))

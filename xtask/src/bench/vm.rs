@@ -20,7 +20,9 @@ pub struct Params {
     pub reps: usize,
     /// Part 2: repetitions of every workload and chunk size.
     pub write_reps: usize,
-    pub fio_seconds: u32,
+    /// Part 2: MiB the random workload writes (each 4 KiB block once); the
+    /// sequential one writes 4 times as much.
+    pub write_mib: u64,
     pub chunks: Vec<&'static str>,
     /// Part 3: repetitions of each command at each session count.
     pub command_reps: usize,
@@ -30,12 +32,12 @@ pub struct Params {
 impl Params {
     pub fn new(quick: bool) -> Params {
         if quick {
-            Params { reps: 2, write_reps: 1, fio_seconds: 2, chunks: vec!["16K"], command_reps: 3, sessions: 16 }
+            Params { reps: 2, write_reps: 1, write_mib: 2, chunks: vec!["16K"], command_reps: 3, sessions: 16 }
         } else {
             Params {
                 reps: 5,
                 write_reps: 3,
-                fio_seconds: 3,
+                write_mib: 8,
                 chunks: vec!["4K", "16K", "64K"],
                 command_reps: 5,
                 sessions: 16,
@@ -86,7 +88,7 @@ fn guest_run(kernel: GuestKernel, parts: &[&str], p: &Params) -> Result<Value> {
         ("--parts", parts.join(",")),
         ("--reps", p.reps.to_string()),
         ("--write-reps", p.write_reps.to_string()),
-        ("--fio-seconds", p.fio_seconds.to_string()),
+        ("--write-mib", p.write_mib.to_string()),
         ("--chunks", p.chunks.join(",")),
         ("--command-reps", p.command_reps.to_string()),
         ("--sessions", p.sessions.to_string()),
@@ -333,12 +335,12 @@ fn switch_section(v: &Value, label: &str, release: &str, p: &Params) -> Result<S
 
 fn write_sections(v: &Value, label: &str, release: &str, p: &Params) -> Result<Vec<Section>> {
     let runs = runs_of(v)?;
-    let seconds = v["fio_seconds"].as_u64().unwrap_or(0);
+    let mib = v["write_mib"].as_u64().unwrap_or(0);
     let file_mib = v["file_mib"].as_u64().unwrap_or(0);
     let mut sections = Vec::new();
-    for (workload, title, fio_args, metric, unit) in [
-        ("randwrite_4k", "4 KiB random writes", "--rw=randwrite --bs=4k --iodepth=4", "iops", "IOPS"),
-        ("seqwrite_1m", "1 MiB sequential writes", "--rw=write --bs=1M --iodepth=2", "bw_mib_s", "MiB/s"),
+    for (workload, title, fio_args, region, metric, unit) in [
+        ("randwrite_4k", "4 KiB random writes", "--rw=randwrite --bs=4k --iodepth=4", mib, "iops", "IOPS"),
+        ("seqwrite_1m", "1 MiB sequential writes", "--rw=write --bs=1M --iodepth=2", 4 * mib, "bw_mib_s", "MiB/s"),
     ] {
         let mut figures = Vec::new();
         let mut targets = Vec::new();
@@ -410,16 +412,17 @@ fn write_sections(v: &Value, label: &str, release: &str, p: &Params) -> Result<V
             title: format!("2. Write cost under a snapshot: {title} (Linux {label})"),
             method: format!(
                 "In the VM on Linux {release}, the origin and stores of part 1. fio `--direct=1 --ioengine=libaio \
-                 {fio_args} --time_based --runtime={seconds}` on a {file_mib} MiB file laid out on the origin \
-                 before any snapshot, in four modes: no snapshot; an hcp session made just before (`hcp start \
-                 --chunk-size C -c /dev/bench/hcpstore`); the same traced (`--trace --baseline 0s`, so hcp's \
-                 tracer runs during fio: its figures come from `hcp stats --json`); an LVM snapshot made just \
-                 before (`lvcreate -s --chunksize C -L 160M`). hcp and LVM both use the kernel's dm-snapshot, \
-                 so the comparison is of the untraced session; the traced one shows what tracing adds (eBPF \
-                 JIT code runs emulated here, so far slower than on hardware). Each snapshot is new, so \
-                 fio's first write to every chunk is copied out. {} repetitions of every chunk size; the four \
-                 modes one after another, their order rotating by one each time. Throughput ratios are per \
-                 such quadruple.",
+                 {fio_args} --randrepeat=1 --size={region}M` on a {file_mib} MiB file laid out on the origin \
+                 before any snapshot: every block of the file's first {region} MiB is written exactly once (in \
+                 random order: the same order in every run), so every run under a new snapshot copies out the \
+                 same chunks, and only its time differs. Four modes: no snapshot; an hcp session made just \
+                 before (`hcp start --chunk-size C -c /dev/bench/hcpstore`); the same traced (`--trace \
+                 --baseline 0s`, so hcp's tracer runs during fio: its figures come from `hcp stats --json`); an \
+                 LVM snapshot made just before (`lvcreate -s --chunksize C -L 160M`). hcp and LVM both use the \
+                 kernel's dm-snapshot, so the comparison is of the untraced session; the traced one shows what \
+                 tracing adds (eBPF JIT code runs emulated here, so far slower than on hardware). {} \
+                 repetitions of every chunk size; the four modes one after another, their order rotating by one \
+                 each time. Throughput ratios are per such quadruple.",
                 p.write_reps
             ),
             figures,
@@ -512,7 +515,7 @@ mod tests {
     fn write_sections_per_workload_and_chunk() {
         let fio = |iops: f64| json!({"iops": iops, "bw_mib_s": iops / 10.0, "p50_us": 100.0, "p99_us": 900.0});
         let run = |w: &str| json!({"workload": w, "chunk": "4K", "none": {"fio": fio(1000.0)}, "hcp": {"fio": fio(600.0)}, "hcp_traced": {"fio": fio(300.0), "tracer": {"p50_us": 90.0, "p99_us": 800.0, "write_amplification": 2.1}}, "lvm": {"fio": fio(500.0)}});
-        let raw = json!({"kernel": "k", "write": {"runs": [run("randwrite_4k"), run("seqwrite_1m")], "fio_seconds": 2, "file_mib": 64}});
+        let raw = json!({"kernel": "k", "write": {"runs": [run("randwrite_4k"), run("seqwrite_1m")], "write_mib": 2, "file_mib": 64}});
         let sections = sections_from(&raw, "6.1", "k", &params()).unwrap();
         assert_eq!(sections.len(), 2);
         let s = &sections[0];

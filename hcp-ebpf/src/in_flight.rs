@@ -1,0 +1,115 @@
+//! Starts of the bios and requests in flight on traced devices, by the
+//! object's address (as `kernel::object_id` numbers it), from their start
+//! event to their completion.
+//!
+//! Most live in `IN_FLIGHT`, a direct-mapped table: an array indexed by a
+//! hash of the address, each slot claimed with an atomic compare-and-swap
+//! and given back with an atomic exchange. The few whose slot is held by
+//! another object in flight go to `IO_START`, a hash map, instead. Why not
+//! the hash map alone, as biolatency does: its insert takes a bucket lock
+//! and an element off a free list, and its delete gives both back; on the
+//! host benchmark these were half of what the tracer cost per I/O. An array
+//! lookup is an address computation (the verifier inlines it), so the
+//! table's cost is two atomic instructions per I/O.
+//!
+//! A start and its completion are causally ordered (the object is handed on
+//! only after its start event's program has run), so a slot is only ever
+//! contended by different objects, which the compare-and-swap settles.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap},
+};
+use hcp_common::bio::{in_flight_slot, BioStart, InFlightSlot, IN_FLIGHT_SLOTS};
+
+use crate::{atomic, kernel};
+
+#[map]
+static IN_FLIGHT: Array<InFlightSlot> = Array::with_max_entries(IN_FLIGHT_SLOTS, 0);
+
+/// The table's size less one (a power of two): user space sets it with the
+/// table's size at load, smaller only in the tests of the hash map's path.
+#[no_mangle]
+static IN_FLIGHT_MASK: u32 = IN_FLIGHT_SLOTS - 1;
+
+#[inline(always)]
+fn slot_of(object: u64) -> u32 {
+    // SAFETY: a read-only global written by user space before load.
+    in_flight_slot(object) & unsafe { core::ptr::read_volatile(&IN_FLIGHT_MASK) }
+}
+
+/// Starts whose slot was taken. Sized for deep queues on several devices;
+/// a full map is the caller's loss to count.
+#[map]
+static IO_START: HashMap<u64, BioStart> = HashMap::with_max_entries(8192, 0);
+
+/// `IO_START`'s use: [`IN_USE`] entries it holds now, so that a completion
+/// looks there only when something is (almost never), and [`EVER`] starts
+/// it took so far, for user space to see how often slots are shared.
+#[map]
+static IO_START_USE: Array<u64> = Array::with_max_entries(2, 0);
+const IN_USE: u32 = 0;
+const EVER: u32 = 1;
+
+/// Why a start could not be recorded.
+pub struct Full;
+
+/// Records that `object` started; `Err` when neither its slot nor the hash
+/// map had room.
+#[inline(always)]
+pub fn record(object: u64, start: BioStart) -> Result<(), Full> {
+    let object = kernel::object_id(object);
+    if let Some(slot) = IN_FLIGHT.get_ptr_mut(slot_of(object)) {
+        // SAFETY: a member of our own array's value, 8-byte aligned.
+        let held = unsafe { atomic::compare_exchange(&raw mut (*slot).object, 0, object) };
+        // The same object again (a requeued request issued anew) keeps its
+        // slot and takes the new start.
+        if held == 0 || held == object {
+            // SAFETY: the slot is ours until `take` gives it back.
+            unsafe {
+                (*slot).start_ns = start.start_ns;
+                (*slot).key = start.key;
+            }
+            return Ok(());
+        }
+    }
+    IO_START.insert(object, start, 0).map_err(|_| Full)?;
+    for counter in [IN_USE, EVER] {
+        if let Some(count) = IO_START_USE.get_ptr_mut(counter) {
+            // SAFETY: our own array's value.
+            unsafe { atomic::add(count, 1) };
+        }
+    }
+    Ok(())
+}
+
+/// The start of `object`, which completes, removed; `None` if none was
+/// recorded (it started before tracing did, or on an untraced device).
+#[inline(always)]
+pub fn take(object: u64) -> Option<BioStart> {
+    let object = kernel::object_id(object);
+    if let Some(slot) = IN_FLIGHT.get_ptr_mut(slot_of(object)) {
+        // SAFETY: our own array's value; only `object`'s completion reads
+        // the slot while `object` holds it, and reads it before giving it
+        // back (the exchange is a barrier).
+        unsafe {
+            if core::ptr::read_volatile(&raw const (*slot).object) == object {
+                let start = BioStart { start_ns: (*slot).start_ns, key: (*slot).key };
+                atomic::exchange(&raw mut (*slot).object, 0);
+                return Some(start);
+            }
+        }
+    }
+    let used = IO_START_USE.get_ptr_mut(IN_USE)?;
+    // SAFETY: our own array's value.
+    if unsafe { core::ptr::read_volatile(used) } == 0 {
+        return None;
+    }
+    // SAFETY: the value is copied out before the entry is deleted.
+    let start = (unsafe { IO_START.get(object) }).copied()?;
+    if IO_START.remove(object).is_ok() {
+        // SAFETY: as above.
+        unsafe { atomic::add(used, u64::MAX) };
+    }
+    Some(start)
+}
