@@ -11,21 +11,16 @@
 
 use crate::IoOp;
 
-/// In an `IO_DEVICES` value, beside the device's [`Role`]: the device is
-/// request-based (blk-mq). Its bios never reach `block_bio_complete`, so the
-/// bio-level program records no start for them (each would sit in the
-/// in-flight map for ever, and fill it); its requests are timed instead.
-pub const REQUEST_BASED: u32 = 1 << 8;
-
-/// An `IO_DEVICES` value: the role, and whether the device is request-based.
-pub const fn device_flags(role: Role, request_based: bool) -> u32 {
-    role as u32 | if request_based { REQUEST_BASED } else { 0 }
-}
+/// In a `DEV_IO` value's flags: the device is request-based (blk-mq). Its
+/// bios never reach `block_bio_complete`, so the bio-level program records
+/// no start for them (each would hold its in-flight slot for ever); its
+/// requests are timed instead.
+pub const REQUEST_BASED: u32 = 1;
 
 /// The part a device plays in a session. Everything in the kernel is keyed
-/// by device (the `IO_DEVICES` map holds the traced ones, with their role),
-/// so that sessions sharing an origin share its figures; user space sums a
-/// session's devices.
+/// by device (the `DEV_IO` map holds the traced ones), so that sessions
+/// sharing an origin share its figures; user space sums a session's
+/// devices, by role.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {

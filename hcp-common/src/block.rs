@@ -89,8 +89,9 @@ impl OpCount {
 }
 
 /// Value of the per-CPU `DEV_IO` map, keyed by the kernel's `dev_t`
-/// (`major << 20 | minor`). A device is counted only while user space keeps
-/// an entry for it, so the map is both the filter and the result.
+/// (`major << 20 | minor`). A device is counted and timed only while user
+/// space keeps an entry for it: the map is the set of traced devices and
+/// their counts, both found with the one lookup each event makes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DevIoStats {
@@ -109,6 +110,11 @@ pub struct DevIoStats {
     /// not attributable to a device: they are counted with the latency
     /// losses, under device 0.)
     pub read_errors: u64,
+    /// What the programs need to know of the device ([`crate::bio::REQUEST_BASED`]),
+    /// the same in every CPU's copy: written by user space when it adds the
+    /// device, only read by the programs.
+    pub flags: u32,
+    pub _pad: u32,
 }
 
 /// Key of the `DEV_REMAP` map: bios that a stacked device (`from`, e.g. a dm

@@ -15,7 +15,7 @@
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use hcp_common::bio::Level;
 
-use crate::{block_io, io_latency, kernel};
+use crate::{block_io, block_io::Traced, io_latency, kernel};
 
 #[btf_tracepoint(function = "block_bio_queue")]
 pub fn bio_queue(ctx: BtfTracePointContext) -> i32 {
@@ -23,8 +23,13 @@ pub fn bio_queue(ctx: BtfTracePointContext) -> i32 {
     let bio: u64 = ctx.arg(0);
     match kernel::bio(bio) {
         Some(b) => {
-            block_io::bio_queued(b.dev, b.opf, b.bytes);
-            io_latency::on_start(bio, Level::Bio, b.dev, b.opf);
+            let Some(dev) = Traced::get(b.dev) else { return 0 };
+            dev.bio_queued(b.opf, b.bytes);
+            // A request-based device's bios are never completed at this
+            // level: its requests are timed (see `bio::REQUEST_BASED`).
+            if !dev.request_based() {
+                io_latency::on_start(bio, Level::Bio, b.dev, b.opf);
+            }
         }
         None => io_latency::read_error(),
     }
@@ -51,7 +56,16 @@ pub fn bio_remap(ctx: BtfTracePointContext) -> i32 {
 pub fn bio_complete(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct request_queue *q, struct bio *bio)
     let bio: u64 = ctx.arg(1);
-    io_latency::on_complete(bio, || kernel::bio(bio).map(|b| (b.dev, b.opf)));
+    if !io_latency::on_complete(bio) {
+        // The bio's device now may be another than at its start (a
+        // partition's bio is on its disk by now): only a traced one's
+        // completion without a start is a loss.
+        match kernel::bio(bio) {
+            Some(b) if Traced::get(b.dev).is_some() => io_latency::unmatched(b.dev),
+            Some(_) => {}
+            None => io_latency::read_error(),
+        }
+    }
     0
 }
 
@@ -60,7 +74,8 @@ pub fn rq_issue(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct request *rq)
     let rq: u64 = ctx.arg(0);
     match kernel::request_part(rq) {
-        Some((dev, opf)) => io_latency::on_start(rq, Level::Request, dev, opf),
+        Some((dev, opf)) if Traced::get(dev).is_some() => io_latency::on_start(rq, Level::Request, dev, opf),
+        Some(_) => {}
         None => io_latency::read_error(),
     }
     0
@@ -71,12 +86,22 @@ pub fn rq_complete(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct request *rq, blk_status_t error, unsigned int nr_bytes)
     let rq: u64 = ctx.arg(0);
     let nr_bytes: u64 = ctx.arg(2);
-    // Counted for the partition the request is for, else its disk.
-    let dev = match kernel::request_part(rq) {
+    // Counted for the partition the request is for, else its disk; timed
+    // only with a partition (requests without one, as some flushes, have
+    // no start recorded).
+    let part = kernel::request_part(rq);
+    let dev = match part {
         Some((dev, _)) if dev != 0 => dev,
         _ => kernel::request_disk(rq),
     };
-    block_io::rq_completed(dev, kernel::request_opf(rq), nr_bytes as u32);
-    io_latency::on_complete(rq, || kernel::request_part(rq));
+    let traced = Traced::get(dev);
+    if let Some(t) = traced {
+        t.rq_completed(kernel::request_opf(rq), nr_bytes as u32);
+    }
+    // Always looked for, even on a device no longer traced: a start
+    // recorded before would otherwise hold its slot.
+    if !io_latency::on_complete(rq) && traced.is_some() && matches!(part, Some((p, _)) if p == dev) {
+        io_latency::unmatched(dev);
+    }
     0
 }

@@ -9,12 +9,13 @@
 //! the records' `rwbs`.
 
 use aya_ebpf::{macros::map, maps::PerCpuHashMap};
-use hcp_common::{DevIoStats, IoOp, RemapKey, RemapStats};
+use hcp_common::{bio::REQUEST_BASED, DevIoStats, IoOp, RemapKey, RemapStats};
 
 use crate::kernel;
 
-/// Keyed by the kernel's `dev_t`. User space inserts a zeroed entry for each
-/// device it wants counted; events of other devices are ignored.
+/// The traced devices, keyed by the kernel's `dev_t`: user space inserts an
+/// entry (zeroed counts, and the device's flags) for each device it wants
+/// counted and timed; events of other devices are ignored.
 #[map]
 static DEV_IO: PerCpuHashMap<u32, DevIoStats> = PerCpuHashMap::with_max_entries(256, 0);
 
@@ -22,32 +23,48 @@ static DEV_IO: PerCpuHashMap<u32, DevIoStats> = PerCpuHashMap::with_max_entries(
 #[map]
 static DEV_REMAP: PerCpuHashMap<RemapKey, RemapStats> = PerCpuHashMap::with_max_entries(1024, 0);
 
-/// A bio of `bytes` queued on device `dev`.
-#[inline(always)]
-pub fn bio_queued(dev: u32, opf: u32, bytes: u32) {
-    let Some(stats) = DEV_IO.get_ptr_mut(dev) else {
-        return; // not a traced device
-    };
-    // SAFETY: a per-CPU value of our own map, only this CPU touches it.
-    let stats = unsafe { &mut *stats };
-    let op = IoOp::from_opf(opf);
-    let bytes = sectors(bytes);
-    if let Some(c) = stats.bio_queued.get_mut(op as usize) {
-        c.add(bytes);
-    }
-    if op == IoOp::Write && kernel::is_fua(opf) {
-        stats.bio_fua_writes.add(bytes);
-    }
-}
+/// A traced device: its entry's copy on this CPU, found by the one lookup
+/// an event makes.
+#[derive(Clone, Copy)]
+pub struct Traced(*mut DevIoStats);
 
-/// A request of device `dev` completed `bytes`.
-#[inline(always)]
-pub fn rq_completed(dev: u32, opf: u32, bytes: u32) {
-    let Some(stats) = DEV_IO.get_ptr_mut(dev) else { return };
-    // SAFETY: as above.
-    let stats = unsafe { &mut *stats };
-    if let Some(c) = stats.rq_completed.get_mut(IoOp::from_opf(opf) as usize) {
-        c.add(sectors(bytes));
+impl Traced {
+    /// Device `dev`, if it is traced (device 0, none, never is).
+    #[inline(always)]
+    pub fn get(dev: u32) -> Option<Traced> {
+        DEV_IO.get_ptr_mut(dev).map(Traced)
+    }
+
+    /// Whether the device is request-based (`bio::REQUEST_BASED`).
+    #[inline(always)]
+    pub fn request_based(self) -> bool {
+        // SAFETY: a per-CPU value of our own map, only this CPU touches it.
+        unsafe { (*self.0).flags & REQUEST_BASED != 0 }
+    }
+
+    /// A bio of `bytes` queued on the device.
+    #[inline(always)]
+    pub fn bio_queued(self, opf: u32, bytes: u32) {
+        // SAFETY: as above.
+        let stats = unsafe { &mut *self.0 };
+        let op = IoOp::from_opf(opf);
+        let bytes = sectors(bytes);
+        if let Some(c) = stats.bio_queued.get_mut(op as usize) {
+            c.add(bytes);
+        }
+        if op == IoOp::Write && kernel::is_fua(opf) {
+            stats.bio_fua_writes.add(bytes);
+        }
+    }
+
+    /// A request of the device completed `bytes`.
+    #[inline(always)]
+    pub fn rq_completed(self, opf: u32, bytes: u32) {
+        // SAFETY: as above.
+        let stats = unsafe { &mut *self.0 };
+        if let Some(c) = stats.rq_completed.get_mut(IoOp::from_opf(opf) as usize) {
+            c.add(sectors(bytes));
+        }
     }
 }
 
@@ -55,7 +72,7 @@ pub fn rq_completed(dev: u32, opf: u32, bytes: u32) {
 #[inline(always)]
 pub fn bio_remapped(dev: u32, from: u32, opf: u32, bytes: u32) {
     // Only between traced devices: the target's entry must exist.
-    let Some(stats) = DEV_IO.get_ptr_mut(dev) else { return };
+    let Some(Traced(stats)) = Traced::get(dev) else { return };
     let key = RemapKey { dev, from };
     if DEV_REMAP.get_ptr_mut(key).is_none() && DEV_REMAP.insert(key, RemapStats::default(), 0).is_err() {
         // SAFETY: this CPU's copy of our own map value.

@@ -5,28 +5,20 @@
 //! objects themselves (tp_btf), which the classic tracepoint records do not
 //! carry.
 
-use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
-    helpers::bpf_ktime_get_ns,
-    macros::map,
-    maps::{HashMap, PerCpuHashMap},
-};
-use hcp_common::bio::{op_of_opf, BioLosses, BioStart, LatKey, Level, REQUEST_BASED};
+use aya_ebpf::{bindings::BPF_F_NO_PREALLOC, helpers::bpf_ktime_get_ns, macros::map, maps::PerCpuHashMap};
+use hcp_common::bio::{op_of_opf, BioLosses, BioStart, LatKey, Level};
 use hcp_common::hist::LatencyHist;
 
 use crate::in_flight;
 
-/// Traced devices (kernel `dev_t`), with their `Role` (for whoever reads
-/// the map) and whether they are request-based (`bio::REQUEST_BASED`).
-#[map]
-static IO_DEVICES: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
-
 /// Latency histograms, per CPU so the I/O path never contends on a lock.
 /// Not preallocated: a histogram is 7 KiB per CPU, and a preallocated map
 /// would take max_entries times that on every CPU (7 MiB each here) where a
-/// session uses a handful of keys. Entries are allocated on a key's first
-/// sample; only tp_btf programs (BPF_PROG_TYPE_TRACING) use the map, which
-/// the verifier lets allocate at run time.
+/// session uses a handful of keys. User space creates a device's entries
+/// when it starts tracing it, so that no sample waits on an allocation; a
+/// key it did not foresee is allocated on its first sample (only tp_btf
+/// programs, BPF_PROG_TYPE_TRACING, use the map, which the verifier lets
+/// allocate at run time), and a failure is counted.
 #[map]
 static IO_LATENCY: PerCpuHashMap<LatKey, LatencyHist> = PerCpuHashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
@@ -46,19 +38,10 @@ pub fn read_error() {
     count_loss(0, |l| l.read_errors += 1);
 }
 
-/// `object` (a bio or request of device `dev`, operation `opf`) starts.
+/// `object` (a bio or request of traced device `dev`, operation `opf`)
+/// starts.
 #[inline(always)]
 pub fn on_start(object: u64, level: Level, dev: u32, opf: u32) {
-    if dev == 0 {
-        return; // no device (some flush requests): nothing to charge
-    }
-    // SAFETY: a lookup in our own map, copied out.
-    let Some(flags) = (unsafe { IO_DEVICES.get(dev) }).copied() else {
-        return;
-    };
-    if level == Level::Bio && flags & REQUEST_BASED != 0 {
-        return; // its bios are never completed at this level: see REQUEST_BASED
-    }
     let key = LatKey { dev, level: level as u8, op: op_of_opf(opf) as u8, _pad: 0 };
     // SAFETY: a helper without preconditions.
     let start = BioStart { start_ns: unsafe { bpf_ktime_get_ns() }, key };
@@ -67,19 +50,13 @@ pub fn on_start(object: u64, level: Level, dev: u32, opf: u32) {
     }
 }
 
-/// `object` completes; `device` reads its device (and operation) when no
-/// start was recorded.
+/// `object` completes: its latency becomes a sample. `false` when no start
+/// was recorded (it started before tracing did, or its device is not
+/// traced): the caller knows which, and calls [`unmatched`] for the first.
 #[inline(always)]
-pub fn on_complete(object: u64, device: impl FnOnce() -> Option<(u32, u32)>) {
+pub fn on_complete(object: u64) -> bool {
     let Some(start) = in_flight::take(object) else {
-        // Only a traced device's completion without a start is a loss.
-        if let Some((dev, _)) = device().filter(|(dev, _)| *dev != 0) {
-            // SAFETY: a membership test of our own map.
-            if unsafe { IO_DEVICES.get(dev) }.is_some() {
-                count_loss(dev, |l| l.unmatched += 1);
-            }
-        }
-        return;
+        return false;
     };
     // SAFETY: a helper without preconditions.
     let elapsed = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.start_ns);
@@ -93,6 +70,13 @@ pub fn on_complete(object: u64, device: impl FnOnce() -> Option<(u32, u32)>) {
         Some(hist) => unsafe { (*hist).record(elapsed) },
         None => count_loss(start.key.dev, |l| l.histogram_full += 1),
     }
+    true
+}
+
+/// A completion on traced device `dev` whose start was never seen.
+#[inline(always)]
+pub fn unmatched(dev: u32) {
+    count_loss(dev, |l| l.unmatched += 1);
 }
 
 #[inline(always)]

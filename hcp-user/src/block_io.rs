@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use aya::maps::{MapData, PerCpuHashMap, PerCpuValues};
 use aya::Ebpf;
-use hcp_common::{DevIoStats, OpCount, RemapKey, RemapStats, IO_OPS};
+use hcp_common::{bio::REQUEST_BASED, DevIoStats, OpCount, RemapKey, RemapStats, IO_OPS};
 
 use crate::devnum::DevNum;
 use crate::probes;
@@ -44,12 +44,13 @@ impl BlockIoTracer {
     }
 }
 
-/// Starts counting `devices`: the `DEV_IO` map is the filter too, a device
-/// is counted once it has an entry.
+/// Starts counting and timing `devices`: the `DEV_IO` map is the set of
+/// traced devices, a device is traced once it has an entry.
 pub fn add_devices(map: &mut PerCpuHashMap<MapData, u32, DevIoStats>, devices: &[DevNum]) -> Result<()> {
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
     for dev in devices {
-        let zero = PerCpuValues::try_from(vec![DevIoStats::default(); cpus])?;
+        let flags = if crate::blockdev::is_request_based(*dev) { REQUEST_BASED } else { 0 };
+        let zero = PerCpuValues::try_from(vec![DevIoStats { flags, ..DevIoStats::default() }; cpus])?;
         map.insert(dev.to_kernel(), zero, 0).with_context(|| format!("tracing device {dev}"))?;
     }
     Ok(())
@@ -65,6 +66,7 @@ pub fn read_counts(map: &PerCpuHashMap<MapData, u32, DevIoStats>) -> Result<BTre
             add_ops(&mut total.rq_completed, &cpu.rq_completed);
             add(&mut total.bio_fua_writes, &cpu.bio_fua_writes);
             total.read_errors += cpu.read_errors;
+            total.flags = cpu.flags;
             total
         });
         out.insert(DevNum::from_kernel(dev), total);

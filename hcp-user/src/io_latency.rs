@@ -2,10 +2,10 @@
 //! kernel by the `io_latency` programs (see `hcp_common::bio`).
 
 use anyhow::{Context, Result};
-use aya::maps::{Array, HashMap, MapData, PerCpuHashMap};
+use aya::maps::{Array, HashMap, MapData, PerCpuHashMap, PerCpuValues};
 use aya::Ebpf;
-use hcp_common::bio::{device_flags, BioLosses, BioStart, InFlightSlot, LatKey, Role, IN_FLIGHT_SLOTS};
-use hcp_common::LatencyHist;
+use hcp_common::bio::{BioLosses, BioStart, InFlightSlot, LatKey, Level, IN_FLIGHT_SLOTS};
+use hcp_common::{IoOp, LatencyHist};
 
 use crate::devnum::DevNum;
 use crate::probes;
@@ -23,24 +23,20 @@ pub struct IoLatencyTracer {
 }
 
 impl IoLatencyTracer {
-    /// Starts measuring `devices`, each with the role it plays.
-    pub fn attach(devices: &[(DevNum, Role)]) -> Result<IoLatencyTracer> {
+    /// Starts measuring `devices`.
+    pub fn attach(devices: &[DevNum]) -> Result<IoLatencyTracer> {
         Self::attach_with_in_flight_slots(devices, IN_FLIGHT_SLOTS)
     }
 
     /// [`Self::attach`] with an in-flight table of `slots` (see
     /// [`probes::load_with_in_flight_slots`]).
-    pub fn attach_with_in_flight_slots(devices: &[(DevNum, Role)], slots: u32) -> Result<IoLatencyTracer> {
+    pub fn attach_with_in_flight_slots(devices: &[DevNum], slots: u32) -> Result<IoLatencyTracer> {
         let mut ebpf = probes::load_with_in_flight_slots(probes::Purpose::BlockIo, slots)?;
-        let mut traced: HashMap<MapData, u32, u32> =
-            HashMap::try_from(ebpf.take_map("IO_DEVICES").context("eBPF object lacks map IO_DEVICES")?)?;
-        for (dev, role) in devices {
-            traced
-                .insert(dev.to_kernel(), device_flags(*role, crate::blockdev::is_request_based(*dev)), 0)
-                .with_context(|| format!("tracing device {dev}"))?;
-        }
+        let mut traced = PerCpuHashMap::try_from(ebpf.take_map("DEV_IO").context("eBPF object lacks map DEV_IO")?)?;
+        let mut latency = PerCpuHashMap::try_from(ebpf.take_map("IO_LATENCY").context("map IO_LATENCY")?)?;
+        add_histograms(&mut latency, devices)?;
+        crate::block_io::add_devices(&mut traced, devices)?;
         probes::attach_block_programs(&mut ebpf)?;
-        let latency = PerCpuHashMap::try_from(ebpf.take_map("IO_LATENCY").context("map IO_LATENCY")?)?;
         let losses = PerCpuHashMap::try_from(ebpf.take_map("IO_LOSSES").context("map IO_LOSSES")?)?;
         let slots = Array::try_from(ebpf.take_map("IN_FLIGHT").context("map IN_FLIGHT")?)?;
         let starts = HashMap::try_from(ebpf.take_map("IO_START").context("map IO_START")?)?;
@@ -65,7 +61,7 @@ impl IoLatencyTracer {
         Ok(self.starts_use.get(&1, 0)?)
     }
 
-    /// Every histogram so far, merged over CPUs, sorted by key.
+    /// Every histogram with samples so far, merged over CPUs, sorted by key.
     pub fn histograms(&self) -> Result<Vec<(LatKey, LatencyHist)>> {
         histograms(&self.latency)
     }
@@ -77,12 +73,38 @@ impl IoLatencyTracer {
     }
 }
 
-/// The histograms of an `IO_LATENCY` map, merged over CPUs, sorted by key.
+/// Creates the zeroed histograms `devices` will fill, one per direction at
+/// the level each device completes I/O, before the devices are traced: the
+/// programs then never allocate on the I/O path, where an allocation can
+/// fail and lose the sample. (A new entry of a map that is not
+/// preallocated comes from a per-CPU cache the kernel refills later; on
+/// Linux 6.1 it holds a single value this large, and a bio completing
+/// right after its request finds it empty.) The programs still create any
+/// other key they meet.
+pub fn add_histograms(map: &mut PerCpuHashMap<MapData, LatKey, LatencyHist>, devices: &[DevNum]) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    for dev in devices {
+        let level = if crate::blockdev::is_request_based(*dev) { Level::Request } else { Level::Bio };
+        for op in IoOp::ALL {
+            let key = LatKey { dev: dev.to_kernel(), level: level as u8, op: op as u8, _pad: 0 };
+            let zero = PerCpuValues::try_from(vec![LatencyHist::zeroed(); cpus])?;
+            map.insert(key, zero, 0).with_context(|| format!("creating the latency histograms of {dev}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The histograms of an `IO_LATENCY` map with samples, merged over CPUs,
+/// sorted by key.
 pub fn histograms(map: &PerCpuHashMap<MapData, LatKey, LatencyHist>) -> Result<Vec<(LatKey, LatencyHist)>> {
     let mut out = Vec::new();
     for entry in map.iter() {
         let (key, per_cpu) = entry?;
-        out.push((key, crate::hist::merge(per_cpu.iter().copied())));
+        let hist = crate::hist::merge(per_cpu.iter().copied());
+        // Those made in advance (`add_histograms`) and still empty are no figure.
+        if hist.count > 0 {
+            out.push((key, hist));
+        }
     }
     out.sort_by_key(|(k, _)| *k);
     Ok(out)

@@ -36,8 +36,8 @@ pub const BLOCK_PROGRAMS: [(&str, &str); 5] = [
 ];
 
 /// The maps only the block I/O programs use.
-const BLOCK_IO_MAPS: [&str; 8] =
-    ["DEV_IO", "DEV_REMAP", "IO_DEVICES", "IN_FLIGHT", "IO_START", "IO_START_USE", "IO_LATENCY", "IO_LOSSES"];
+const BLOCK_IO_MAPS: [&str; 7] =
+    ["DEV_IO", "DEV_REMAP", "IN_FLIGHT", "IO_START", "IO_START_USE", "IO_LATENCY", "IO_LOSSES"];
 /// The maps only the switch programs use, with their smallest sizes (a ring
 /// buffer's size is in bytes, a page at least).
 const SWITCH_MAPS: [(&str, u32); 3] = [("FREEZE_INFLIGHT", 1), ("FREEZE_EVENTS", 4096), ("STALL_INFLIGHT", 1)];

@@ -408,8 +408,12 @@ pub fn stats(s: &hcp::stats::SessionStats, json: bool) {
     }
     let l = &s.losses;
     println!(
-        "Not measured         {} starts (in-flight map full), {} samples (histogram map full), {} completions without a start, {} unreadable events",
-        l.inflight_full, l.histogram_full, l.unmatched, l.read_errors
+        "Not measured         {} starts (in-flight table full), {} samples (histogram map full), {} completions without a start, {} unreadable events, {} events the kernel skipped (all traced devices)",
+        l.inflight_full,
+        l.histogram_full,
+        l.unmatched,
+        l.read_errors,
+        l.skipped_runs.unwrap_or(0)
     );
     if let Some(h) = s.histograms.iter().find(|h| h.name == "app_write").map(|h| &h.hist) {
         println!("\nApplication write latency since the snapshot:");

@@ -190,6 +190,9 @@ pub struct CountersRecord {
     pub remaps: Vec<RemapRecord>,
     pub latency: Vec<LatRecord>,
     pub losses: Vec<LossRecord>,
+    /// `Counters::skipped_runs` (absent from records of older versions).
+    #[serde(default)]
+    pub skipped_runs: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -271,6 +274,7 @@ pub fn record_counters(c: &Counters, devices: &[DevNum]) -> CountersRecord {
                 read_errors: l.read_errors,
             })
             .collect(),
+        skipped_runs: c.skipped_runs,
     }
 }
 
@@ -314,6 +318,7 @@ pub fn since(now: &Counters, before: &CountersRecord) -> Counters {
             l.read_errors = l.read_errors.saturating_sub(r.read_errors);
         }
     }
+    out.skipped_runs = now.skipped_runs.saturating_sub(before.skipped_runs);
     out
 }
 
@@ -347,6 +352,12 @@ pub struct Losses {
     /// Kernel reads that failed; for the session: those of any device, which
     /// cannot be attributed.
     pub read_errors: u64,
+    /// For the session only: runs of the tracing programs the kernel
+    /// skipped, each an event neither counted nor timed (see
+    /// `trace_pins::Counters::skipped_runs`), on any traced device: those of
+    /// other sessions' devices too, since one device's cannot be told apart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_runs: Option<u64>,
 }
 
 impl Losses {
@@ -471,7 +482,7 @@ pub fn compute(session: &Session, counters: &Counters, now_unix: u64) -> Session
     .collect();
 
     let role_of = |dev: DevNum| devices.iter().find(|(_, d, _)| *d == dev).map(|(r, _, _)| r.clone());
-    let mut losses = Losses::default();
+    let mut losses = Losses { skipped_runs: Some(counters.skipped_runs), ..Losses::default() };
     losses.read_errors += counters.unattributed.read_errors;
     let device_stats = devices
         .iter()
@@ -616,6 +627,7 @@ mod tests {
         io.bio_queued[IoOp::Write as usize] = OpCount { count: 10, bytes: 40960 };
         c.io.insert(dev, io);
         c.latency.push((LatKey { dev: dev.to_kernel(), level: 0, op: IoOp::Write as u8, _pad: 0 }, hist(&[5_000; 10])));
+        c.skipped_runs = 4;
         let before = record_counters(&c, &[dev]);
         assert_eq!(record_counters(&c, &[DevNum { major: 1, minor: 1 }]).io.len(), 0, "other devices are left out");
 
@@ -623,13 +635,17 @@ mod tests {
         c.latency[0].1.record(7_000);
         let other = DevNum { major: 7, minor: 0 };
         c.io.insert(other, io);
+        c.skipped_runs = 9;
         let d = since(&c, &before);
+        assert_eq!(d.skipped_runs, 5, "skipped runs since the record");
         assert_eq!(d.io[&dev].bio_queued[IoOp::Write as usize], OpCount { count: 3, bytes: 12288 });
         assert_eq!(d.io[&other], io, "a device absent from the record counts from zero");
         assert_eq!(d.latency[0].1.count, 1);
         assert_eq!(d.latency[0].1.max_ns, 7_000);
         let json = serde_json::to_string(&before).unwrap();
         assert_eq!(serde_json::from_str::<CountersRecord>(&json).unwrap(), before, "records survive the session file");
+        let old = r#"{"io": [], "remaps": [], "latency": [], "losses": []}"#;
+        assert_eq!(serde_json::from_str::<CountersRecord>(old).unwrap().skipped_runs, 0, "an older record reads");
     }
 
     #[test]

@@ -9,12 +9,14 @@
 //! once, for the first traced session; later sessions only add devices.
 
 use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{HashMap, Map, MapData, PerCpuHashMap};
-use aya::programs::links::FdLink;
-use hcp_common::bio::{device_flags, BioLosses, LatKey, Level, Role};
+use aya::maps::{Map, MapData, PerCpuHashMap};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::ProgramInfo;
+use hcp_common::bio::{BioLosses, LatKey, Level};
 use hcp_common::{DevIoStats, IoOp, LatencyHist, RemapKey, RemapStats};
 
 use crate::devnum::DevNum;
@@ -26,7 +28,7 @@ pub fn pin_dir() -> PathBuf {
 }
 
 /// The maps user space reads or fills.
-const MAPS: [&str; 5] = ["DEV_IO", "DEV_REMAP", "IO_DEVICES", "IO_LATENCY", "IO_LOSSES"];
+const MAPS: [&str; 4] = ["DEV_IO", "DEV_REMAP", "IO_LATENCY", "IO_LOSSES"];
 
 /// Everything the kernel counted for the traced devices.
 #[derive(Clone, Debug, Default)]
@@ -38,6 +40,13 @@ pub struct Counters {
     pub losses: BTreeMap<DevNum, BioLosses>,
     /// Losses no device could be named for.
     pub unattributed: BioLosses,
+    /// Runs of the programs the kernel skipped, each an event neither
+    /// counted nor timed: the kernel does not run a program on a CPU where
+    /// it is already running (an I/O completing in an interrupt while the
+    /// program handles another there), and counts each such run as the
+    /// program's `recursion_misses` (Linux 5.12+). Shared by every traced
+    /// device, so no device can be named.
+    pub skipped_runs: u64,
 }
 
 /// Whether the programs are attached (pinned).
@@ -86,17 +95,12 @@ pub fn ensure_attached() -> Result<()> {
 /// Starts tracing `devices`; returns those that were not traced yet. A
 /// device already traced (an origin shared with another traced session)
 /// keeps its counts.
-pub fn add_devices(devices: &[(DevNum, Role)]) -> Result<Vec<DevNum>> {
+pub fn add_devices(devices: &[DevNum]) -> Result<Vec<DevNum>> {
     let mut io: PerCpuHashMap<MapData, u32, DevIoStats> = open("DEV_IO")?;
-    let mut traced: HashMap<MapData, u32, u32> = open("IO_DEVICES")?;
-    let existing = traced.keys().collect::<Result<Vec<u32>, _>>()?;
-    let new: Vec<DevNum> = devices.iter().map(|(d, _)| *d).filter(|d| !existing.contains(&d.to_kernel())).collect();
+    let existing = io.keys().collect::<Result<Vec<u32>, _>>()?;
+    let new: Vec<DevNum> = devices.iter().copied().filter(|d| !existing.contains(&d.to_kernel())).collect();
+    io_latency::add_histograms(&mut open("IO_LATENCY")?, &new)?;
     block_io::add_devices(&mut io, &new)?;
-    for (dev, role) in devices.iter().filter(|(d, _)| new.contains(d)) {
-        traced
-            .insert(dev.to_kernel(), device_flags(*role, crate::blockdev::is_request_based(*dev)), 0)
-            .with_context(|| format!("tracing device {dev}"))?;
-    }
     Ok(new)
 }
 
@@ -115,14 +119,12 @@ pub fn histogram(dev: DevNum, level: Level, op: IoOp) -> Result<LatencyHist> {
 /// device gone, unpins everything, which detaches the programs.
 pub fn remove_devices(devices: &[DevNum]) -> Result<()> {
     let mut io: PerCpuHashMap<MapData, u32, DevIoStats> = open("DEV_IO")?;
-    let mut traced: HashMap<MapData, u32, u32> = open("IO_DEVICES")?;
     let mut latency: PerCpuHashMap<MapData, LatKey, LatencyHist> = open("IO_LATENCY")?;
     let mut losses: PerCpuHashMap<MapData, u32, BioLosses> = open("IO_LOSSES")?;
     let mut remaps: PerCpuHashMap<MapData, RemapKey, RemapStats> = open("DEV_REMAP")?;
     let gone: Vec<u32> = devices.iter().map(|d| d.to_kernel()).collect();
     for dev in &gone {
         let _ = io.remove(dev);
-        let _ = traced.remove(dev);
         let _ = losses.remove(dev);
     }
     for key in latency.keys().collect::<Result<Vec<LatKey>, _>>()? {
@@ -135,7 +137,7 @@ pub fn remove_devices(devices: &[DevNum]) -> Result<()> {
             let _ = remaps.remove(&key);
         }
     }
-    if traced.keys().next().is_none() {
+    if io.keys().next().is_none() {
         detach_all()?;
     }
     Ok(())
@@ -163,7 +165,53 @@ pub fn read() -> Result<Counters> {
         losses.insert(*dev, io_latency::losses(&loss_map, Some(*dev))?);
     }
     let unattributed = io_latency::losses(&loss_map, None)?;
-    Ok(Counters { io, remaps, latency, losses, unattributed })
+    let skipped_runs = skipped_runs(&programs()?)?;
+    Ok(Counters { io, remaps, latency, losses, unattributed, skipped_runs })
+}
+
+/// The runs of `programs` the kernel skipped (see [`Counters::skipped_runs`]):
+/// their fdinfo's `recursion_misses`, 0 on kernels without it.
+pub fn skipped_runs(programs: &[ProgramInfo]) -> Result<u64> {
+    let mut total = 0;
+    for program in programs {
+        total += fdinfo_field(program.fd()?.as_fd(), "recursion_misses")?.unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// The programs of the pinned set, as the kernel describes them.
+pub fn programs() -> Result<Vec<ProgramInfo>> {
+    let links = pin_dir().join("links");
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(&links).with_context(|| format!("reading {}", links.display()))? {
+        let path = entry?.path();
+        let link = FdLink::from(PinnedLink::from_pin(&path).with_context(|| format!("opening {}", path.display()))?);
+        ids.push(link.info()?.program_id());
+    }
+    let mut out = Vec::new();
+    for info in aya::programs::loaded_programs() {
+        let info = info?;
+        if ids.contains(&info.id()) {
+            out.push(info);
+        }
+    }
+    Ok(out)
+}
+
+/// A numeric field of a BPF object's fdinfo (`recursion_misses:\t3`);
+/// `None` when the kernel does not show it.
+pub fn fdinfo_field(fd: BorrowedFd<'_>, name: &str) -> Result<Option<u64>> {
+    let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    Ok(fdinfo_value(&text, name))
+}
+
+/// The decimal field `name` of an fdinfo text.
+fn fdinfo_value(fdinfo: &str, name: &str) -> Option<u64> {
+    fdinfo.lines().find_map(|l| {
+        let (key, value) = l.split_once(':')?;
+        (key.trim() == name).then(|| value.trim().parse().ok())?
+    })
 }
 
 fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(name: &str) -> Result<T> {
@@ -189,4 +237,21 @@ fn ensure_bpffs() -> Result<()> {
         bail!("bpffs is not mounted and mounting it at /sys/fs/bpf failed: {}", std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_fields() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t2069\nmap_type:\t5\n\
+                      key_size:\t4\nvalue_size:\t96\nmax_entries:\t256\nmap_flags:\t0x0\n\
+                      map_extra:\t0x0\nmemlock:\t201024\nmap_id:\t42\nfrozen:\t0\n";
+        assert_eq!(fdinfo_value(fdinfo, "memlock"), Some(201024));
+        assert_eq!(fdinfo_value(fdinfo, "map_id"), Some(42));
+        assert_eq!(fdinfo_value(fdinfo, "map_flags"), None, "not a decimal number");
+        assert_eq!(fdinfo_value(fdinfo, "mem"), None, "whole names only");
+        assert_eq!(fdinfo_value("", "memlock"), None);
+    }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use devicemapper::{DevId, DmName, DmOptions, DM};
 use hcp::block_io::BlockIoTracer;
-use hcp::common::bio::{LatKey, Level, Role};
+use hcp::common::bio::{LatKey, Level};
 use hcp::common::{IoOp, OpCount};
 use hcp::devnum::DevNum;
 use hcp::io_latency::IoLatencyTracer;
@@ -48,8 +48,7 @@ fn linear_mapping_moves_io_and_is_traced_as_bios() {
     assert_eq!(DevNum::of_block_device(&node).expect("dm node"), dm_dev);
 
     let tracer = BlockIoTracer::attach(&[dm_dev, backing.devnum()]).expect("attach tracer");
-    let latency = IoLatencyTracer::attach(&[(dm_dev, Role::Origin), (backing.devnum(), Role::Real)])
-        .expect("attach latency tracer");
+    let latency = IoLatencyTracer::attach(&[dm_dev, backing.devnum()]).expect("attach latency tracer");
     let block = AlignedBuf::new(4096, 0xc3);
     let writes = 10u64;
     let through_dm = open_direct(&node);
@@ -86,9 +85,14 @@ fn linear_mapping_moves_io_and_is_traced_as_bios() {
         let key = LatKey { dev: dev.to_kernel(), level: level as u8, op: IoOp::Write as u8, _pad: 0 };
         hists.iter().find(|(k, _)| *k == key).map_or(0, |(_, h)| h.count)
     };
-    assert_eq!(count(dm_dev, Level::Bio), writes, "a sample per bio on the dm device");
+    let losses = latency.losses(Some(dm_dev)).expect("losses");
+    let in_flight = latency.in_flight().expect("in-flight");
+    assert_eq!(
+        count(dm_dev, Level::Bio),
+        writes,
+        "a sample per bio on the dm device ({losses:?}, {in_flight} in flight)"
+    );
     assert_eq!(count(backing.devnum(), Level::Request), writes, "a sample per request on the loop device");
     assert_eq!(count(dm_dev, Level::Request), 0, "a dm device completes no requests");
-    let losses = latency.losses(Some(dm_dev)).expect("losses");
     assert_eq!((losses.inflight_full, losses.histogram_full, losses.unmatched), (0, 0, 0), "{losses:?}");
 }

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use hcp::common::bio::{LatKey, Level, Role};
+use hcp::common::bio::{LatKey, Level};
 use hcp::common::IoOp;
 use hcp::io_latency::IoLatencyTracer;
 use hcp_tests::{open_direct, pread_exact, pwrite_all, require_root, AlignedBuf, LoopDevice};
@@ -13,7 +13,7 @@ fn histograms_count_each_request_once_by_device_and_direction() {
     require_root();
     let traced = LoopDevice::new(16 << 20);
     let untraced = LoopDevice::new(16 << 20);
-    let tracer = IoLatencyTracer::attach(&[(traced.devnum(), Role::Store)]).expect("attach latency tracer");
+    let tracer = IoLatencyTracer::attach(&[traced.devnum()]).expect("attach latency tracer");
 
     let (writes, reads) = (40u64, 24u64);
     let began = Instant::now();
@@ -65,8 +65,7 @@ fn histograms_count_each_request_once_by_device_and_direction() {
 fn starts_whose_slot_is_taken_are_timed_through_the_overflow_map() {
     require_root();
     let traced = LoopDevice::new(16 << 20);
-    let tracer = IoLatencyTracer::attach_with_in_flight_slots(&[(traced.devnum(), Role::Store)], 1)
-        .expect("attach latency tracer");
+    let tracer = IoLatencyTracer::attach_with_in_flight_slots(&[traced.devnum()], 1).expect("attach latency tracer");
 
     // Writers at once, so that their requests overlap in flight.
     let (writers, each) = (8u64, 64u64);

@@ -302,6 +302,16 @@ fn a_traced_session_reports_what_it_costs() {
     assert_eq!(started["timing"]["kernel"], *kernel, "start reports the figures it records");
     assert_eq!(n(&s["losses"]["inflight_full"]) + n(&s["losses"]["histogram_full"]), 0, "{}", s["losses"]);
     assert_eq!(n(&s["losses"]["read_errors"]), 0, "{}", s["losses"]);
+    // Runs the kernel skipped are reported for the session, never hidden;
+    // a device's losses leave them out (they are not attributable).
+    assert!(s["losses"]["skipped_runs"].is_u64(), "{}", s["losses"]);
+    let devices = s["devices"].as_array().expect("per-device figures");
+    assert!(
+        !devices.is_empty()
+            && devices.iter().all(|d| d["losses"].is_object() && d["losses"].get("skipped_runs").is_none()),
+        "{}",
+        s["devices"]
+    );
 
     // Reads of the snapshot are counted apart and never pass for copy-out.
     let snap = started["snapshot"].as_str().unwrap();

@@ -19,7 +19,7 @@ use crate::trace_pins;
 /// traced yet); returns the devices newly traced, to undo on failure.
 pub(super) fn attach(devices: &[(DevNum, Role, PathBuf)]) -> Result<Vec<DevNum>> {
     trace_pins::ensure_attached().map_err(|e| Error::system(format!("attaching hcp's tracing: {e:#}")))?;
-    let list: Vec<(DevNum, Role)> = devices.iter().map(|(d, r, _)| (*d, *r)).collect();
+    let list: Vec<DevNum> = devices.iter().map(|(d, _, _)| *d).collect();
     trace_pins::add_devices(&list).map_err(|e| Error::system(format!("tracing the session's devices: {e:#}")))
 }
 

@@ -12,16 +12,14 @@
 //! `read` on stdin prints a JSON line of the counters so far; `stop` or the
 //! end of stdin prints the last such line, detaches and exits.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
-use std::os::fd::{AsFd, AsRawFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::AsFd;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use aya::maps::MapInfo;
-use aya::programs::links::{FdLink, PinnedLink};
 use aya::Ebpf;
-use hcp::common::bio::{BioLosses, Level, Role};
+use hcp::common::bio::{BioLosses, Level};
 use hcp::devnum::DevNum;
 use hcp::{probes, trace_pins};
 use serde_json::{json, Value};
@@ -104,8 +102,7 @@ impl HcpTracer {
         }
         trace_pins::ensure_attached()?;
         let tracer = HcpTracer { devices: devices.to_vec() };
-        let with_roles: Vec<(DevNum, Role)> = devices.iter().map(|d| (*d, Role::Origin)).collect();
-        trace_pins::add_devices(&with_roles)?;
+        trace_pins::add_devices(devices)?;
         Ok(tracer)
     }
 
@@ -138,7 +135,7 @@ impl HcpTracer {
         Ok(json!({
             "devices": devices,
             "unattributed_losses": losses_json(&counters.unattributed),
-            "bpf": bpf_memory(&trace_pins::pin_dir().join("links"))?,
+            "bpf": bpf_memory()?,
             "max_rss_kib": max_rss_kib(),
         }))
     }
@@ -173,56 +170,33 @@ fn attach_floor() -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-/// The kernel memory of the programs pinned under `links` and of every map
-/// they use, from the `memlock:` lines of their fdinfo (on 5.x+ kernels the
-/// memory actually charged: a map not preallocated counts what it holds).
-fn bpf_memory(links: &Path) -> Result<Value> {
-    let mut programs = BTreeMap::new();
-    for entry in std::fs::read_dir(links).with_context(|| format!("reading {}", links.display()))? {
-        let path: PathBuf = entry?.path();
-        let link = FdLink::from(PinnedLink::from_pin(&path).with_context(|| format!("opening {}", path.display()))?);
-        let id = link.info()?.program_id();
-        programs.insert(id, path.file_name().unwrap_or_default().to_string_lossy().into_owned());
-    }
-    let (mut program_bytes, mut recursion_misses) = (0u64, 0u64);
+/// The kernel memory of the pinned programs and of every map they use,
+/// from the `memlock:` lines of their fdinfo (on 5.x+ kernels the memory
+/// actually charged: a map not preallocated counts what it holds), and the
+/// runs the kernel skipped.
+fn bpf_memory() -> Result<Value> {
+    let programs = trace_pins::programs()?;
+    let mut program_bytes = 0u64;
     let mut map_ids = Vec::new();
-    for info in aya::programs::loaded_programs() {
-        let info = info?;
-        if !programs.contains_key(&info.id()) {
-            continue;
-        }
+    for info in &programs {
         program_bytes += u64::from(info.memory_locked()?);
         map_ids.extend(info.map_ids()?.unwrap_or_default());
-        // Runs the kernel skipped because a BPF program was already
-        // running on the CPU (5.12+; absent before).
-        let fd = info.fd()?;
-        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))?;
-        recursion_misses += fdinfo_field(&fdinfo, "recursion_misses").unwrap_or(0);
     }
     map_ids.sort_unstable();
     map_ids.dedup();
     let mut maps = Vec::new();
     for id in map_ids {
         let info = MapInfo::from_id(id)?;
-        let fd = info.fd()?;
-        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))?;
-        let memlock = fdinfo_field(&fdinfo, "memlock").context("a map's fdinfo has no memlock line")?;
+        let memlock =
+            trace_pins::fdinfo_field(info.fd()?.as_fd(), "memlock")?.context("a map's fdinfo has no memlock line")?;
         maps.push(json!({ "id": id, "name": info.name_as_str().unwrap_or("?"), "memlock": memlock }));
     }
     Ok(json!({
         "programs": programs.len(),
         "program_bytes": program_bytes,
-        "recursion_misses": recursion_misses,
+        "recursion_misses": trace_pins::skipped_runs(&programs)?,
         "maps": maps,
     }))
-}
-
-/// A numeric field of a /proc fdinfo file (`memlock:\t4096`).
-fn fdinfo_field(fdinfo: &str, name: &str) -> Option<u64> {
-    fdinfo.lines().find_map(|l| {
-        let (key, value) = l.split_once(':')?;
-        (key.trim() == name).then(|| value.trim().parse().ok())?
-    })
 }
 
 /// This process's peak resident set so far, in KiB.
@@ -243,17 +217,5 @@ mod tests {
         let floor: Vec<&str> = FLOOR.iter().map(|(_, e)| *e).collect();
         let hcp: Vec<&str> = probes::BLOCK_PROGRAMS.iter().map(|(_, e)| *e).collect();
         assert_eq!(floor, hcp, "tp_btf, one program per event");
-    }
-
-    #[test]
-    fn fdinfo_fields() {
-        let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t2069\nmap_type:\t5\n\
-                      key_size:\t4\nvalue_size:\t96\nmax_entries:\t256\nmap_flags:\t0x0\n\
-                      map_extra:\t0x0\nmemlock:\t201024\nmap_id:\t42\nfrozen:\t0\n";
-        assert_eq!(fdinfo_field(fdinfo, "memlock"), Some(201024));
-        assert_eq!(fdinfo_field(fdinfo, "map_id"), Some(42));
-        assert_eq!(fdinfo_field(fdinfo, "map_flags"), None, "not a decimal number");
-        assert_eq!(fdinfo_field(fdinfo, "mem"), None, "whole names only");
-        assert_eq!(fdinfo_field("", "memlock"), None);
     }
 }

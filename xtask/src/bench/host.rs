@@ -302,10 +302,11 @@ fn tracing_overhead(bins: &Bins, plan: &Plan) -> Result<(Section, TracedRuns)> {
                 // The tracer must have seen the load it is charged for; the
                 // capacity part checks every event.
                 ensure!(counts.requests > 0, "hcp counted no request on {}", device.path.display());
-                if counts.requests != run.kernel_ios[0] || counts.lost > 0 {
+                let skipped = recursion_misses(&after)?.saturating_sub(recursion_misses(before)?);
+                if counts.requests != run.kernel_ios[0] || counts.lost > 0 || skipped > 0 {
                     eprintln!(
-                        "bench (host): hcp counted {} requests where the kernel completed {}, lost {}",
-                        counts.requests, run.kernel_ios[0], counts.lost
+                        "bench (host): hcp counted {} requests where the kernel completed {}; lost {}, skipped runs {}",
+                        counts.requests, run.kernel_ios[0], counts.lost, skipped
                     );
                 }
                 traced.reports.push(after);
