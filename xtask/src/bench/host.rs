@@ -48,7 +48,7 @@ impl Plan {
         if quick {
             Plan { runtime_s: 3, rounds: 2, capacity_rounds: 1, rss_repeats: 1 }
         } else {
-            Plan { runtime_s: 10, rounds: 5, capacity_rounds: 3, rss_repeats: 3 }
+            Plan { runtime_s: 10, rounds: 10, capacity_rounds: 3, rss_repeats: 3 }
         }
     }
 }
