@@ -15,8 +15,15 @@
 //! A start and its completion are causally ordered (the object is handed on
 //! only after its start event's program has run), so a slot is only ever
 //! contended by different objects, which the compare-and-swap settles.
+//!
+//! Left as it is, being rarer than either alone: a request whose first
+//! start went to the hash map (its slot taken) and that is requeued and
+//! issued again into its slot, now free, completes from the slot and leaves
+//! its hash entry behind; completions then look in the hash map for ever,
+//! which costs time, not correctness.
 
 use aya_ebpf::{
+    bindings::{BPF_EXIST, BPF_NOEXIST},
     macros::map,
     maps::{Array, HashMap},
 };
@@ -73,15 +80,25 @@ pub fn record(object: u64, start: BioStart) -> Result<(), Full> {
             return Ok(());
         }
     }
-    IO_START.insert(object, start, 0).map_err(|_| Full)?;
-    for counter in [IN_USE, EVER] {
-        if let Some(count) = IO_START_USE.get_ptr_mut(counter) {
-            // SAFETY: our own array's value.
-            unsafe { atomic::add(count, 1) };
+    match IO_START.insert(object, start, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {
+            for counter in [IN_USE, EVER] {
+                if let Some(count) = IO_START_USE.get_ptr_mut(counter) {
+                    // SAFETY: our own array's value.
+                    unsafe { atomic::add(count, 1) };
+                }
+            }
+            Ok(())
         }
+        // Already there (a requeued request issued anew): the new start,
+        // not a second entry to count.
+        Err(EEXIST) => IO_START.insert(object, start, u64::from(BPF_EXIST)).map_err(|_| Full),
+        Err(_) => Err(Full),
     }
-    Ok(())
 }
+
+/// The kernel's -EEXIST, as map helpers return it.
+const EEXIST: i32 = -17;
 
 /// The start of `object`, which completes, removed; `None` if none was
 /// recorded (it started before tracing did, or on an untraced device).
