@@ -107,6 +107,11 @@ pub struct InFlightSlot {
 pub const IN_FLIGHT_BITS: u32 = 16;
 pub const IN_FLIGHT_SLOTS: u32 = 1 << IN_FLIGHT_BITS;
 
+/// Indices of the `IO_START_USE` array: how many entries the overflow map
+/// (`IO_START`) holds now, and how many starts it took so far.
+pub const OVERFLOW_IN_USE: u32 = 0;
+pub const OVERFLOW_EVER: u32 = 1;
+
 /// The slot of the object numbered `object` (from its address) in a table
 /// of [`IN_FLIGHT_SLOTS`] (of fewer, a power of two: the low bits of this):
 /// Fibonacci hashing,

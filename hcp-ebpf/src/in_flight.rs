@@ -27,7 +27,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap},
 };
-use hcp_common::bio::{in_flight_slot, BioStart, InFlightSlot, IN_FLIGHT_SLOTS};
+use hcp_common::bio::{in_flight_slot, BioStart, InFlightSlot, IN_FLIGHT_SLOTS, OVERFLOW_EVER, OVERFLOW_IN_USE};
 
 use crate::{atomic, kernel};
 
@@ -50,13 +50,12 @@ fn slot_of(object: u64) -> u32 {
 #[map]
 static IO_START: HashMap<u64, BioStart> = HashMap::with_max_entries(8192, 0);
 
-/// `IO_START`'s use: [`IN_USE`] entries it holds now, so that a completion
-/// looks there only when something is (almost never), and [`EVER`] starts
-/// it took so far, for user space to see how often slots are shared.
+/// `IO_START`'s use: the entries it holds now ([`OVERFLOW_IN_USE`]), so
+/// that a completion looks there only when something is (almost never),
+/// and the starts it took so far ([`OVERFLOW_EVER`]), for user space to see
+/// how often slots are shared.
 #[map]
 static IO_START_USE: Array<u64> = Array::with_max_entries(2, 0);
-const IN_USE: u32 = 0;
-const EVER: u32 = 1;
 
 /// Why a start could not be recorded.
 pub struct Full;
@@ -82,7 +81,7 @@ pub fn record(object: u64, start: BioStart) -> Result<(), Full> {
     }
     match IO_START.insert(object, start, u64::from(BPF_NOEXIST)) {
         Ok(()) => {
-            for counter in [IN_USE, EVER] {
+            for counter in [OVERFLOW_IN_USE, OVERFLOW_EVER] {
                 if let Some(count) = IO_START_USE.get_ptr_mut(counter) {
                     // SAFETY: our own array's value.
                     unsafe { atomic::add(count, 1) };
@@ -117,7 +116,7 @@ pub fn take(object: u64) -> Option<BioStart> {
             }
         }
     }
-    let used = IO_START_USE.get_ptr_mut(IN_USE)?;
+    let used = IO_START_USE.get_ptr_mut(OVERFLOW_IN_USE)?;
     // SAFETY: our own array's value.
     if unsafe { core::ptr::read_volatile(used) } == 0 {
         return None;

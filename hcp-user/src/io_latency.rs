@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, MapData, PerCpuHashMap, PerCpuValues};
 use aya::Ebpf;
-use hcp_common::bio::{BioLosses, BioStart, InFlightSlot, LatKey, Level, IN_FLIGHT_SLOTS};
+use hcp_common::bio::{BioLosses, BioStart, InFlightSlot, LatKey, Level, IN_FLIGHT_SLOTS, OVERFLOW_EVER};
 use hcp_common::{IoOp, LatencyHist};
 
 use crate::devnum::DevNum;
@@ -58,7 +58,7 @@ impl IoLatencyTracer {
     /// How many starts went to the overflow map so far, their slot held by
     /// another object in flight.
     pub fn overflowed(&self) -> Result<u64> {
-        Ok(self.starts_use.get(&1, 0)?)
+        Ok(self.starts_use.get(&OVERFLOW_EVER, 0)?)
     }
 
     /// Every histogram with samples so far, merged over CPUs, sorted by key.
