@@ -2,7 +2,9 @@
 //! kernel by the `io_latency` programs (see `hcp_common::bio`).
 
 use anyhow::{Context, Result};
-use aya::maps::{Array, HashMap, MapData, PerCpuHashMap, PerCpuValues};
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues};
 use aya::Ebpf;
 use hcp_common::bio::{BioLosses, BioStart, InFlightSlot, LatKey, Level, IN_FLIGHT_SLOTS, OVERFLOW_EVER};
 use hcp_common::{IoOp, LatencyHist};
@@ -87,11 +89,36 @@ pub fn add_histograms(map: &mut PerCpuHashMap<MapData, LatKey, LatencyHist>, dev
         let level = if crate::blockdev::is_request_based(*dev) { Level::Request } else { Level::Bio };
         for op in IoOp::ALL {
             let key = LatKey { dev: dev.to_kernel(), level: level as u8, op: op as u8, _pad: 0 };
-            let zero = PerCpuValues::try_from(vec![LatencyHist::zeroed(); cpus])?;
-            map.insert(key, zero, 0).with_context(|| format!("creating the latency histograms of {dev}"))?;
+            insert_zeroed_waiting_for_the_cache(map, key, cpus)
+                .with_context(|| format!("creating the latency histograms of {dev}"))?;
         }
     }
     Ok(())
+}
+
+/// Inserts a zeroed histogram into a map that is not preallocated. Its new
+/// entries come from a per-CPU cache that the kernel refills
+/// asynchronously (an irq_work), and an update that finds the cache empty
+/// fails at once with ENOMEM, however much memory is free: back-to-back
+/// inserts of values this large (the cache holds one) can. The refill runs
+/// within milliseconds; wait for it.
+fn insert_zeroed_waiting_for_the_cache(
+    map: &mut PerCpuHashMap<MapData, LatKey, LatencyHist>,
+    key: LatKey,
+    cpus: usize,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match map.insert(key, PerCpuValues::try_from(vec![LatencyHist::zeroed(); cpus])?, 0) {
+            Ok(()) => return Ok(()),
+            Err(MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOMEM) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The histograms of an `IO_LATENCY` map with samples, merged over CPUs,
