@@ -5,11 +5,13 @@
 //! - `test`: every check CI runs: fmt, clippy, unit, host and VM tests.
 //! - `demo`: the main job: a snapshot of a busy scratch volume, proven consistent.
 //! - `bench`: what a snapshot costs, side by side with LVM and a bare suspend.
+//! - `layers`: the library's module graph, its depth and any import cycle.
 
 mod bench;
 mod demo;
 mod initramfs;
 mod kernel;
+mod layers;
 mod setup;
 mod test;
 mod vm;
@@ -38,6 +40,8 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Measure hcp against LVM and a bare suspend; write bench/results.json and bench/RESULTS.md.
     Bench(bench::BenchArgs),
+    /// Print the library's module layers; fail on any import cycle.
+    Layers(layers::LayersArgs),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Task::Test(args) => test::run(&args).map(|()| 0),
         Task::Demo(args) => demo::run(&args).map(|()| 0),
         Task::Bench(args) => bench::run(&args).map(|()| 0),
+        Task::Layers(args) => layers::run(&args).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
