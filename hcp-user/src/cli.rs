@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use hcp::autoextend::{Spec, StoreSize};
 use hcp::enroll::{EnrollOptions, UnenrollOptions};
 use hcp::error::Error;
+use hcp::session::autoextend::{Spec, StoreSize};
 use hcp::session::{RemoveOptions, StartOptions};
 use hcp::size::{ChunkSize, Quota};
 
@@ -318,7 +318,7 @@ pub enum Action {
     Remove(RemoveOptions, bool),
     Show(String, bool),
     Version(bool),
-    Guard(hcp::guard::Plan, i32),
+    Guard(hcp::switch::guard::Plan, i32),
     Autoextend(String),
 }
 
@@ -378,10 +378,10 @@ impl Cli {
                 mount_data,
                 mount_from,
             }) => Action::Guard(
-                hcp::guard::Plan {
+                hcp::switch::guard::Plan {
                     resume,
                     thaw,
-                    remount: mount_at.map(|mount_point| hcp::guard::Remount {
+                    remount: mount_at.map(|mount_point| hcp::switch::guard::Remount {
                         mount_point,
                         fs_type: mount_type,
                         flags: mount_flags,

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hcp::error::{Error, Kind};
-use hcp::freeze::SignalBlock;
-use hcp::session::SessionState;
+use hcp::kernel::signals::SignalBlock;
+use hcp::state::record::SessionState;
 
 use cli::{Action, Cli, StatsFormat};
 
@@ -75,7 +75,7 @@ fn run(action: Action) -> Result<ExitCode, Error> {
     // checked before anything else, so an unprivileged call gets one clear
     // error and changes nothing.
     if !matches!(action, Action::Version(_) | Action::Guard(..)) {
-        hcp::session::require_root()?;
+        hcp::privilege::require_root()?;
     }
     match action {
         Action::Start(opts, json) => {
@@ -119,10 +119,10 @@ fn run(action: Action) -> Result<ExitCode, Error> {
             };
             match format {
                 StatsFormat::Text | StatsFormat::Json => render::stats(&all[0], format == StatsFormat::Json),
-                StatsFormat::Prometheus => print!("{}", hcp::prometheus::render(&all)),
+                StatsFormat::Prometheus => print!("{}", hcp::figures::prometheus::render(&all)),
                 StatsFormat::HdrLog => {
-                    let (start, interval) = hcp::hdr_log::period(&all[0]);
-                    hcp::hdr_log::write(&mut std::io::stdout().lock(), &all[0], start, interval)
+                    let (start, interval) = hcp::figures::hdr_log::period(&all[0]);
+                    hcp::figures::hdr_log::write(&mut std::io::stdout().lock(), &all[0], start, interval)
                         .map_err(|e| Error::io("writing the histogram log", e))?;
                 }
             }
@@ -158,8 +158,8 @@ fn run(action: Action) -> Result<ExitCode, Error> {
         Action::Guard(plan, parent) => {
             // Started from inside a switch, it inherited hcp's blocked
             // signals; it must not hold them for hcp's sake.
-            hcp::freeze::unblock_all_signals();
-            Ok(ExitCode::from(hcp::guard::serve(&plan, parent) as u8))
+            hcp::kernel::signals::unblock_all_signals();
+            Ok(ExitCode::from(hcp::switch::guard::serve(&plan, parent) as u8))
         }
         Action::Recover(json) => {
             let recovered = hcp::session::recover()?;
@@ -191,8 +191,8 @@ fn run(action: Action) -> Result<ExitCode, Error> {
         Action::Autoextend(session) => {
             // Started by `start`, it inherited its blocked signals; `remove`
             // stops it with SIGTERM.
-            hcp::freeze::unblock_all_signals();
-            Ok(ExitCode::from(hcp::autoextend::serve(&session) as u8))
+            hcp::kernel::signals::unblock_all_signals();
+            Ok(ExitCode::from(hcp::session::autoextend::serve(&session) as u8))
         }
         Action::Version(json) => {
             render::version(json);

@@ -288,8 +288,8 @@ pub fn trace_attached(snapshot: &std::path::Path, json: bool) {
     println!("Tracing {}: `hcp stats {}` shows what it costs", snapshot.display(), snapshot.display());
 }
 
-pub fn stats(s: &hcp::stats::SessionStats, json: bool) {
-    use hcp::hist::Summary;
+pub fn stats(s: &hcp::figures::stats::SessionStats, json: bool) {
+    use hcp::tracer::hist::Summary;
     if json {
         return print_json(s);
     }
@@ -305,19 +305,19 @@ pub fn stats(s: &hcp::stats::SessionStats, json: bool) {
         ),
         None => "no samples".to_string(),
     };
-    let traffic = |name: &str, t: &hcp::stats::Traffic| {
+    let traffic = |name: &str, t: &hcp::figures::stats::Traffic| {
         println!("{name:<20} {:>9} bios {:>11}   {}", t.count, format_bytes(t.bytes), lat(&t.latency))
     };
     println!(
         "{}: origin {}, traced since {}",
         s.session,
         s.origin.display(),
-        hcp::session::format_time(s.traced_since_unix)
+        hcp::clock::format_time(s.traced_since_unix)
     );
     if let Some(state) = s.state {
         let name = serde_json::to_value(state).expect("state");
         let why = match state {
-            hcp::session::SessionState::Invalid => {
+            hcp::state::record::SessionState::Invalid => {
                 ": the store filled and dm-snapshot dropped the snapshot (the origin is unaffected)"
             }
             _ => "",
@@ -417,6 +417,6 @@ pub fn stats(s: &hcp::stats::SessionStats, json: bool) {
     );
     if let Some(h) = s.histograms.iter().find(|h| h.name == "app_write").map(|h| &h.hist) {
         println!("\nApplication write latency since the snapshot:");
-        print!("{}", hcp::hist::render_log2(h, hcp::hist::Unit::Usecs));
+        print!("{}", hcp::tracer::hist::render_log2(h, hcp::tracer::hist::Unit::Usecs));
     }
 }

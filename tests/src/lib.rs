@@ -10,9 +10,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use hcp::devnum::DevNum;
-use hcp::dm::device::Dm;
-use hcp::dm::table::{Linear, TargetParams};
+use hcp::kernel::devnum::DevNum;
+use hcp::kernel::dm::device::Dm;
+use hcp::kernel::dm::table::{Linear, TargetParams};
 use serde_json::Value;
 
 /// Panics unless running as root: these tests attach eBPF programs and make

@@ -11,8 +11,8 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hcp::dm::device::Dm;
-use hcp::dm::table::{Linear, TargetParams};
+use hcp::kernel::dm::device::Dm;
+use hcp::kernel::dm::table::{Linear, TargetParams};
 use hcp_tests::{hcp_bin, hcp_json, require_root, run, serial, temp_dir, Fs, LoopDevice, Output, SystemState, Volume};
 use serde_json::Value;
 

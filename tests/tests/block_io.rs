@@ -2,8 +2,8 @@
 //! O_DIRECT reads and writes of known sizes on a loop device, on the host
 //! kernel and in the guests.
 
-use hcp::block_io::BlockIoTracer;
 use hcp::common::{IoOp, OpCount};
+use hcp::tracer::block_io::BlockIoTracer;
 use hcp_tests::{open_direct, pread_exact, pwrite_all, require_root, AlignedBuf, LoopDevice};
 
 const SMALL: usize = 4096;

@@ -85,7 +85,7 @@ fn dm_sessions() -> BTreeSet<String> {
     listed
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|name| hcp::state::is_session_id(name))
+        .filter(|name| hcp::state::record::is_session_id(name))
         .map(String::from)
         .collect()
 }

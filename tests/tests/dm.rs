@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 
 use devicemapper::{DevId, DmName, DmOptions, DM};
-use hcp::block_io::BlockIoTracer;
 use hcp::common::bio::{LatKey, Level};
 use hcp::common::{IoOp, OpCount};
-use hcp::devnum::DevNum;
-use hcp::io_latency::IoLatencyTracer;
+use hcp::kernel::devnum::DevNum;
+use hcp::tracer::block_io::BlockIoTracer;
+use hcp::tracer::io_latency::IoLatencyTracer;
 use hcp_tests::{open_direct, pread_exact, pwrite_all, require_root, AlignedBuf, LoopDevice};
 
 const VM_ONLY: &str = "needs device-mapper: runs in the VM through `cargo xtask test`";

@@ -6,9 +6,9 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use hcp::devnum::DevNum;
-use hcp::dm::device::Dm;
-use hcp::mountinfo::{Mount, MountTable};
+use hcp::kernel::devnum::DevNum;
+use hcp::kernel::dm::device::Dm;
+use hcp::kernel::mountinfo::{Mount, MountTable};
 use hcp_tests::{
     assert_files, hcp, hcp_bin, hcp_json, helper_running, require_root, run, serial, temp_dir, write_files, Fs,
     LoopDevice, Output, SystemState, Volume,
@@ -17,7 +17,7 @@ use serde_json::Value;
 
 /// The mount at `dir`.
 fn mount_at(dir: &Path) -> Mount {
-    let table = MountTable(hcp::mountinfo::read().unwrap());
+    let table = MountTable(hcp::kernel::mountinfo::read().unwrap());
     let dir = fs::canonicalize(dir).unwrap();
     table.mount_at(&dir).unwrap_or_else(|| panic!("nothing mounted at {}", dir.display())).clone()
 }

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use devicemapper::{DevId, DmFlags, DmOptions, DmUuid, DM};
 use hcp::common::freeze::FreezeCall;
-use hcp::dm::device::{Dm, Suspend};
-use hcp::dm::table::{Linear, TargetParams};
-use hcp::freeze::{thaw_mount_point, Frozen};
-use hcp::freeze_trace::{monotonic_ns, windows, Call, FreezeTracer, ProcessWindows};
+use hcp::kernel::dm::device::{Dm, Suspend};
+use hcp::kernel::dm::table::{Linear, TargetParams};
+use hcp::kernel::freeze::{thaw_mount_point, Frozen};
+use hcp::tracer::freeze_trace::{monotonic_ns, windows, Call, FreezeTracer, ProcessWindows};
 use hcp_tests::{require_root, run, LoopDevice};
 
 const MS: u64 = 1_000_000;
@@ -180,7 +180,7 @@ fn sees_dm_suspend_and_resume_named_by_name_or_uuid() {
 fn a_writer_held_by_a_freeze_is_the_longest_write_stall() {
     require_root();
     let fs = Ext4::new();
-    let fs_dev = hcp::devnum::DevNum::of_block_device(&fs.loop_dev.path).expect("the loop device's number");
+    let fs_dev = hcp::kernel::devnum::DevNum::of_block_device(&fs.loop_dev.path).expect("the loop device's number");
     let tracer = FreezeTracer::attach_with_stalls(fs_dev).expect("attach the stall tracer");
     let path = fs.mount_point.join("log");
     let mut file = std::fs::File::create(&path).expect("create a file");

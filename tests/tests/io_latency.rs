@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use hcp::common::bio::{LatKey, Level};
 use hcp::common::IoOp;
-use hcp::io_latency::IoLatencyTracer;
+use hcp::tracer::io_latency::IoLatencyTracer;
 use hcp_tests::{open_direct, pread_exact, pwrite_all, require_root, AlignedBuf, LoopDevice};
 
 #[test]

@@ -11,8 +11,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hcp::error::Kind;
-use hcp::freeze::{thaw_mount_point, Frozen};
-use hcp::loopdev::{AttachOptions, LoopDevice};
+use hcp::kernel::freeze::{thaw_mount_point, Frozen};
+use hcp::kernel::loopdev::{AttachOptions, LoopDevice};
 use hcp_tests::{open_direct, pread_exact, pwrite_all, require_root, run, AlignedBuf};
 
 const MIB: u64 = 1 << 20;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use hcp::dm::device::Dm;
+use hcp::kernel::dm::device::Dm;
 use hcp_tests::{
     assert_files, assert_matches_stats_schema, hcp, hcp_bin, hcp_json, hcp_json_exit, helper_running, require_root,
     run, serial, temp_dir, write_files, Fs, LoopDevice, SystemState, Volume,
@@ -629,7 +629,7 @@ fn a_failed_start_never_leaves_the_origin_frozen_suspended_or_changed() {
     let files = write_files(&dir, "before");
     let before = SystemState::take();
     let vol_path = vol.path().to_str().unwrap().to_string();
-    let steps = &hcp::fault::STEPS[..7];
+    let steps = &hcp::switch::fault::STEPS[..7];
     assert!(steps.iter().all(|s| s.starts_with("after-") || s.starts_with("before-")), "{steps:?}");
     for step in steps {
         for action in ["error", "panic", "kill", "hang"] {
@@ -665,7 +665,7 @@ fn a_failed_remove_is_finished_by_recover() {
     let files = write_files(&dir, "before");
     let before = SystemState::take();
     let vol_path = vol.path().to_str().unwrap().to_string();
-    let steps: Vec<&str> = hcp::fault::STEPS.iter().copied().filter(|s| s.starts_with("remove-")).collect();
+    let steps: Vec<&str> = hcp::switch::fault::STEPS.iter().copied().filter(|s| s.starts_with("remove-")).collect();
     assert_eq!(steps.len(), 8, "{steps:?}");
     for step in &steps {
         for action in ["error", "panic", "kill", "hang"] {

@@ -2,10 +2,10 @@
 //! (every figure null or zero). Real output is checked against the schema
 //! in the VM, by the traced-session test.
 
-use hcp::session::SessionState;
-use hcp::state::{Origin, Phase, Session, Store, TraceRecord, TracedDevice, RECORD_VERSION};
-use hcp::stats::{compute, StoreUse};
-use hcp::trace_pins::Counters;
+use hcp::figures::stats::{compute, StoreUse};
+use hcp::state::record::SessionState;
+use hcp::state::record::{Origin, Phase, Session, Store, TraceRecord, TracedDevice, RECORD_VERSION};
+use hcp::tracer::pins::Counters;
 use hcp_tests::assert_matches_stats_schema;
 
 #[test]

@@ -69,7 +69,7 @@ pub fn entries(text: &str) -> Vec<Entry> {
 
 /// fstab's octal escapes (`\040` for a space).
 fn unescape(field: &str) -> String {
-    crate::mountinfo::unescape_option(field)
+    crate::kernel::mountinfo::unescape_option(field)
 }
 
 /// `text` with line `line` (1-based) replaced by `new_line`.

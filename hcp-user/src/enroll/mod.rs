@@ -37,15 +37,14 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::blockdev::BlockDevice;
-use crate::devnum::DevNum;
-use crate::dm::device::Dm;
-use crate::dm::table::{Linear, TargetParams};
 use crate::error::{Error, Result};
-use crate::fault;
-use crate::mountinfo::{self, Mount, MountTable};
-use crate::session::require_root;
-use crate::state;
+use crate::kernel::blockdev::BlockDevice;
+use crate::kernel::devnum::DevNum;
+use crate::kernel::dm::device::Dm;
+use crate::kernel::dm::table::{Linear, TargetParams};
+use crate::kernel::mountinfo::{self, Mount, MountTable};
+use crate::privilege::require_root;
+use crate::switch::fault;
 
 /// The systemd unit that runs `hcp activate` at boot.
 pub const ACTIVATE_UNIT: &str = "hcp-activate.service";
@@ -143,7 +142,7 @@ pub fn enroll(opts: &EnrollOptions) -> Result<Enrolled> {
     require_root()?;
     fault::configured()?;
     let dm = Dm::open()?;
-    let _lock = state::Lock::acquire()?;
+    let _lock = crate::state::lock::Lock::acquire()?;
     let raw = BlockDevice::resolve(&opts.device)?;
     let shown = raw.display_path();
     let records = record::load_all()?;
@@ -194,9 +193,9 @@ pub fn enroll(opts: &EnrollOptions) -> Result<Enrolled> {
         (many, _) => return Err(mounted_in_many(&shown, many)),
     };
     if spec.is_none() {
-        crate::blockdev::check_not_open_exclusively(&shown)?;
+        crate::kernel::blockdev::check_not_open_exclusively(&shown)?;
     }
-    let fs_uuid = crate::mount::fs_uuid(&shown).ok().flatten();
+    let fs_uuid = crate::kernel::mount::fs_uuid(&shown).ok().flatten();
     let mut record = Enrollment {
         version: record::RECORD_VERSION,
         name: name.clone(),
@@ -204,7 +203,7 @@ pub fn enroll(opts: &EnrollOptions) -> Result<Enrolled> {
         kernel_path: shown.clone(),
         size_sectors: raw.size_sectors(),
         fs_uuid,
-        enrolled_unix: crate::session::now_unix(),
+        enrolled_unix: crate::clock::now_unix(),
         // (Enrolling again keeps what fstab named before the first time.)
         fstab_source: stale.and_then(|r| r.fstab_source.clone()),
     };
@@ -285,7 +284,7 @@ pub fn unenroll(opts: &UnenrollOptions) -> Result<Unenrolled> {
     require_root()?;
     fault::configured()?;
     let dm = Dm::open()?;
-    let _lock = state::Lock::acquire()?;
+    let _lock = crate::state::lock::Lock::acquire()?;
     let named = BlockDevice::resolve(&opts.device)?;
     let records = record::load_all()?;
     let record = records
@@ -301,8 +300,11 @@ pub fn unenroll(opts: &UnenrollOptions) -> Result<Unenrolled> {
                 opts.device
             ))
         })?;
-    let sessions: Vec<String> =
-        state::load_all()?.into_iter().filter(|s| s.origin.dm_name == record.name).map(|s| s.id).collect();
+    let sessions: Vec<String> = crate::state::record::load_all()?
+        .into_iter()
+        .filter(|s| s.origin.dm_name == record.name)
+        .map(|s| s.id)
+        .collect();
     if !sessions.is_empty() {
         return Err(Error::busy(format!(
             "{} has sessions ({}): remove them first (`hcp -r {}`)",
@@ -378,7 +380,7 @@ pub fn unenroll(opts: &UnenrollOptions) -> Result<Unenrolled> {
         if let (Some(entry), Some(wanted)) = (&entry, &fstab.wanted) {
             let text = fstab::replace_line(&fstab_text, entry.line, wanted);
             fstab.backup = Some(
-                fstab::write_with_backup(&text, crate::session::now_unix())
+                fstab::write_with_backup(&text, crate::clock::now_unix())
                     .map_err(|e| e.context(format!("{} is unenrolled, but fstab was not changed", raw.display())))?,
             );
             fstab.edited = true;
@@ -395,7 +397,7 @@ pub fn unenroll(opts: &UnenrollOptions) -> Result<Unenrolled> {
 pub fn activate(wait: std::time::Duration) -> Result<Vec<Activation>> {
     require_root()?;
     let dm = Dm::open()?;
-    let _lock = state::Lock::acquire()?;
+    let _lock = crate::state::lock::Lock::acquire()?;
     let deadline = Instant::now() + wait;
     let mut report = Vec::new();
     for record in record::load_all()? {
@@ -439,7 +441,7 @@ pub fn list() -> Result<Vec<EnrolledEntry>> {
     }
     let dm = Dm::open()?;
     let mounts = MountTable(mountinfo::read()?);
-    let sessions = state::load_all()?;
+    let sessions = crate::state::record::load_all()?;
     records
         .iter()
         .map(|r| {
@@ -512,7 +514,7 @@ fn check_enrollable(dm: &Dm, raw: &BlockDevice, records: &[Enrollment]) -> Resul
             partitions[0].display_path().display()
         )));
     }
-    if let Some(holder) = crate::passthrough::holder_of(dm, raw)? {
+    if let Some(holder) = crate::kernel::dm::passthrough::holder_of(dm, raw)? {
         let enrolled = records.iter().any(|r| holder.dm.as_ref().is_some_and(|d| d.name == r.name))
             || holder.dm.as_ref().is_some_and(|d| d.uuid.starts_with(UUID_ENROLLED));
         return Err(Error::refused(if enrolled {
@@ -605,19 +607,19 @@ fn move_mount(
     sync_filesystem(&spec.mount_point)?;
     // If hcp dies (SIGKILL) or hangs from here to the mount, the guard
     // mounts the filesystem again, from whichever device can be mounted.
-    let guard = crate::guard::Guard::spawn(&crate::guard::Plan {
-        remount: Some(crate::guard::Remount {
+    let guard = crate::switch::guard::Guard::spawn(&crate::switch::guard::Plan {
+        remount: Some(crate::switch::guard::Remount {
             mount_point: spec.mount_point.clone(),
             fs_type: spec.fs_type.clone(),
             flags: spec.flags,
             data: spec.data.clone(),
             from: vec![from.to_path_buf(), to.to_path_buf()],
         }),
-        deadline: crate::guard::deadline()?,
+        deadline: crate::switch::guard::deadline()?,
         ..Default::default()
     })?;
     let began = Instant::now();
-    crate::mount::unmount(&spec.mount_point)?;
+    crate::kernel::mount::unmount(&spec.mount_point)?;
     let mut put_back = PutBack { spec, from, switch_back, switched: false, done: false };
     fault::at(after_unmount).map_err(|e| put_back.undo(e))?;
     switch().map_err(|e| put_back.undo(e))?;
@@ -694,11 +696,11 @@ fn remove_mapping(dm: &Dm, name: &str) -> Result<()> {
     if dm.open_count(name)? > 0 {
         return Err(Error::busy(format!(
             "{} is open (mounted, or used by a program): stop what uses it and retry",
-            crate::dm::device::node_path(name).display()
+            crate::kernel::dm::device::node_path(name).display()
         )));
     }
     dm.remove(name)?;
-    let _ = std::fs::remove_file(crate::dm::device::node_path(name));
+    let _ = std::fs::remove_file(crate::kernel::dm::device::node_path(name));
     Ok(())
 }
 
@@ -744,7 +746,7 @@ fn check_activatable(record: &Enrollment, raw: &BlockDevice) -> Result<()> {
             record.size_sectors
         )));
     }
-    let found = crate::mount::fs_uuid(&shown).ok().flatten();
+    let found = crate::kernel::mount::fs_uuid(&shown).ok().flatten();
     if let (Some(enrolled), Some(found)) = (&record.fs_uuid, &found) {
         if enrolled != found {
             return Err(Error::refused(format!(

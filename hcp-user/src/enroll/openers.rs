@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::devnum::DevNum;
+use crate::kernel::devnum::DevNum;
 
 /// A process using the filesystem, and how.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

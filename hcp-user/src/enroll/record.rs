@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::state::{self, ROOT};
+use crate::state::private::ROOT;
 
 /// The version of the record format below.
 pub const RECORD_VERSION: u32 = 1;
@@ -62,7 +62,7 @@ impl Enrollment {
 
     /// `/dev/mapper/<name>`.
     pub fn mapping_path(&self) -> PathBuf {
-        crate::dm::device::node_path(&self.name)
+        crate::kernel::dm::device::node_path(&self.name)
     }
 
     pub fn record_path(&self) -> PathBuf {
@@ -84,7 +84,9 @@ pub fn is_mapping_name(name: &str) -> bool {
 
 /// Every enrollment, sorted by name.
 pub fn load_all() -> Result<Vec<Enrollment>> {
-    if !state::check_private_dir(Path::new(CONFIG_DIR))? || !state::check_private_dir(&dir())? {
+    if !crate::state::private::check_private_dir(Path::new(CONFIG_DIR))?
+        || !crate::state::private::check_private_dir(&dir())?
+    {
         return Ok(Vec::new());
     }
     let entries = std::fs::read_dir(dir()).map_err(|e| Error::io(dir().display(), e))?;
@@ -100,11 +102,11 @@ pub fn load_all() -> Result<Vec<Enrollment>> {
 }
 
 fn load(path: &Path) -> Result<Option<Enrollment>> {
-    let hostile = |problem: String| state::hostile(WHAT, path, problem);
-    let Some(text) = state::read_private_file(path, ROOT, WHAT)? else {
+    let hostile = |problem: String| crate::state::private::hostile(WHAT, path, problem);
+    let Some(text) = crate::state::private::read_private_file(path, ROOT, WHAT)? else {
         return Ok(None);
     };
-    let record: Enrollment = state::parse_record(&text, RECORD_VERSION, hostile)?;
+    let record: Enrollment = crate::state::private::parse_record(&text, RECORD_VERSION, hostile)?;
     let stem = path.file_stem().and_then(OsStr::to_str).unwrap_or_default();
     if !is_mapping_name(stem) || record.name != stem {
         return Err(hostile(format!("describes mapping {:?}, not {stem:?}", record.name)));
@@ -116,9 +118,9 @@ pub fn save(record: &Enrollment) -> Result<()> {
     if !is_mapping_name(&record.name) {
         return Err(Error::system(format!("refusing to write an enrollment for {:?}", record.name)));
     }
-    state::ensure_private_dir(Path::new(CONFIG_DIR))?;
+    crate::state::private::ensure_private_dir(Path::new(CONFIG_DIR))?;
     let text = serde_json::to_string_pretty(record).expect("records serialise");
-    state::write_private_file(&dir(), ROOT, &format!("{}.json", record.name), text.as_bytes(), WHAT)
+    crate::state::private::write_private_file(&dir(), ROOT, &format!("{}.json", record.name), text.as_bytes(), WHAT)
 }
 
 pub fn delete(record: &Enrollment) -> Result<()> {

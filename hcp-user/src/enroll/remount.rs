@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::mountinfo::{unescape_option, Mount};
+use crate::kernel::mountinfo::{unescape_option, Mount};
 
 /// A mount, as it can be made again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -51,7 +51,7 @@ impl MountSpec {
 
     /// Mounts `device` as this spec says.
     pub fn mount(&self, device: &Path) -> Result<()> {
-        crate::mount::mount(device, &self.mount_point, &self.fs_type, self.flags, &self.data)
+        crate::kernel::mount::mount(device, &self.mount_point, &self.fs_type, self.flags, &self.data)
     }
 }
 

@@ -19,13 +19,14 @@
 
 use serde::Serialize;
 
-use crate::dm::device::Dm;
 use crate::error::{Error, Kind, Result};
-use crate::state::{self, Lock, Session};
+use crate::kernel::dm::device::Dm;
+use crate::privilege::require_root;
+use crate::state::lock::Lock;
+use crate::state::record::{self};
 
-use super::remove::{is_switched, remove_one, restore_origin_table};
-use super::report::{orphans, problem, OrphanKind};
-use super::require_root;
+use super::inspect::{is_switched, orphans, problem, OrphanKind};
+use super::remove::{remove_one, restore_origin_table};
 
 /// One thing `recover` found, and what it did about it.
 #[derive(Clone, Debug, Serialize)]
@@ -47,7 +48,7 @@ pub fn recover() -> Result<Vec<Recovered>> {
     // Held, so no other start or remove is under way: every record not
     // `active` is a leftover.
     let _lock = Lock::acquire()?;
-    let mut sessions = state::load_all()?;
+    let mut sessions = record::load_all()?;
     let mut out = Vec::new();
     // Newest first, so an origin gets its table back with its last session.
     for session in sessions.clone().iter().rev() {
@@ -68,10 +69,10 @@ pub fn recover() -> Result<Vec<Recovered>> {
             Err(e) => out.push(failed(&orphan.name, found, e)),
         }
     }
-    if crate::trace_pins::attached() && !sessions.iter().any(|s| s.trace.is_some()) {
-        let item = crate::trace_pins::pin_dir().display().to_string();
+    if crate::tracer::pins::attached() && !sessions.iter().any(|s| s.trace.is_some()) {
+        let item = crate::tracer::pins::pin_dir().display().to_string();
         let found = "pinned tracing programs that no session uses".to_string();
-        match crate::trace_pins::detach_all() {
+        match crate::tracer::pins::detach_all() {
             Ok(()) => out.push(done(&item, found, "unpinned (the programs detached)".to_string())),
             Err(e) => out.push(failed(&item, found, Error::system(format!("{e:#}")))),
         }
@@ -91,7 +92,7 @@ fn remove_orphan(dm: &Dm, name: &str, kind: &OrphanKind) -> Result<String> {
     if dm.open_count(name)? > 0 {
         return Err(Error::busy(format!(
             "{} is in use (mounted or open): unmount or close it, then run `hcp recover` again",
-            crate::dm::device::node_path(name).display()
+            crate::kernel::dm::device::node_path(name).display()
         )));
     }
     dm.remove(name)?;
@@ -104,16 +105,4 @@ fn done(item: &str, found: String, done: String) -> Recovered {
 
 fn failed(item: &str, found: String, e: Error) -> Recovered {
     Recovered { item: item.to_string(), found, done: e.message().to_string(), ok: false, error_kind: Some(e.kind) }
-}
-
-/// Records whose command did not finish, or whose pieces are missing:
-/// each with what is wrong. Only meaningful under the lock.
-pub(super) fn leftovers(dm: &Dm, sessions: &[Session]) -> Result<Vec<(String, String)>> {
-    let mut out = Vec::new();
-    for s in sessions {
-        if let Some(p) = problem(dm, s)? {
-            out.push((s.id.clone(), p));
-        }
-    }
-    Ok(out)
 }

@@ -7,17 +7,18 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::blockdev::BlockDevice;
-use crate::dm::device::Dm;
-use crate::dm::table::{SnapshotOrigin, TargetParams};
 use crate::error::{Error, Result};
-use crate::fault;
-use crate::loopdev::LoopDevice;
-use crate::mountinfo::MountTable;
-use crate::state::{self, Lock, Phase, Session};
+use crate::kernel::blockdev::BlockDevice;
+use crate::kernel::dm::device::Dm;
+use crate::kernel::loopdev::LoopDevice;
+use crate::kernel::mountinfo::MountTable;
+use crate::privilege::require_root;
+use crate::state::lock::Lock;
+use crate::state::record::{self, Phase, Session, SessionState};
+use crate::switch::fault;
 
-use super::window::RESTORE_STEPS;
-use super::{is_origin_of, require_root, siblings};
+use super::inspect::{is_origin_of, is_switched, siblings};
+use crate::switch::window::RESTORE_STEPS;
 
 #[derive(Clone, Debug, Default)]
 pub struct RemoveOptions {
@@ -58,10 +59,10 @@ pub fn remove(opts: &RemoveOptions) -> Result<Vec<Removed>> {
     let dm = Dm::open()?;
     fault::configured()?;
     let _lock = Lock::acquire()?;
-    let mut sessions = state::load_all()?;
+    let mut sessions = record::load_all()?;
     let targets = find_targets(&opts.target, &sessions)?;
     // Removing a half-made session finishes it; others are pointed out.
-    for (id, problem) in super::recover::leftovers(&dm, &sessions)? {
+    for (id, problem) in super::inspect::leftovers(&dm, &sessions)? {
         if !targets.contains(&id) {
             eprintln!("hcp: warning: session {id} is incomplete ({problem}): run `hcp recover`");
         }
@@ -108,7 +109,7 @@ fn find_targets(target: &str, sessions: &[Session]) -> Result<Vec<String>> {
     if let Ok(dev) = BlockDevice::resolve(target) {
         // An enrolled partition's sessions are its mapping's.
         let dev = match Dm::open() {
-            Ok(dm) => crate::passthrough::acting_device(&dm, dev)?,
+            Ok(dm) => crate::kernel::dm::passthrough::acting_device(&dm, dev)?,
             Err(_) => dev,
         };
         let of_origin: Vec<String> = sessions.iter().filter(|s| is_origin_of(s, &dev)).map(|s| s.id.clone()).collect();
@@ -139,13 +140,13 @@ pub(super) fn remove_one(
         if dm.open_count(&session.origin.dm_name)? > 0 {
             return Err(Error::busy(format!(
                 "{} is in use (mounted or open): unmount it first; it is removed with its last snapshot",
-                crate::dm::device::node_path(&session.origin.dm_name).display()
+                crate::kernel::dm::device::node_path(&session.origin.dm_name).display()
             )));
         }
     }
     // Our own mount is the one opener we undo; any other (a mount
     // elsewhere, a program reading the snapshot) makes removal wait.
-    let mounts = MountTable(crate::mountinfo::read()?);
+    let mounts = MountTable(crate::kernel::mountinfo::read()?);
     let our_mount = session
         .mount
         .as_ref()
@@ -160,10 +161,10 @@ pub(super) fn remove_one(
     }
     // Nothing was changed yet. The monitor goes first: it must not grow the
     // store while the session is taken apart.
-    crate::autoextend::stop(session)?;
-    let snapshot_invalidated = super::report::state_of(dm, session)?.0 == super::SessionState::Invalid;
+    crate::session::autoextend::stop(session)?;
+    let snapshot_invalidated = super::inspect::state_of(dm, session)?.0 == SessionState::Invalid;
     if let Some(m) = our_mount {
-        crate::mount::unmount(&m.path)?;
+        crate::kernel::mount::unmount(&m.path)?;
     }
     fault::at("remove-after-unmount")?;
     // The final figures, while every device is still there.
@@ -177,7 +178,7 @@ pub(super) fn remove_one(
     // to finish, never to bring back.
     let mut record = session.clone();
     record.phase = Phase::Removing;
-    state::save(&record)?;
+    record::save(&record)?;
     fault::at("remove-after-record")?;
     if let Err(e) = super::trace::detach(session, sessions) {
         eprintln!("hcp: warning: {e}");
@@ -218,7 +219,7 @@ pub(super) fn remove_one(
     } else {
         session.store.created_file.then(|| session.store.path.clone()).filter(|p| p.exists())
     };
-    state::delete(&session.id)?;
+    record::delete(&session.id)?;
     let autoextend_log = session.autoextend.as_ref().and_then(|a| {
         if snapshot_invalidated && a.log.exists() {
             return Some(a.log.clone());
@@ -239,9 +240,9 @@ pub(super) fn remove_one(
     })
 }
 
-fn snapshot_devnum(session: &Session) -> crate::devnum::DevNum {
-    crate::devnum::DevNum::of_block_device(&session.snapshot_path)
-        .unwrap_or(crate::devnum::DevNum { major: 0, minor: 0 })
+fn snapshot_devnum(session: &Session) -> crate::kernel::devnum::DevNum {
+    crate::kernel::devnum::DevNum::of_block_device(&session.snapshot_path)
+        .unwrap_or(crate::kernel::devnum::DevNum { major: 0, minor: 0 })
 }
 
 /// Gives the origin back the table it had before its first snapshot (the
@@ -280,26 +281,8 @@ pub(super) fn restore_origin_table(dm: &Dm, origin: &str, real: &str) -> Result<
     let table = dm.table(real)?;
     dm.load(origin, &table)?;
     fault::at("remove-after-origin-reload")?;
-    let mounts = MountTable(crate::mountinfo::read()?);
+    let mounts = MountTable(crate::kernel::mountinfo::read()?);
     let mounted_at = mounts.mounts_of(dm.devnum(origin)?).first().map(|m| m.mount_point.clone());
-    let window = super::window::switch(dm, origin, mounted_at.as_deref(), true, &RESTORE_STEPS, || Ok(()))?;
+    let window = crate::switch::window::switch(dm, origin, mounted_at.as_deref(), true, &RESTORE_STEPS, || Ok(()))?;
     Ok(window.frozen.map(|d| d.as_secs_f64()))
-}
-
-/// Whether `origin` runs on hcp's `snapshot-origin` over `real`. Refuses
-/// a `snapshot-origin` over anything else: that is not hcp's to undo.
-pub(super) fn is_switched(dm: &Dm, origin: &str, real: &str) -> Result<bool> {
-    let table = dm.table(origin)?;
-    let [line] = table.as_slice() else { return Ok(false) };
-    if line.target_type != "snapshot-origin" {
-        return Ok(false);
-    }
-    let over = SnapshotOrigin::from_line(line)?.origin;
-    if !dm.exists(real)? || dm.devnum(real)? != over {
-        return Err(Error::refused(format!(
-            "origin {origin} runs on snapshot-origin over {over}, not over hcp's {real}: hcp leaves it alone; \
-             inspect it with `dmsetup table {origin}`"
-        )));
-    }
-    Ok(true)
 }

@@ -15,26 +15,27 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::autoextend;
-use crate::blockdev::BlockDevice;
-use crate::devnum::DevNum;
-use crate::dm::device::{make_node, Dm};
-use crate::dm::table::{Linear, Persistence, Snapshot, SnapshotOrigin, TargetParams};
+use crate::clock::now_unix;
 use crate::error::{Error, Result, ResultExt};
-use crate::fault;
-use crate::loopdev::{AttachOptions, LoopDevice};
-use crate::mountinfo::MountTable;
+use crate::kernel::blockdev::BlockDevice;
+use crate::kernel::devnum::DevNum;
+use crate::kernel::dm::device::{make_node, Dm};
+use crate::kernel::dm::table::{Linear, Persistence, Snapshot, SnapshotOrigin, TargetParams};
+use crate::kernel::dm::uuid::{UUID_COW, UUID_ORIGIN, UUID_REAL, UUID_SNAPSHOT};
+use crate::kernel::loopdev::{AttachOptions, LoopDevice};
+use crate::kernel::mountinfo::MountTable;
+use crate::privilege::require_root;
+use crate::session::autoextend;
 use crate::size::{format_bytes, ChunkSize, Quota};
-use crate::state::{
-    self, AutoextendRecord, KernelWindow, Lock, MountRecord, Origin, Phase, Session, Store, WindowRecord,
-    RECORD_VERSION,
+use crate::state::dirs::{DEFAULT_MOUNT_DIR, DEFAULT_STORE_DIR};
+use crate::state::lock::Lock;
+use crate::state::record::{
+    self, AutoextendRecord, KernelWindow, MountRecord, Origin, Phase, Session, Store, WindowRecord, RECORD_VERSION,
 };
+use crate::switch::fault;
 use hcp_common::bio::Role;
 
-use super::{
-    now_unix, require_root, snapshot_node, DEFAULT_MOUNT_DIR, DEFAULT_STORE_DIR, UUID_COW, UUID_ORIGIN, UUID_REAL,
-    UUID_SNAPSHOT,
-};
+use super::inspect::snapshot_node;
 
 /// The quota when `-q` is not given.
 pub const DEFAULT_QUOTA: Quota = Quota::Percent(10);
@@ -159,8 +160,8 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
     require_root()?;
     let dm = Dm::open()?;
     let _lock = Lock::acquire()?;
-    let sessions = state::load_all()?;
-    let mounts = MountTable(crate::mountinfo::read()?);
+    let sessions = record::load_all()?;
+    let mounts = MountTable(crate::kernel::mountinfo::read()?);
 
     let report = match &opts.report {
         Some(_) if !opts.trace => {
@@ -173,7 +174,7 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
     };
     // A partition under a pass-through mapping (enrolled) is snapshotted
     // through the mapping, where its filesystem is mounted.
-    let named = crate::passthrough::acting_device(&dm, BlockDevice::resolve(&opts.device)?)?;
+    let named = crate::kernel::dm::passthrough::acting_device(&dm, BlockDevice::resolve(&opts.device)?)?;
     let plan = plan_origin(&dm, &named, &sessions, &mounts)?;
     let (origin_dev, origin_label) = match &plan {
         OriginPlan::Live { name, .. } => (BlockDevice::from_devnum(dm_devnum(&dm, name)?)?, name.clone()),
@@ -182,7 +183,7 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
     // Leftovers of an hcp that did not finish: on this origin they would
     // get in the way (its table, its `-real`); elsewhere they are only
     // pointed out.
-    for (id, problem) in super::recover::leftovers(&dm, &sessions)? {
+    for (id, problem) in super::inspect::leftovers(&dm, &sessions)? {
         let on_this = sessions.iter().any(|s| s.id == id && s.origin.dm_name == plan.origin_name());
         if on_this {
             return Err(Error::refused(format!(
@@ -260,10 +261,10 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
             log: autoextend::log_path(&id),
         }),
     };
-    state::save(&session)?;
+    record::save(&session)?;
     {
         let id = id.clone();
-        undo.push(format!("remove the record of {id}"), move || state::delete(&id));
+        undo.push(format!("remove the record of {id}"), move || record::delete(&id));
     }
 
     let (store, store_dev, store_bytes) = prepare_store(&dm, &store_plan, &id, file_bytes, opts, &mut undo)?;
@@ -318,7 +319,7 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
     if let Some(path) = &mount_point {
         create_mount_dir(path, &mut undo)?;
     }
-    state::save(&session)?;
+    record::save(&session)?;
     if let Some(record) = session.autoextend.as_mut() {
         // Started before the switch, like everything else that can fail:
         // it waits for the snapshot to go live, and the first write burst
@@ -331,7 +332,7 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
             let _ = std::fs::remove_file(&log);
             stopped
         });
-        state::save(&session)?;
+        record::save(&session)?;
     }
 
     // Tracing starts before the switch, so that it sees the window.
@@ -341,7 +342,7 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         traced = super::trace::devices_of(&session);
         let added = super::trace::attach(&traced)?;
         undo.push("stop tracing the session's devices".to_string(), move || {
-            crate::trace_pins::remove_devices(&added).map_err(|e| Error::system(format!("{e:#}")))
+            crate::tracer::pins::remove_devices(&added).map_err(|e| Error::system(format!("{e:#}")))
         });
         if let Some((origin, _, _)) = traced.iter().find(|(_, r, _)| *r == Role::Origin) {
             baseline = super::trace::baseline(*origin, opts.baseline)?;
@@ -378,12 +379,12 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
                     super::remove::restore_origin_table(dm_ref, &origin, &real).map(drop)
                 });
             }
-            let window = super::window::switch(
+            let window = crate::switch::window::switch(
                 &dm,
                 name,
                 mounted_at.as_deref(),
                 *create_real,
-                &super::window::START_STEPS,
+                &crate::switch::window::START_STEPS,
                 || dm.resume(&id),
             )?;
             timing.frozen_seconds = window.frozen.map(|d| d.as_secs_f64());
@@ -404,7 +405,7 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
     if let Some(mut tracer) = switch_tracer {
         // The snapshot is live: a failure to read the tracer loses only its
         // figures.
-        match super::trace::kernel_window(&mut tracer, &origin_name, crate::freeze_trace::monotonic_ns()) {
+        match super::trace::kernel_window(&mut tracer, &origin_name, crate::tracer::freeze_trace::monotonic_ns()) {
             Ok(kernel) => timing.kernel = Some(kernel),
             Err(e) => eprintln!("hcp: the switch's kernel figures are missing: {e}"),
         }
@@ -428,7 +429,7 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         session.trace = Some(super::trace::record(&now, baseline, at_start, Some(window), report));
     }
     session.phase = Phase::Active;
-    state::save(&session)?;
+    record::save(&session)?;
 
     let mut started = Started {
         session: id.clone(),
@@ -440,16 +441,17 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         quota_bytes: session.quota_bytes,
         autoextend: session.autoextend.clone(),
         chunk_bytes: opts.chunk.bytes(),
-        write_through: matches!(plan, OriginPlan::Wrap { .. }).then(|| crate::dm::device::node_path(&origin_name)),
+        write_through: matches!(plan, OriginPlan::Wrap { .. })
+            .then(|| crate::kernel::dm::device::node_path(&origin_name)),
         mount_point: None,
         read_only: opts.read_only,
         filesystem: None,
         mount_error: None,
-        created: super::format_time(session.created_unix),
+        created: crate::clock::format_time(session.created_unix),
         timing,
     };
     if let Some(record) = &session.mount {
-        match crate::mount::mount_snapshot(&snapshot_path, &record.path, opts.read_only) {
+        match crate::kernel::mount::mount_snapshot(&snapshot_path, &record.path, opts.read_only) {
             Ok(fs) => {
                 started.mount_point = Some(record.path.clone());
                 started.filesystem = Some(fs);
@@ -461,7 +463,7 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
                     let _ = std::fs::remove_dir(&record.path);
                 }
                 session.mount = None;
-                state::save(&session)?;
+                record::save(&session)?;
             }
         }
     }
@@ -508,7 +510,7 @@ fn plan_origin(dm: &Dm, named: &BlockDevice, sessions: &[Session], mounts: &Moun
             // the device to snapshot.
             let suggested = match &holder.dm {
                 Some(d) if d.uuid.starts_with(UUID_REAL) => {
-                    crate::dm::device::node_path(d.name.strip_suffix("-real").unwrap_or(&d.name))
+                    crate::kernel::dm::device::node_path(d.name.strip_suffix("-real").unwrap_or(&d.name))
                 }
                 _ => holder.display_path(),
             };
@@ -527,7 +529,7 @@ fn plan_origin(dm: &Dm, named: &BlockDevice, sessions: &[Session], mounts: &Moun
                 enrolled.mapping_path().display()
             )));
         }
-        crate::blockdev::check_not_open_exclusively(&shown)?;
+        crate::kernel::blockdev::check_not_open_exclusively(&shown)?;
         return Ok(OriginPlan::Wrap { name: format!("hcp-{}", named.kernel_name), raw: named.clone() });
     };
     for (prefix, what) in [
@@ -642,7 +644,7 @@ fn plan_store(
 /// would itself be copied aside into the store.
 fn check_file_store(path: &Path, origin: &BlockDevice) -> Result<()> {
     if path.starts_with(DEFAULT_STORE_DIR) {
-        state::check_private_dir(Path::new(DEFAULT_STORE_DIR))?;
+        crate::state::private::check_private_dir(Path::new(DEFAULT_STORE_DIR))?;
     }
     // (A dangling symlink is something there too.)
     if std::fs::symlink_metadata(path).is_ok() {
@@ -696,7 +698,7 @@ fn plan_device_store(
     if let Some(holder) = dev.holders().first() {
         return Err(Error::busy(format!("store {} is in use by device {holder}: give a free device", given.display())));
     }
-    crate::blockdev::check_not_open_exclusively(given)?;
+    crate::kernel::blockdev::check_not_open_exclusively(given)?;
     if dev.size_bytes < min_store {
         return Err(Error::usage(format!(
             "store {} is too small ({}): a snapshot store needs at least {}; give a larger device",
@@ -721,7 +723,7 @@ fn plan_device_store(
 /// a mount, dm, md, or a program that opened it with O_EXCL.
 fn check_mount_point(path: &Path, mounts: &MountTable) -> Result<()> {
     if path.starts_with(DEFAULT_MOUNT_DIR) {
-        state::check_private_dir(Path::new(DEFAULT_MOUNT_DIR))?;
+        crate::state::private::check_private_dir(Path::new(DEFAULT_MOUNT_DIR))?;
     }
     match std::fs::metadata(path) {
         Ok(meta) if !meta.is_dir() => Err(Error::usage(format!(
@@ -744,7 +746,7 @@ fn check_mount_point(path: &Path, mounts: &MountTable) -> Result<()> {
 /// files their owners could not otherwise reach); returns whether it did.
 fn create_mount_dir<'a>(path: &Path, undo: &mut Undo<'a>) -> Result<bool> {
     if path.starts_with(DEFAULT_MOUNT_DIR) {
-        state::ensure_private_dir(Path::new(DEFAULT_MOUNT_DIR))?;
+        crate::state::private::ensure_private_dir(Path::new(DEFAULT_MOUNT_DIR))?;
     }
     if path.exists() {
         return Ok(false);
@@ -791,7 +793,7 @@ fn prepare_store<'a>(
         StorePlan::File { path } => {
             if let Some(dir) = path.parent() {
                 if dir.starts_with(DEFAULT_STORE_DIR) {
-                    state::ensure_private_dir(Path::new(DEFAULT_STORE_DIR))?;
+                    crate::state::private::ensure_private_dir(Path::new(DEFAULT_STORE_DIR))?;
                 }
                 if !dir.exists() {
                     std::fs::DirBuilder::new()
@@ -875,7 +877,7 @@ fn zero_header(store: &BlockDevice, chunk: ChunkSize) -> Result<()> {
 /// since the command began, see `main`) stops the start, everything made
 /// so far undone, and where a fault can be injected.
 fn step(name: &'static str) -> Result<()> {
-    if let Some(signal) = crate::freeze::pending_stop_signal() {
+    if let Some(signal) = crate::kernel::signals::pending_stop_signal() {
         return Err(Error::new(
             crate::error::Kind::Interrupted,
             format!("{signal}: stopped before the snapshot went live; everything it made is undone"),
@@ -896,7 +898,7 @@ fn next_id(dm: &Dm, sessions: &[Session]) -> Result<String> {
 }
 
 fn dm_devnum(dm: &Dm, name: &str) -> Result<DevNum> {
-    DevNum::of_block_device(&crate::dm::device::node_path(name)).or_else(|_| {
+    DevNum::of_block_device(&crate::kernel::dm::device::node_path(name)).or_else(|_| {
         dm.list()?
             .into_iter()
             .find(|(n, _, _)| n == name)
@@ -908,7 +910,7 @@ fn dm_devnum(dm: &Dm, name: &str) -> Result<DevNum> {
 /// The origin as the user should see it in listings.
 fn named_origin_path(named: &BlockDevice, origin_name: &str) -> PathBuf {
     match &named.dm {
-        Some(_) => crate::dm::device::node_path(origin_name),
+        Some(_) => crate::kernel::dm::device::node_path(origin_name),
         None => named.display_path(),
     }
 }

@@ -7,20 +7,21 @@ use std::time::Duration;
 use hcp_common::bio::{Level, Role};
 use hcp_common::IoOp;
 
-use crate::devnum::DevNum;
-use crate::dm::device::Dm;
 use crate::error::{Error, Result};
-use crate::freeze_trace::{self, FreezeTracer};
-use crate::state::{HistRecord, KernelWindow, Session, TraceRecord, TracedDevice, WindowRecord};
-use crate::stats::{self, CountersRecord, SessionStats, StoreUse};
-use crate::trace_pins;
+use crate::figures::stats::{self, SessionStats, StoreUse};
+use crate::kernel::devnum::DevNum;
+use crate::kernel::dm::device::Dm;
+use crate::state::counters::{CountersRecord, HistRecord};
+use crate::state::record::{KernelWindow, Session, TraceRecord, TracedDevice, WindowRecord};
+use crate::tracer::freeze_trace::{self, FreezeTracer};
+use crate::tracer::pins;
 
 /// Starts tracing `devices` (attaching the programs if no session is
 /// traced yet); returns the devices newly traced, to undo on failure.
 pub(super) fn attach(devices: &[(DevNum, Role, PathBuf)]) -> Result<Vec<DevNum>> {
-    trace_pins::ensure_attached().map_err(|e| Error::system(format!("attaching hcp's tracing: {e:#}")))?;
+    pins::ensure_attached().map_err(|e| Error::system(format!("attaching hcp's tracing: {e:#}")))?;
     let list: Vec<DevNum> = devices.iter().map(|(d, _, _)| *d).collect();
-    trace_pins::add_devices(&list).map_err(|e| Error::system(format!("tracing the session's devices: {e:#}")))
+    pins::add_devices(&list).map_err(|e| Error::system(format!("tracing the session's devices: {e:#}")))
 }
 
 /// The origin's write latency over `baseline` (None for zero).
@@ -29,14 +30,14 @@ pub(super) fn baseline(origin: DevNum, baseline: Duration) -> Result<Option<Hist
         return Ok(None);
     }
     let read_hist = || {
-        trace_pins::histogram(origin, Level::Bio, IoOp::Write)
+        pins::histogram(origin, Level::Bio, IoOp::Write)
             .map_err(|e| Error::system(format!("reading the origin's latency: {e:#}")))
     };
     let before = read_hist()?;
     // In slices: a Ctrl-C held back meanwhile stops the start at once.
     let until = std::time::Instant::now() + baseline;
     while let Some(left) = until.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()) {
-        if let Some(signal) = crate::freeze::pending_stop_signal() {
+        if let Some(signal) = crate::kernel::signals::pending_stop_signal() {
             return Err(Error::new(
                 crate::error::Kind::Interrupted,
                 format!(
@@ -46,14 +47,14 @@ pub(super) fn baseline(origin: DevNum, baseline: Duration) -> Result<Option<Hist
         }
         std::thread::sleep(left.min(Duration::from_millis(50)));
     }
-    Ok(Some(stats::to_record(&stats::subtract(&read_hist()?, &before))))
+    Ok(Some(crate::state::counters::to_record(&crate::tracer::hist::subtract(&read_hist()?, &before))))
 }
 
 /// Every counter of `devices` now: taken as the snapshot is about to go
 /// live, the session's own figures are what is counted after it.
 pub(super) fn counters_now(devices: &[DevNum]) -> Result<CountersRecord> {
-    let now = trace_pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")))?;
-    Ok(stats::record_counters(&now, devices))
+    let now = pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")))?;
+    Ok(crate::state::counters::record_counters(&now, devices))
 }
 
 /// The tracer of the switch: this process's freeze and suspend calls and,
@@ -106,7 +107,7 @@ pub(super) fn record(
     report: Option<PathBuf>,
 ) -> TraceRecord {
     TraceRecord {
-        since_unix: super::now_unix(),
+        since_unix: crate::clock::now_unix(),
         devices: devices
             .iter()
             .map(|(d, r, p)| TracedDevice { role: r.name().to_string(), devnum: d.to_string(), path: p.clone() })
@@ -126,17 +127,17 @@ pub fn read(session: &Session) -> Result<SessionStats> {
             session.id, session.id
         )));
     }
-    let counters = trace_pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")))?;
-    with_live_state(stats::compute(session, &counters, super::now_unix()), &Dm::open()?, session)
+    let counters = pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")))?;
+    with_live_state(stats::compute(session, &counters, crate::clock::now_unix()), &Dm::open()?, session)
 }
 
 /// `stats` with what device-mapper says now: the session's state (is the
 /// snapshot still valid?) and how full its store is.
 fn with_live_state(mut stats: SessionStats, dm: &Dm, session: &Session) -> Result<SessionStats> {
-    let (state, status) = super::report::state_of(dm, session)?;
+    let (state, status) = super::inspect::state_of(dm, session)?;
     stats.state = Some(state);
     stats.store = Some(StoreUse {
-        size_bytes: super::report::store_bytes_now(session, status.as_ref()),
+        size_bytes: super::inspect::store_bytes_now(session, status.as_ref()),
         used_bytes: status.and_then(|s| s.used_bytes()),
         use_percent: status.and_then(|s| s.use_percent()),
         quota_bytes: session.quota_bytes,
@@ -160,14 +161,14 @@ pub(super) fn detach(session: &Session, others: &[Session]) -> Result<()> {
         .filter(|d| !shared.contains(&d.devnum.as_str()))
         .filter_map(|d| d.devnum.parse().ok())
         .collect();
-    trace_pins::remove_devices(&own).map_err(|e| Error::system(format!("detaching the session's tracing: {e:#}")))
+    pins::remove_devices(&own).map_err(|e| Error::system(format!("detaching the session's tracing: {e:#}")))
 }
 
 /// Where `remove` writes a traced session's final report: where `--report`
 /// said, else under `/var/lib/hcp/reports/`.
 pub fn report_path(session: &Session) -> PathBuf {
     session.trace.as_ref().and_then(|t| t.report.clone()).unwrap_or_else(|| {
-        PathBuf::from(super::DEFAULT_STORE_DIR)
+        PathBuf::from(crate::state::dirs::DEFAULT_STORE_DIR)
             .join("reports")
             .join(format!("{}-{}.json", session.id, session.created_unix))
     })
@@ -218,8 +219,8 @@ fn fs_entry_exists(path: &Path) -> bool {
 pub(super) fn write_report(session: &Session, to: Option<&Path>) -> Result<PathBuf> {
     let stats = read(session)?;
     let path = to.map_or_else(|| report_path(session), Path::to_path_buf);
-    if path.starts_with(super::DEFAULT_STORE_DIR) {
-        crate::state::ensure_private_dir(Path::new(super::DEFAULT_STORE_DIR))?;
+    if path.starts_with(crate::state::dirs::DEFAULT_STORE_DIR) {
+        crate::state::private::ensure_private_dir(Path::new(crate::state::dirs::DEFAULT_STORE_DIR))?;
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
@@ -227,9 +228,9 @@ pub(super) fn write_report(session: &Session, to: Option<&Path>) -> Result<PathB
     let text = serde_json::to_string_pretty(&stats).expect("stats serialise");
     std::fs::write(&path, text).map_err(|e| Error::io(format!("writing report {}", path.display()), e))?;
     let log = histogram_log_path(&path);
-    let (start, interval) = crate::hdr_log::period(&stats);
+    let (start, interval) = crate::figures::hdr_log::period(&stats);
     let mut out = Vec::new();
-    crate::hdr_log::write(&mut out, &stats, start, interval)
+    crate::figures::hdr_log::write(&mut out, &stats, start, interval)
         .and_then(|()| std::fs::write(&log, out))
         .map_err(|e| Error::io(format!("writing histogram log {}", log.display()), e))?;
     Ok(path)
@@ -238,21 +239,24 @@ pub(super) fn write_report(session: &Session, to: Option<&Path>) -> Result<PathB
 /// The figures of every traced session (for `--prometheus` without a
 /// session).
 pub fn stats_all() -> Result<Vec<SessionStats>> {
-    let sessions = crate::state::load_all()?;
+    let sessions = crate::state::record::load_all()?;
     let traced: Vec<&Session> = sessions.iter().filter(|s| s.trace.is_some()).collect();
     if traced.is_empty() {
         return Ok(Vec::new());
     }
-    let counters = trace_pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")))?;
+    let counters = pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")))?;
     let dm = Dm::open()?;
-    traced.into_iter().map(|s| with_live_state(stats::compute(s, &counters, super::now_unix()), &dm, s)).collect()
+    traced
+        .into_iter()
+        .map(|s| with_live_state(stats::compute(s, &counters, crate::clock::now_unix()), &dm, s))
+        .collect()
 }
 
 /// The devices of `session` that exist now, with their roles. Read from the
 /// nodes the record names, so it serves a session being started and one
 /// already running alike.
 pub(super) fn devices_of(session: &Session) -> Vec<(DevNum, Role, PathBuf)> {
-    let mapper = crate::dm::device::node_path;
+    let mapper = crate::kernel::dm::device::node_path;
     let real = if session.origin.wrapped { PathBuf::from(&session.origin.real) } else { mapper(&session.origin.real) };
     let cow = mapper(&format!("{}-cow", session.id));
     let store = match &session.store.loop_device {
@@ -273,7 +277,7 @@ pub(super) fn devices_of(session: &Session) -> Vec<(DevNum, Role, PathBuf)> {
 
 /// `hcp stats TARGET`: the figures of a traced session.
 pub fn stats(target: &str) -> Result<SessionStats> {
-    let sessions = crate::state::load_all()?;
+    let sessions = crate::state::record::load_all()?;
     read(find(&sessions, target)?)
 }
 
@@ -281,38 +285,38 @@ pub fn stats(target: &str) -> Result<SessionStats> {
 /// `interval` (what was counted during it), until the session is removed or
 /// `emit` returns false.
 pub fn follow(target: &str, interval: Duration, mut emit: impl FnMut(&SessionStats) -> bool) -> Result<()> {
-    let sessions = crate::state::load_all()?;
+    let sessions = crate::state::record::load_all()?;
     let mut session = find(&sessions, target)?.clone();
     read(&session)?; // traced at all?
     let devices: Vec<DevNum> = devices_of(&session).into_iter().map(|(d, _, _)| d).collect();
     let dm = Dm::open()?;
-    let read_counters = || trace_pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")));
-    let mut before = stats::record_counters(&read_counters()?, &devices);
+    let read_counters = || pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")));
+    let mut before = crate::state::counters::record_counters(&read_counters()?, &devices);
     loop {
         let began = std::time::Instant::now();
         std::thread::sleep(interval);
-        if !crate::state::load_all()?.iter().any(|s| s.id == session.id) {
+        if !crate::state::record::load_all()?.iter().any(|s| s.id == session.id) {
             return Ok(()); // removed: its final report is written
         }
         let now = read_counters()?;
         if let Some(trace) = session.trace.as_mut() {
             trace.at_start = Some(before);
         }
-        let mut figures = with_live_state(stats::compute(&session, &now, super::now_unix()), &dm, &session)?;
+        let mut figures = with_live_state(stats::compute(&session, &now, crate::clock::now_unix()), &dm, &session)?;
         figures.interval_seconds = Some(began.elapsed().as_secs_f64());
         if !emit(&figures) {
             return Ok(());
         }
-        before = stats::record_counters(&now, &devices);
+        before = crate::state::counters::record_counters(&now, &devices);
     }
 }
 
 /// `hcp trace attach TARGET`: starts tracing a running session (without a
 /// baseline or the switch, which are over).
 pub fn attach_session(target: &str) -> Result<PathBuf> {
-    super::require_root()?;
-    let _lock = crate::state::Lock::acquire()?;
-    let sessions = crate::state::load_all()?;
+    crate::privilege::require_root()?;
+    let _lock = crate::state::lock::Lock::acquire()?;
+    let sessions = crate::state::record::load_all()?;
     let mut session = find(&sessions, target)?.clone();
     if session.trace.is_some() {
         return Err(Error::usage(format!(
@@ -329,7 +333,7 @@ pub fn attach_session(target: &str) -> Result<PathBuf> {
         None => None,
     };
     session.trace = Some(record(&devices, None, at_start, None, None));
-    crate::state::save(&session)?;
+    crate::state::record::save(&session)?;
     Ok(session.snapshot_path.clone())
 }
 

@@ -27,7 +27,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use hcp::dm::device::{Dm, Suspend};
+use hcp::kernel::dm::device::{Dm, Suspend};
 use serde_json::{json, Value};
 
 /// LVM without udev: neither wait for it nor expect its rules to make nodes.

@@ -20,12 +20,12 @@ use anyhow::{bail, Context, Result};
 use aya::maps::MapInfo;
 use aya::Ebpf;
 use hcp::common::bio::{BioLosses, Level};
-use hcp::devnum::DevNum;
-use hcp::{probes, trace_pins};
+use hcp::kernel::devnum::DevNum;
+use hcp::tracer::{object, pins};
 use serde_json::{json, Value};
 
 /// The floor's programs (hcp-ebpf/src/floor.rs, tp_btf) and their events:
-/// those of `probes::BLOCK_PROGRAMS`.
+/// those of `object::BLOCK_PROGRAMS`.
 const FLOOR: [(&str, &str); 5] = [
     ("floor_bio_queue", "block_bio_queue"),
     ("floor_bio_remap", "block_bio_remap"),
@@ -94,20 +94,20 @@ impl HcpTracer {
     fn attach(devices: &[DevNum]) -> Result<HcpTracer> {
         // Someone else's tracing (a traced session, a test) is not ours to
         // add to or to detach.
-        if trace_pins::attached() {
+        if pins::attached() {
             bail!(
                 "hcp's tracing is already attached ({}): the benchmark needs it to itself (`hcp recover` removes leftovers)",
-                trace_pins::pin_dir().display()
+                pins::pin_dir().display()
             );
         }
-        trace_pins::ensure_attached()?;
+        pins::ensure_attached()?;
         let tracer = HcpTracer { devices: devices.to_vec() };
-        trace_pins::add_devices(devices)?;
+        pins::add_devices(devices)?;
         Ok(tracer)
     }
 
     fn report(&self) -> Result<Value> {
-        let counters = trace_pins::read()?;
+        let counters = pins::read()?;
         let mut devices = serde_json::Map::new();
         for dev in &self.devices {
             let io = counters.io.get(dev).copied().unwrap_or_default();
@@ -143,7 +143,7 @@ impl HcpTracer {
 
 impl Drop for HcpTracer {
     fn drop(&mut self) {
-        if let Err(e) = trace_pins::remove_devices(&self.devices) {
+        if let Err(e) = pins::remove_devices(&self.devices) {
             eprintln!("hcp-trace-bench: detaching: {e:#}");
         }
     }
@@ -161,10 +161,10 @@ fn losses_json(l: &BioLosses) -> Value {
 /// The floor's programs, loaded and attached as hcp's are; they detach
 /// when it drops.
 fn attach_floor() -> Result<Ebpf> {
-    let mut ebpf = probes::load(probes::Purpose::BlockIo)?;
+    let mut ebpf = object::load(object::Purpose::BlockIo)?;
     let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
     for (program, event) in FLOOR {
-        let prog = probes::load_block_program(&mut ebpf, program, event, &btf)?;
+        let prog = object::load_block_program(&mut ebpf, program, event, &btf)?;
         prog.attach().with_context(|| format!("attaching {program} to tp_btf {event}"))?;
     }
     Ok(ebpf)
@@ -175,7 +175,7 @@ fn attach_floor() -> Result<Ebpf> {
 /// actually charged: a map not preallocated counts what it holds), and the
 /// runs the kernel skipped.
 fn bpf_memory() -> Result<Value> {
-    let programs = trace_pins::programs()?;
+    let programs = pins::programs()?;
     let mut program_bytes = 0u64;
     let mut map_ids = Vec::new();
     for info in &programs {
@@ -188,13 +188,13 @@ fn bpf_memory() -> Result<Value> {
     for id in map_ids {
         let info = MapInfo::from_id(id)?;
         let memlock =
-            trace_pins::fdinfo_field(info.fd()?.as_fd(), "memlock")?.context("a map's fdinfo has no memlock line")?;
+            pins::fdinfo_field(info.fd()?.as_fd(), "memlock")?.context("a map's fdinfo has no memlock line")?;
         maps.push(json!({ "id": id, "name": info.name_as_str().unwrap_or("?"), "memlock": memlock }));
     }
     Ok(json!({
         "programs": programs.len(),
         "program_bytes": program_bytes,
-        "recursion_misses": trace_pins::skipped_runs(&programs)?,
+        "recursion_misses": pins::skipped_runs(&programs)?,
         "maps": maps,
     }))
 }
@@ -215,7 +215,7 @@ mod tests {
     #[test]
     fn the_floor_covers_exactly_the_tracers_events() {
         let floor: Vec<&str> = FLOOR.iter().map(|(_, e)| *e).collect();
-        let hcp: Vec<&str> = probes::BLOCK_PROGRAMS.iter().map(|(_, e)| *e).collect();
+        let hcp: Vec<&str> = object::BLOCK_PROGRAMS.iter().map(|(_, e)| *e).collect();
         assert_eq!(floor, hcp, "tp_btf, one program per event");
     }
 }

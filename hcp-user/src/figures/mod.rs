@@ -1,0 +1,6 @@
+//! A traced session's figures, computed from the tracer's counters, and the
+//! formats they are written in (JSON comes from serde on [`stats`]).
+
+pub mod hdr_log;
+pub mod prometheus;
+pub mod stats;

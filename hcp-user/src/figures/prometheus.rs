@@ -1,0 +1,743 @@
+//! The figures of traced sessions in the Prometheus text exposition format,
+//! version 0.0.4, for node_exporter's textfile collector. [`render`] is the
+//! one export: any number of sessions in one text, each metric family's
+//! `# HELP` and `# TYPE` once, followed by the samples of every session.
+//!
+//! # Metrics
+//!
+//! Every sample has a `session` label (`hcp1`); only `hcp_session_info` also
+//! names the origin, so that a path does not multiply the series of every
+//! family. Values are in base units, seconds and bytes. A figure that is
+//! null in the JSON form (see `docs/stats.schema.json`) has no sample, and a
+//! family with no sample in any session is left out.
+//!
+//! | family | type | labels | from the JSON form |
+//! |---|---|---|---|
+//! | `hcp_session_info` | gauge, always 1 | `session`, `origin` | `session`, `origin` |
+//! | `hcp_session_traced_since_timestamp_seconds` | gauge | `session` | `traced_since_unix` (none when 0: untraced) |
+//! | `hcp_session_state` | gauge, 1 or 0 | `session`, `state` | `state`: one series per state, 1 for the session's |
+//! | `hcp_store_size_bytes`, `hcp_store_used_bytes`, `hcp_store_quota_bytes` | gauge | `session` | `store.size_bytes`, `.used_bytes`, `.quota_bytes` |
+//! | `hcp_io_bios_total` | counter | `session`, `kind` | `app_writes.count`, `app_reads.count`, `snapshot_reads.count`, `snapshot_writes.count` |
+//! | `hcp_io_bytes_total` | counter | `session`, `kind` | the same, `.bytes` |
+//! | `hcp_copy_out_<field>_total` | counter | `session` | each field of `copy_out` |
+//! | `hcp_write_amplification_ratio`, `hcp_read_amplification_ratio` | gauge | `session` | `write_amplification`, `read_amplification` |
+//! | `hcp_freeze_call_seconds`, `hcp_frozen_seconds`, `hcp_suspended_seconds` | gauge | `session` | the fields of `freeze` (hcp's clock) |
+//! | `hcp_kernel_freeze_call_seconds`, `hcp_kernel_frozen_seconds`, `hcp_kernel_suspended_seconds` | gauge | `session` | the same, `freeze.kernel` |
+//! | `hcp_write_stall_max_seconds`, `hcp_write_stall_unfinished_calls`, `hcp_switch_lost_events` | gauge | `session` | `freeze.kernel.longest_write_stall_seconds`, `.writes_still_held`, `.lost_events` |
+//! | `hcp_lost_events_total` | counter | `session`, `reason` | each field of `losses` |
+//! | `hcp_latency_seconds` | histogram | `session`, `kind` | each [`NamedHistogram`] |
+//! | `hcp_latency_max_seconds` | gauge | `session`, `kind` | its exact maximum |
+//!
+//! `kind` of the I/O counters is one of `app_write`, `app_read`,
+//! `snapshot_read` and `snapshot_write`, the names of the latency
+//! histograms of the same bios, so that counts, bytes and latency of one
+//! kind go together; the histograms add `baseline_app_write` and
+//! `real_device_write`. `reason` is a field name of `losses`:
+//! `inflight_full`, `histogram_full`, `unmatched`, `read_errors`,
+//! `skipped_runs`.
+//! The copy-on-write overhead ratios and the percentiles of the JSON form
+//! are left out: PromQL gets them from the histograms.
+//!
+//! The counters count since the snapshot: render stats whose
+//! `interval_seconds` is null. Those of a `--follow` interval count that
+//! interval only, which Prometheus would take for counter resets.
+//!
+//! # Buckets
+//!
+//! The `le` edges of `hcp_latency_seconds` are the powers of two of
+//! nanoseconds from 2^10 ns (1.024 µs) to 2^36 ns (about 68.7 s), written
+//! in seconds as plain decimals (`0.000001024`), then `+Inf`. Above its
+//! linear range, [`hcp_common::hist`] splits each octave `[2^k, 2^(k+1))`
+//! into buckets of its own, so every one of these edges is a bucket edge
+//! and the cumulative counts are exact, not estimated: a bucket `le` = 2^k
+//! ns counts the values below 2^k ns, that is those of at most 2^k - 1 ns
+//! (the kernel measures whole nanoseconds). The last edge is
+//! [`OVERFLOW_NS`](hcp_common::hist::OVERFLOW_NS): what lies beyond it is
+//! counted in `+Inf` only. Finer edges would be exact too, but 27 series
+//! per histogram already resolve latency within a factor of two, as
+//! `biolatency` does.
+
+use std::fmt::{self, Write as _};
+
+use hcp_common::hist::{bucket_of, LatencyHist, LINEAR_BUCKETS, OCTAVES, UNIT_NS};
+
+use crate::figures::stats::{Losses, NamedHistogram, SessionStats, Traffic};
+use crate::state::record::SessionState;
+
+/// The `le` edges of `hcp_latency_seconds`, in nanoseconds: 2^10 to 2^36,
+/// the first edge of each octave of [`hcp_common::hist`] and the start of
+/// its overflow bucket.
+pub const LE_NS: [u64; OCTAVES + 1] = {
+    let mut edges = [0; OCTAVES + 1];
+    let mut k = 0;
+    while k < edges.len() {
+        edges[k] = (LINEAR_BUCKETS as u64 * UNIT_NS) << k;
+        k += 1;
+    }
+    edges
+};
+
+const COUNTER: &str = "counter";
+const GAUGE: &str = "gauge";
+const HISTOGRAM: &str = "histogram";
+const NS_PER_S: f64 = 1e9;
+
+/// A figure of one session: a scalar family's sample, if it has one.
+type Figure = fn(&SessionStats) -> Option<Value>;
+
+/// The families with one unlabelled (but for `session`) sample per session.
+const SCALARS: [(&str, &str, &str, Figure); 20] = [
+    ("hcp_session_traced_since_timestamp_seconds", GAUGE, "Unix time since which the session is traced", |s| {
+        (s.traced_since_unix > 0).then_some(Value::Int(s.traced_since_unix))
+    }),
+    ("hcp_copy_out_read_bytes_total", COUNTER, "Bytes read from the real device to be copied into the store", |s| {
+        Some(Value::Int(s.copy_out.read_bytes))
+    }),
+    (
+        "hcp_copy_out_chunk_copies_total",
+        COUNTER,
+        "Read bios of chunks copied into the store (one per chunk unless a chunk was split)",
+        |s| Some(Value::Int(s.copy_out.chunk_copies)),
+    ),
+    ("hcp_copy_out_store_data_bytes_total", COUNTER, "Bytes of copied chunks written to the store", |s| {
+        Some(Value::Int(s.copy_out.store_data_bytes))
+    }),
+    ("hcp_copy_out_store_metadata_writes_total", COUNTER, "Metadata commits to the store (FUA writes)", |s| {
+        Some(Value::Int(s.copy_out.store_metadata_writes))
+    }),
+    ("hcp_copy_out_store_metadata_bytes_total", COUNTER, "Bytes of metadata commits to the store", |s| {
+        Some(Value::Int(s.copy_out.store_metadata_bytes))
+    }),
+    (
+        "hcp_write_amplification_ratio",
+        GAUGE,
+        "Bytes written to the real device and the store per byte applications wrote to the origin",
+        |s| s.write_amplification.map(Value::Float),
+    ),
+    (
+        "hcp_read_amplification_ratio",
+        GAUGE,
+        "Bytes read from the real device and the store per byte read from the origin and the snapshot",
+        |s| s.read_amplification.map(Value::Float),
+    ),
+    ("hcp_freeze_call_seconds", GAUGE, "How long FIFREEZE took at the snapshot, on hcp's clock", |s| {
+        s.freeze.freeze_call_seconds.map(Value::Float)
+    }),
+    (
+        "hcp_frozen_seconds",
+        GAUGE,
+        "How long the origin's filesystem stayed frozen at the snapshot, on hcp's clock",
+        |s| s.freeze.frozen_seconds.map(Value::Float),
+    ),
+    (
+        "hcp_suspended_seconds",
+        GAUGE,
+        "How long the origin device stayed suspended at the snapshot, on hcp's clock",
+        |s| s.freeze.suspended_seconds.map(Value::Float),
+    ),
+    ("hcp_kernel_freeze_call_seconds", GAUGE, "How long FIFREEZE took at the snapshot, in the kernel", |s| {
+        s.freeze.kernel.as_ref()?.freeze_call_seconds.map(Value::Float)
+    }),
+    (
+        "hcp_kernel_frozen_seconds",
+        GAUGE,
+        "How long the origin's filesystem stayed frozen at the snapshot, in the kernel",
+        |s| s.freeze.kernel.as_ref()?.frozen_seconds.map(Value::Float),
+    ),
+    (
+        "hcp_kernel_suspended_seconds",
+        GAUGE,
+        "How long the origin device stayed suspended at the snapshot, in the kernel",
+        |s| s.freeze.kernel.as_ref()?.suspended_seconds.map(Value::Float),
+    ),
+    (
+        "hcp_write_stall_max_seconds",
+        GAUGE,
+        "The longest write or sync system call on the origin's filesystem around the snapshot's freeze",
+        |s| s.freeze.kernel.as_ref()?.longest_write_stall_seconds.map(Value::Float),
+    ),
+    (
+        "hcp_write_stall_unfinished_calls",
+        GAUGE,
+        "Calls held by the freeze still not returned 2 s after the thaw (the stall is then a lower bound)",
+        |s| Some(Value::Int(s.freeze.kernel.as_ref()?.writes_still_held)),
+    ),
+    ("hcp_switch_lost_events", GAUGE, "Freeze, suspend and write-stall events not recorded at the snapshot", |s| {
+        Some(Value::Int(s.freeze.kernel.as_ref()?.lost_events))
+    }),
+    ("hcp_store_size_bytes", GAUGE, "The store's size now (it grows with --autoextend)", |s| {
+        Some(Value::Int(s.store.as_ref()?.size_bytes))
+    }),
+    (
+        "hcp_store_used_bytes",
+        GAUGE,
+        "Store bytes in use, data and metadata (none once the snapshot is invalid): at the size, dm drops the \
+         snapshot",
+        |s| s.store.as_ref()?.used_bytes.map(Value::Int),
+    ),
+    ("hcp_store_quota_bytes", GAUGE, "The most the store may take (its size, unless it grows)", |s| {
+        Some(Value::Int(s.store.as_ref()?.quota_bytes))
+    }),
+];
+
+/// The values of `hcp_session_state`'s `state` label, as in `list`.
+const STATES: [SessionState; 6] = [
+    SessionState::Active,
+    SessionState::Invalid,
+    SessionState::Merging,
+    SessionState::Starting,
+    SessionState::Removing,
+    SessionState::Incomplete,
+];
+
+/// The traffic of one kind of a session.
+type Kind = fn(&SessionStats) -> &Traffic;
+
+/// The `kind`s of `hcp_io_bios_total` and `hcp_io_bytes_total`.
+const IO_KINDS: [(&str, Kind); 4] = [
+    ("app_write", |s| &s.app_writes),
+    ("app_read", |s| &s.app_reads),
+    ("snapshot_read", |s| &s.snapshot_reads),
+    ("snapshot_write", |s| &s.snapshot_writes),
+];
+
+/// The `reason`s of `hcp_lost_events_total`.
+fn loss_reasons(l: &Losses) -> [(&'static str, u64); 5] {
+    [
+        ("inflight_full", l.inflight_full),
+        ("histogram_full", l.histogram_full),
+        ("unmatched", l.unmatched),
+        ("read_errors", l.read_errors),
+        ("skipped_runs", l.skipped_runs.unwrap_or(0)),
+    ]
+}
+
+/// `stats` in the text exposition format, one family after another. Give
+/// each session once: two entries of one session would repeat its series.
+pub fn render(stats: &[SessionStats]) -> String {
+    let mut out = String::new();
+
+    let mut info = Family::new("hcp_session_info", GAUGE, "A traced snapshot session and its origin device; always 1");
+    for s in stats {
+        info.sample(&s.session, "", &[("origin", &s.origin.to_string_lossy())], Value::Int(1));
+    }
+    info.write_to(&mut out);
+
+    // One series per state, 1 for the session's: an alert on
+    // `hcp_session_state{state="invalid"} == 1` needs no regex.
+    let mut state = Family::new("hcp_session_state", GAUGE, "The session's state (1) and the others (0), as hcp -l");
+    for s in stats {
+        if let Some(now) = s.state {
+            for st in STATES {
+                let name =
+                    serde_json::to_value(st).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+                state.sample(&s.session, "", &[("state", &name)], Value::Int(u64::from(st == now)));
+            }
+        }
+    }
+    state.write_to(&mut out);
+
+    let mut bios =
+        Family::new("hcp_io_bios_total", COUNTER, "Bios of applications on the origin and of the snapshot device");
+    let mut bytes = Family::new("hcp_io_bytes_total", COUNTER, "Bytes of the bios counted by hcp_io_bios_total");
+    for s in stats {
+        for (kind, traffic) in IO_KINDS {
+            bios.sample(&s.session, "", &[("kind", kind)], Value::Int(traffic(s).count));
+            bytes.sample(&s.session, "", &[("kind", kind)], Value::Int(traffic(s).bytes));
+        }
+    }
+    bios.write_to(&mut out);
+    bytes.write_to(&mut out);
+
+    for (name, kind, help, figure) in SCALARS {
+        let mut f = Family::new(name, kind, help);
+        for s in stats {
+            if let Some(v) = figure(s) {
+                f.sample(&s.session, "", &[], v);
+            }
+        }
+        f.write_to(&mut out);
+    }
+
+    let mut lost = Family::new("hcp_lost_events_total", COUNTER, "Events hcp could not measure, by reason");
+    for s in stats {
+        for (reason, n) in loss_reasons(&s.losses) {
+            lost.sample(&s.session, "", &[("reason", reason)], Value::Int(n));
+        }
+    }
+    lost.write_to(&mut out);
+
+    let mut latency = Family::new(
+        "hcp_latency_seconds",
+        HISTOGRAM,
+        "Block I/O latency by kind: app_write, app_read, snapshot_read, snapshot_write (bio submission to \
+         completion), baseline_app_write (origin writes before the snapshot), real_device_write",
+    );
+    let mut max = Family::new("hcp_latency_max_seconds", GAUGE, "The largest latency of hcp_latency_seconds, exact");
+    for s in stats {
+        for h in &s.histograms {
+            histogram(&mut latency, &s.session, h);
+            max.sample(&s.session, "", &[("kind", h.name)], Value::Float(h.hist.max_ns as f64 / NS_PER_S));
+        }
+    }
+    latency.write_to(&mut out);
+    max.write_to(&mut out);
+    out
+}
+
+/// The samples of one histogram: cumulative counts at [`LE_NS`] and `+Inf`,
+/// the sum of the values and their count. `+Inf` and `_count` are the
+/// buckets' total, which is `count` but for a read that raced an update.
+fn histogram(f: &mut Family, session: &str, named: &NamedHistogram) {
+    let h: &LatencyHist = &named.hist;
+    let kind = ("kind", named.name);
+    let (mut below, mut from) = (0, 0);
+    for edge in LE_NS {
+        // `edge` opens bucket `to`: the buckets before it hold the values below.
+        let to = bucket_of(edge);
+        below += h.buckets[from..to].iter().sum::<u64>();
+        from = to;
+        f.sample(
+            session,
+            "_bucket",
+            &[kind, ("le", &Value::Float(edge as f64 / NS_PER_S).to_string())],
+            Value::Int(below),
+        );
+    }
+    let total = h.buckets.iter().sum();
+    f.sample(session, "_bucket", &[kind, ("le", "+Inf")], Value::Int(total));
+    f.sample(session, "_sum", &[kind], Value::Float(h.sum_ns as f64 / NS_PER_S));
+    f.sample(session, "_count", &[kind], Value::Int(total));
+}
+
+/// A sample value: counts print as integers, anything else as a decimal or
+/// as Prometheus spells the non-finite values.
+#[derive(Clone, Copy, Debug)]
+enum Value {
+    Int(u64),
+    Float(f64),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match *self {
+            Value::Int(n) => write!(f, "{n}"),
+            Value::Float(x) if x.is_nan() => f.write_str("NaN"),
+            Value::Float(x) if x.is_infinite() => f.write_str(if x > 0.0 { "+Inf" } else { "-Inf" }),
+            Value::Float(x) => write!(f, "{x}"),
+        }
+    }
+}
+
+/// One metric family. Its samples are gathered before it is written, so
+/// that a family with none is left out whole.
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    samples: String,
+}
+
+impl Family {
+    fn new(name: &'static str, kind: &'static str, help: &'static str) -> Family {
+        Family { name, kind, help, samples: String::new() }
+    }
+
+    /// A sample of the series `name` + `suffix` (`_bucket`, `_sum`, `_count`
+    /// of a histogram), labelled `session` and then `labels`.
+    fn sample(&mut self, session: &str, suffix: &str, labels: &[(&str, &str)], value: Value) {
+        let s = &mut self.samples;
+        let _ = write!(s, "{}{suffix}{{session=\"{}\"", self.name, escape_label(session));
+        for (name, v) in labels {
+            let _ = write!(s, ",{name}=\"{}\"", escape_label(v));
+        }
+        let _ = writeln!(s, "}} {value}");
+    }
+
+    fn write_to(self, out: &mut String) {
+        if !self.samples.is_empty() {
+            let _ = writeln!(out, "# HELP {} {}", self.name, self.help.replace('\\', r"\\").replace('\n', r"\n"));
+            let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
+            out.push_str(&self.samples);
+        }
+    }
+}
+
+/// A label value as the format quotes it: backslash, double quote and line
+/// feed escaped.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use hcp_common::bio::{BioLosses, LatKey, Level};
+    use hcp_common::hist::{bucket_high, bucket_low, OVERFLOW, OVERFLOW_NS};
+    use hcp_common::{DevIoStats, IoOp, OpCount};
+
+    use super::*;
+    use crate::figures::stats::compute;
+    use crate::kernel::devnum::DevNum;
+    use crate::state::record::{Origin, Phase, Session, Store, TraceRecord, TracedDevice, RECORD_VERSION};
+    use crate::tracer::pins::Counters;
+
+    /// One sample line, parsed after the 0.0.4 grammar.
+    #[derive(Debug)]
+    struct Sample {
+        name: String,
+        labels: Vec<(String, String)>,
+        value: f64,
+    }
+
+    impl Sample {
+        fn label(&self, name: &str) -> Option<&str> {
+            self.labels.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        }
+    }
+
+    fn is_name(s: &str, colon: bool) -> bool {
+        let ok = |c: char, first: bool| {
+            c == '_' || c.is_ascii_alphabetic() || (!first && c.is_ascii_digit()) || (colon && c == ':')
+        };
+        s.chars().enumerate().all(|(i, c)| ok(c, i == 0)) && !s.is_empty()
+    }
+
+    fn parse_value(v: &str) -> f64 {
+        match v {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            _ => {
+                assert!(v.chars().all(|c| c.is_ascii_digit() || "+-.eE".contains(c)), "value {v:?}");
+                v.parse().unwrap_or_else(|e| panic!("value {v:?}: {e}"))
+            }
+        }
+    }
+
+    /// `name{label="value",...} value`, label values unescaped.
+    fn parse_sample(line: &str) -> Sample {
+        let end = line.find(['{', ' ']).unwrap_or_else(|| panic!("no value: {line:?}"));
+        let name = &line[..end];
+        assert!(is_name(name, true), "metric name {name:?} in {line:?}");
+        let mut rest = &line[end..];
+        let mut labels = Vec::new();
+        if let Some(r) = rest.strip_prefix('{') {
+            rest = r;
+            loop {
+                let eq = rest.find('=').unwrap_or_else(|| panic!("label without '=' in {line:?}"));
+                let label = &rest[..eq];
+                assert!(is_name(label, false), "label name {label:?} in {line:?}");
+                rest = rest[eq + 1..].strip_prefix('"').unwrap_or_else(|| panic!("unquoted label in {line:?}"));
+                let mut value = String::new();
+                let mut chars = rest.char_indices();
+                let close = loop {
+                    match chars.next() {
+                        Some((i, '"')) => break i,
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, '\\')) => value.push('\\'),
+                            Some((_, '"')) => value.push('"'),
+                            Some((_, 'n')) => value.push('\n'),
+                            other => panic!("bad escape {other:?} in {line:?}"),
+                        },
+                        Some((_, c)) => value.push(c),
+                        None => panic!("unterminated label value in {line:?}"),
+                    }
+                };
+                labels.push((label.to_string(), value));
+                rest = &rest[close + 1..];
+                if let Some(r) = rest.strip_prefix(',') {
+                    rest = r;
+                } else {
+                    rest = rest.strip_prefix('}').unwrap_or_else(|| panic!("labels not closed in {line:?}"));
+                    break;
+                }
+            }
+        }
+        let value = rest.strip_prefix(' ').unwrap_or_else(|| panic!("no space before the value in {line:?}"));
+        Sample { name: name.to_string(), labels, value: parse_value(value) }
+    }
+
+    /// Checks the structure of `text` and returns its samples: every line
+    /// a HELP, then the TYPE of the same family, once per family, then that
+    /// family's samples; counters end in `_total`; `session` first on every
+    /// sample; no series twice.
+    fn check(text: &str) -> Vec<Sample> {
+        assert!(text.is_empty() || text.ends_with('\n'), "the last line is not ended");
+        let (mut families, mut series) = (BTreeSet::new(), BTreeSet::new());
+        let mut current: Option<(String, String)> = None;
+        let mut help: Option<String> = None;
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if let Some(h) = line.strip_prefix("# HELP ") {
+                let (name, doc) = h.split_once(' ').unwrap_or_else(|| panic!("HELP without text: {line:?}"));
+                assert!(!doc.is_empty() && help.is_none(), "{line:?}");
+                help = Some(name.to_string());
+            } else if let Some(t) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = t.split_once(' ').unwrap_or_else(|| panic!("TYPE without type: {line:?}"));
+                assert_eq!(help.take().as_deref(), Some(name), "TYPE not right after its HELP: {line:?}");
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{line:?}");
+                assert!(is_name(name, true) && name.starts_with("hcp_"), "{line:?}");
+                assert_eq!(
+                    kind == "counter",
+                    name.ends_with("_total"),
+                    "counters, and only they, end in _total: {line:?}"
+                );
+                assert!(families.insert(name.to_string()), "family {name} typed twice");
+                current = Some((name.to_string(), kind.to_string()));
+            } else {
+                assert!(!line.starts_with('#') && !line.is_empty(), "stray line {line:?}");
+                assert!(help.is_none(), "HELP without TYPE before {line:?}");
+                let s = parse_sample(line);
+                let (family, kind) = current.as_ref().unwrap_or_else(|| panic!("sample before any TYPE: {line:?}"));
+                let base = match kind.as_str() {
+                    "histogram" => ["_bucket", "_sum", "_count"].iter().find_map(|x| s.name.strip_suffix(x)),
+                    _ => Some(s.name.as_str()),
+                };
+                assert_eq!(base, Some(family.as_str()), "{line:?} is not a sample of {family}");
+                assert_eq!(s.labels.first().map(|(n, _)| n.as_str()), Some("session"), "{line:?}");
+                assert_eq!(s.label("origin").is_some(), family == "hcp_session_info", "{line:?}");
+                let key = format!("{}{:?}", s.name, s.labels);
+                assert!(series.insert(key), "series twice: {line:?}");
+                samples.push(s);
+            }
+        }
+        assert!(help.is_none(), "HELP at the end without TYPE");
+        samples
+    }
+
+    fn find<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Option<&'a Sample> {
+        samples.iter().find(|s| s.name == name && labels.iter().all(|(n, v)| s.label(n) == Some(v)))
+    }
+
+    fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+        find(samples, name, labels).unwrap_or_else(|| panic!("no sample {name}{labels:?}")).value
+    }
+
+    /// Buckets of each (session, kind), in order: `le` rising, counts never
+    /// falling, `+Inf` last and equal to `_count`. Returns them by series.
+    fn check_histograms(samples: &[Sample]) -> BTreeMap<(String, String), Vec<(f64, f64)>> {
+        let mut by_series: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
+        for s in samples.iter().filter(|s| s.name == "hcp_latency_seconds_bucket") {
+            let key = (s.label("session").unwrap().to_string(), s.label("kind").unwrap().to_string());
+            by_series.entry(key).or_default().push((parse_value(s.label("le").unwrap()), s.value));
+        }
+        for ((session, kind), buckets) in &by_series {
+            let labels = [("session", session.as_str()), ("kind", kind.as_str())];
+            for w in buckets.windows(2) {
+                assert!(w[0].0 < w[1].0, "{labels:?}: le not rising: {w:?}");
+                assert!(w[0].1 <= w[1].1, "{labels:?}: not cumulative: {w:?}");
+            }
+            assert_eq!(buckets.len(), LE_NS.len() + 1, "{labels:?}");
+            let (le, inf) = *buckets.last().unwrap();
+            assert_eq!(le, f64::INFINITY, "{labels:?}: +Inf is not last");
+            assert_eq!(inf, value(samples, "hcp_latency_seconds_count", &labels), "{labels:?}: +Inf != _count");
+            assert!(find(samples, "hcp_latency_seconds_sum", &labels).is_some(), "{labels:?}: no _sum");
+        }
+        by_series
+    }
+
+    /// A traced session of four devices: origin 253:0, real 253:1, store
+    /// 7:3, snapshot 253:2, traced since 1 700 000 000.
+    pub(crate) fn session(id: &str, origin: &str) -> Session {
+        let devices =
+            [("origin", "253:0"), ("real", "253:1"), ("store", "7:3"), ("snapshot", "253:2")].map(|(role, devnum)| {
+                TracedDevice { role: role.into(), devnum: devnum.into(), path: format!("/dev/{role}").into() }
+            });
+        Session {
+            version: RECORD_VERSION,
+            id: id.into(),
+            phase: Phase::Active,
+            origin: Origin { path: origin.into(), dm_name: "vg-lv".into(), real: "vg-lv-real".into(), wrapped: false },
+            snapshot_path: "/dev/hcp1".into(),
+            store: Store {
+                path: "/var/lib/hcp/x.cow".into(),
+                loop_device: Some("/dev/loop3".into()),
+                created_file: true,
+                size_bytes: 1 << 20,
+            },
+            mount: None,
+            created_unix: 1,
+            chunk_bytes: 4096,
+            quota_bytes: 1 << 20,
+            trace: Some(TraceRecord {
+                since_unix: 1_700_000_000,
+                devices: devices.to_vec(),
+                baseline: None,
+                at_start: None,
+                window: None,
+                report: None,
+            }),
+            autoextend: None,
+        }
+    }
+
+    fn hist(values: impl IntoIterator<Item = u64>) -> LatencyHist {
+        let mut h = LatencyHist::zeroed();
+        for v in values {
+            h.record(v);
+        }
+        h
+    }
+
+    /// A session that wrote 3 bios of 4 KiB to the origin, costing 2 of
+    /// 4 KiB on the real device and one of 8 KiB on the store, with losses.
+    fn counters() -> Counters {
+        let dev = |s: &str| s.parse::<DevNum>().unwrap();
+        let io = |op: IoOp, count, bytes| {
+            let mut s = DevIoStats::default();
+            s.bio_queued[op as usize] = OpCount { count, bytes };
+            s
+        };
+        let mut c = Counters::default();
+        c.io.insert(dev("253:0"), io(IoOp::Write, 3, 12288));
+        c.io.insert(dev("253:1"), io(IoOp::Write, 2, 8192));
+        c.io.insert(dev("7:3"), io(IoOp::Write, 1, 8192));
+        let key = LatKey { dev: dev("253:0").to_kernel(), level: Level::Bio as u8, op: IoOp::Write as u8, _pad: 0 };
+        c.latency.push((key, hist([3_000, 40_000, 2_000_000])));
+        c.losses.insert(dev("253:0"), BioLosses { inflight_full: 2, histogram_full: 0, unmatched: 5, read_errors: 0 });
+        c.skipped_runs = 7;
+        c
+    }
+
+    #[test]
+    fn every_le_is_a_bucket_edge() {
+        assert_eq!(LE_NS[0], 1024);
+        assert_eq!(LE_NS[LE_NS.len() - 1], OVERFLOW_NS);
+        for (k, edge) in LE_NS.iter().enumerate() {
+            assert_eq!(*edge, 1 << (k + 10));
+            let i = bucket_of(*edge);
+            assert_eq!(bucket_low(i), *edge, "{edge} ns opens bucket {i}");
+            assert!(i > 0 && bucket_high(i - 1) == *edge, "{edge} ns closes bucket {}", i - 1);
+        }
+        assert_eq!(bucket_of(OVERFLOW_NS), OVERFLOW);
+    }
+
+    #[test]
+    fn le_values_are_plain_decimal_seconds() {
+        let text = render(&[compute(&session("hcp1", "/dev/vdb"), &counters(), 2)]);
+        let les: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("hcp_latency_seconds_bucket"))
+            .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(les.len(), LE_NS.len() + 1);
+        assert_eq!((les[0], les[10], les[26], les[27]), ("0.000001024", "0.001048576", "68.719476736", "+Inf"));
+        for (le, edge) in les.iter().zip(LE_NS) {
+            assert_eq!(le.parse::<f64>().unwrap(), edge as f64 / 1e9, "{le}");
+        }
+    }
+
+    #[test]
+    fn bucket_counts_are_exact() {
+        // Values on and around every edge, and a spread between them.
+        let mut values = vec![0, 1, 1023, 1024, 1025, OVERFLOW_NS - 1, OVERFLOW_NS, u64::MAX];
+        for edge in LE_NS {
+            values.extend([edge - 1, edge, edge + 1]);
+        }
+        let mut x = 12345u64;
+        for _ in 0..10_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            values.push((x >> 28) % (OVERFLOW_NS * 2));
+        }
+        let h = hist(values.iter().copied());
+        let mut stats = compute(&session("hcp1", "/dev/vdb"), &Counters::default(), 2);
+        stats.histograms = vec![NamedHistogram { name: "app_write", help: "test", hist: h }];
+        let text = render(&[stats]);
+        let samples = check(&text);
+        let buckets = &check_histograms(&samples)[&("hcp1".to_string(), "app_write".to_string())];
+        for ((le, n), edge) in buckets.iter().zip(LE_NS) {
+            // `le` is inclusive: at most edge - 1 ns, in whole nanoseconds.
+            let want = values.iter().filter(|v| **v < edge).count();
+            assert_eq!(*n, want as f64, "le {le} ({edge} ns)");
+        }
+        let labels = [("session", "hcp1"), ("kind", "app_write")];
+        assert_eq!(buckets[LE_NS.len()].1, values.len() as f64);
+        assert_eq!(value(&samples, "hcp_latency_seconds_count", &labels), values.len() as f64);
+        assert_eq!(value(&samples, "hcp_latency_seconds_sum", &labels), h.sum_ns as f64 / 1e9);
+        assert_eq!(value(&samples, "hcp_latency_max_seconds", &labels), u64::MAX as f64 / 1e9);
+    }
+
+    #[test]
+    fn figures_of_a_session() {
+        let mut stats = compute(&session("hcp1", "/dev/vdb"), &counters(), 2);
+        stats.freeze.frozen_seconds = Some(0.25);
+        stats.freeze.suspended_seconds = Some(0.125);
+        stats.state = Some(SessionState::Invalid);
+        stats.store = Some(crate::figures::stats::StoreUse {
+            size_bytes: 1 << 20,
+            used_bytes: None,
+            use_percent: None,
+            quota_bytes: 4 << 20,
+            autoextend: true,
+        });
+        let text = render(&[stats]);
+        let samples = check(&text);
+        let one = [("session", "hcp1")];
+        let kind = |k| [("session", "hcp1"), ("kind", k)];
+        assert_eq!(value(&samples, "hcp_session_info", &[("session", "hcp1"), ("origin", "/dev/vdb")]), 1.0);
+        assert_eq!(value(&samples, "hcp_session_traced_since_timestamp_seconds", &one), 1.7e9);
+        assert_eq!(value(&samples, "hcp_io_bios_total", &kind("app_write")), 3.0);
+        assert_eq!(value(&samples, "hcp_io_bytes_total", &kind("app_write")), 12288.0);
+        assert_eq!(value(&samples, "hcp_io_bios_total", &kind("snapshot_read")), 0.0);
+        assert_eq!(value(&samples, "hcp_copy_out_store_data_bytes_total", &one), 8192.0);
+        assert_eq!(value(&samples, "hcp_write_amplification_ratio", &one), 16384.0 / 12288.0);
+        assert_eq!(value(&samples, "hcp_frozen_seconds", &one), 0.25);
+        assert_eq!(value(&samples, "hcp_session_state", &[("session", "hcp1"), ("state", "invalid")]), 1.0);
+        assert_eq!(value(&samples, "hcp_session_state", &[("session", "hcp1"), ("state", "active")]), 0.0);
+        assert_eq!(samples.iter().filter(|s| s.name == "hcp_session_state").count(), 6, "one series per state");
+        assert_eq!(value(&samples, "hcp_store_size_bytes", &one), 1048576.0);
+        assert_eq!(value(&samples, "hcp_store_quota_bytes", &one), 4194304.0);
+        assert_eq!(value(&samples, "hcp_suspended_seconds", &one), 0.125);
+        assert_eq!(value(&samples, "hcp_lost_events_total", &[("reason", "inflight_full")]), 2.0);
+        assert_eq!(value(&samples, "hcp_lost_events_total", &[("reason", "unmatched")]), 5.0);
+        assert_eq!(value(&samples, "hcp_lost_events_total", &[("reason", "skipped_runs")]), 7.0);
+        assert_eq!(value(&samples, "hcp_latency_seconds_count", &kind("app_write")), 3.0);
+        assert_eq!(value(&samples, "hcp_latency_seconds_sum", &kind("app_write")), 2_043_000.0 / 1e9);
+        assert_eq!(value(&samples, "hcp_latency_max_seconds", &kind("app_write")), 0.002);
+        assert_eq!(value(&samples, "hcp_latency_seconds_bucket", &[("kind", "app_write"), ("le", "0.000004096")]), 1.0);
+        assert_eq!(value(&samples, "hcp_latency_seconds_bucket", &[("kind", "app_write"), ("le", "0.000065536")]), 2.0);
+        assert_eq!(value(&samples, "hcp_latency_seconds_bucket", &[("kind", "app_write"), ("le", "0.002097152")]), 3.0);
+        check_histograms(&samples);
+        // Null figures have no sample, and families without one are left out.
+        for absent in ["hcp_read_amplification_ratio", "hcp_freeze_call_seconds", "hcp_store_used_bytes"] {
+            assert!(!text.contains(absent), "{absent} in\n{text}");
+        }
+        assert!(find(&samples, "hcp_latency_seconds_count", &kind("app_read")).is_none());
+    }
+
+    #[test]
+    fn sessions_share_each_family() {
+        let a = compute(&session("hcp1", "/dev/vdb"), &counters(), 2);
+        let b = compute(&session("hcp2", "/dev/vdc"), &counters(), 2);
+        let text = render(&[a, b]);
+        let samples = check(&text);
+        assert_eq!(text.matches("# TYPE hcp_latency_seconds histogram\n").count(), 1);
+        for s in ["hcp1", "hcp2"] {
+            assert_eq!(value(&samples, "hcp_io_bios_total", &[("session", s), ("kind", "app_write")]), 3.0);
+            assert!(find(&samples, "hcp_latency_seconds_count", &[("session", s)]).is_some());
+        }
+        assert_eq!(check_histograms(&samples).len(), 2);
+        assert_eq!(render(&[]), "");
+    }
+
+    #[test]
+    fn hostile_label_values_are_escaped() {
+        let id = "hcp\"1\\\n} 0\nhcp_fake 1";
+        let origin = "/dev/a\"b\\c\nd";
+        let text = render(&[compute(&session(id, origin), &counters(), 2)]);
+        assert!(text.contains(r#"{session="hcp\"1\\\n} 0\nhcp_fake 1",origin="/dev/a\"b\\c\nd"} 1"#), "{text}");
+        let samples = check(&text);
+        assert!(samples.iter().all(|s| s.label("session") == Some(id)));
+        assert_eq!(value(&samples, "hcp_session_info", &[("origin", origin)]), 1.0);
+        assert!(!samples.iter().any(|s| s.name == "hcp_fake"));
+    }
+
+    #[test]
+    fn non_finite_values_are_spelled_as_prometheus_does() {
+        let v = |x: f64| Value::Float(x).to_string();
+        assert_eq!((v(f64::NAN), v(f64::INFINITY), v(f64::NEG_INFINITY)), ("NaN".into(), "+Inf".into(), "-Inf".into()));
+        assert_eq!((v(0.5), v(1.0), Value::Int(7).to_string()), ("0.5".into(), "1".into(), "7".into()));
+    }
+}

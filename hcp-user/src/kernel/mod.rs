@@ -1,0 +1,12 @@
+//! The kernel interfaces hcp drives: device-mapper, loop devices, block
+//! devices and their numbers, mounts, filesystem freezes and signals.
+//! Nothing here knows what a session is.
+
+pub mod blockdev;
+pub mod devnum;
+pub mod dm;
+pub mod freeze;
+pub mod loopdev;
+pub mod mount;
+pub mod mountinfo;
+pub mod signals;

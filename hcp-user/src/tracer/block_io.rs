@@ -1,0 +1,102 @@
+//! Per-device block I/O counts and bytes, by direction, counted in the kernel
+//! by the block programs (`object::BLOCK_PROGRAMS`): bios queued, requests
+//! completed, FUA writes, and bios passed down from one traced device to
+//! another.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, PerCpuHashMap, PerCpuValues};
+use aya::Ebpf;
+use hcp_common::{bio::REQUEST_BASED, DevIoStats, OpCount, RemapKey, RemapStats, IO_OPS};
+
+use crate::kernel::devnum::DevNum;
+use crate::tracer::object;
+
+/// Counts block I/O of a fixed set of devices while it lives; dropping it
+/// detaches the programs.
+pub struct BlockIoTracer {
+    // Owns the programs, and so the links: they detach when it drops.
+    _ebpf: Ebpf,
+    counts: PerCpuHashMap<MapData, u32, DevIoStats>,
+    remaps: PerCpuHashMap<MapData, RemapKey, RemapStats>,
+}
+
+impl BlockIoTracer {
+    /// Starts counting I/O of `devices` (each given by its device number).
+    pub fn attach(devices: &[DevNum]) -> Result<BlockIoTracer> {
+        let mut ebpf = object::load(object::Purpose::BlockIo)?;
+        let mut counts = PerCpuHashMap::try_from(ebpf.take_map("DEV_IO").context("eBPF object lacks map DEV_IO")?)?;
+        add_devices(&mut counts, devices)?;
+        object::attach_block_programs(&mut ebpf)?;
+        let remaps = PerCpuHashMap::try_from(ebpf.take_map("DEV_REMAP").context("eBPF object lacks map DEV_REMAP")?)?;
+        Ok(BlockIoTracer { _ebpf: ebpf, counts, remaps })
+    }
+
+    /// The counts of every traced device so far, summed over CPUs.
+    pub fn read(&self) -> Result<BTreeMap<DevNum, DevIoStats>> {
+        read_counts(&self.counts)
+    }
+
+    /// Bios passed down between traced devices, `(to, from)`, by direction.
+    pub fn remaps(&self) -> Result<BTreeMap<(DevNum, DevNum), RemapStats>> {
+        read_remaps(&self.remaps)
+    }
+}
+
+/// Starts counting and timing `devices`: the `DEV_IO` map is the set of
+/// traced devices, a device is traced once it has an entry.
+pub fn add_devices(map: &mut PerCpuHashMap<MapData, u32, DevIoStats>, devices: &[DevNum]) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    for dev in devices {
+        let flags = if crate::kernel::blockdev::is_request_based(*dev) { REQUEST_BASED } else { 0 };
+        let zero = PerCpuValues::try_from(vec![DevIoStats { flags, ..DevIoStats::default() }; cpus])?;
+        map.insert(dev.to_kernel(), zero, 0).with_context(|| format!("tracing device {dev}"))?;
+    }
+    Ok(())
+}
+
+/// A `DEV_IO` map's counts, summed over CPUs.
+pub fn read_counts(map: &PerCpuHashMap<MapData, u32, DevIoStats>) -> Result<BTreeMap<DevNum, DevIoStats>> {
+    let mut out = BTreeMap::new();
+    for entry in map.iter() {
+        let (dev, per_cpu) = entry?;
+        let total = per_cpu.iter().fold(DevIoStats::default(), |mut total, cpu| {
+            add_ops(&mut total.bio_queued, &cpu.bio_queued);
+            add_ops(&mut total.rq_completed, &cpu.rq_completed);
+            add(&mut total.bio_fua_writes, &cpu.bio_fua_writes);
+            total.read_errors += cpu.read_errors;
+            total.flags = cpu.flags;
+            total
+        });
+        out.insert(DevNum::from_kernel(dev), total);
+    }
+    Ok(out)
+}
+
+/// A `DEV_REMAP` map's counts, `(to, from)`, summed over CPUs.
+pub fn read_remaps(
+    map: &PerCpuHashMap<MapData, RemapKey, RemapStats>,
+) -> Result<BTreeMap<(DevNum, DevNum), RemapStats>> {
+    let mut out = BTreeMap::new();
+    for entry in map.iter() {
+        let (key, per_cpu) = entry?;
+        let total = per_cpu.iter().fold(RemapStats::default(), |mut total, cpu| {
+            add_ops(&mut total.ops, &cpu.ops);
+            total
+        });
+        out.insert((DevNum::from_kernel(key.dev), DevNum::from_kernel(key.from)), total);
+    }
+    Ok(out)
+}
+
+fn add(total: &mut OpCount, more: &OpCount) {
+    total.count += more.count;
+    total.bytes += more.bytes;
+}
+
+fn add_ops(total: &mut [OpCount; IO_OPS], more: &[OpCount; IO_OPS]) {
+    for (t, m) in total.iter_mut().zip(more) {
+        add(t, m);
+    }
+}

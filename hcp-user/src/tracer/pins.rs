@@ -1,0 +1,257 @@
+//! Tracing that outlives the command that started it: the programs' links
+//! and maps are pinned in bpffs under `/sys/fs/bpf/hcp/`, shared by every
+//! traced session and keyed by device.
+//!
+//! Why pins and not a tracer process per session: the kernel keeps a pinned
+//! link attached with no process to supervise, restart or leak; any later
+//! hcp command (stats, remove) opens the pinned maps, and removing the pins
+//! of the last traced session detaches everything. The programs are loaded
+//! once, for the first traced session; later sessions only add devices.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use aya::maps::{Map, MapData, PerCpuHashMap};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::ProgramInfo;
+use hcp_common::bio::{BioLosses, LatKey, Level};
+use hcp_common::{DevIoStats, IoOp, LatencyHist, RemapKey, RemapStats};
+
+use super::{block_io, io_latency, object};
+use crate::kernel::devnum::DevNum;
+
+/// Where the links and maps are pinned.
+pub fn pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/hcp")
+}
+
+/// The maps user space reads or fills.
+const MAPS: [&str; 4] = ["DEV_IO", "DEV_REMAP", "IO_LATENCY", "IO_LOSSES"];
+
+/// Everything the kernel counted for the traced devices.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    pub io: BTreeMap<DevNum, DevIoStats>,
+    /// `(to, from)`
+    pub remaps: BTreeMap<(DevNum, DevNum), RemapStats>,
+    pub latency: Vec<(LatKey, LatencyHist)>,
+    pub losses: BTreeMap<DevNum, BioLosses>,
+    /// Losses no device could be named for.
+    pub unattributed: BioLosses,
+    /// Runs of the programs the kernel skipped, each an event neither
+    /// counted nor timed: the kernel does not run a program on a CPU where
+    /// it is already running (an I/O completing in an interrupt while the
+    /// program handles another there), and counts each such run as the
+    /// program's `recursion_misses` (Linux 5.12+). Shared by every traced
+    /// device, so no device can be named.
+    pub skipped_runs: u64,
+}
+
+/// Whether the programs are attached (pinned).
+pub fn attached() -> bool {
+    pin_dir().join("links").is_dir()
+}
+
+/// Loads and attaches the programs and pins them with their maps, unless
+/// that was done already.
+pub fn ensure_attached() -> Result<()> {
+    if attached() {
+        return Ok(());
+    }
+    ensure_bpffs()?;
+    let dir = pin_dir();
+    // A half-made directory (a crash between mkdir and the last pin) holds
+    // nothing a new load could reuse.
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    // (bpffs refuses names with a dot.)
+    let staging = dir.with_file_name("hcp-new");
+    let _ = std::fs::remove_dir_all(&staging);
+    for sub in ["links", "maps"] {
+        std::fs::create_dir_all(staging.join(sub)).with_context(|| format!("creating {}", staging.display()))?;
+    }
+
+    let mut ebpf = object::load(object::Purpose::BlockIo)?;
+    for name in MAPS {
+        let map = ebpf.map(name).with_context(|| format!("eBPF object lacks map {name}"))?;
+        map.pin(staging.join("maps").join(name)).with_context(|| format!("pinning map {name}"))?;
+    }
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    for (program, event) in object::BLOCK_PROGRAMS {
+        let prog = object::load_block_program(&mut ebpf, program, event, &btf)?;
+        let id = prog.attach().with_context(|| format!("attaching to tp_btf {event}"))?;
+        FdLink::from(prog.take_link(id)?)
+            .pin(staging.join("links").join(program))
+            .with_context(|| format!("pinning link {program}"))?;
+    }
+    // Visible all at once: `attached()` never sees a half-pinned set.
+    std::fs::rename(&staging, &dir).with_context(|| format!("moving pins to {}", dir.display()))?;
+    Ok(())
+}
+
+/// Starts tracing `devices`; returns those that were not traced yet. A
+/// device already traced (an origin shared with another traced session)
+/// keeps its counts.
+pub fn add_devices(devices: &[DevNum]) -> Result<Vec<DevNum>> {
+    let mut io: PerCpuHashMap<MapData, u32, DevIoStats> = open("DEV_IO")?;
+    let existing = io.keys().collect::<Result<Vec<u32>, _>>()?;
+    let new: Vec<DevNum> = devices.iter().copied().filter(|d| !existing.contains(&d.to_kernel())).collect();
+    io_latency::add_histograms(&mut open("IO_LATENCY")?, &new)?;
+    block_io::add_devices(&mut io, &new)?;
+    Ok(new)
+}
+
+/// The latency histogram of `dev` at `level` for `op` so far (empty if none).
+pub fn histogram(dev: DevNum, level: Level, op: IoOp) -> Result<LatencyHist> {
+    let map: PerCpuHashMap<MapData, LatKey, LatencyHist> = open("IO_LATENCY")?;
+    let key = LatKey { dev: dev.to_kernel(), level: level as u8, op: op as u8, _pad: 0 };
+    match map.get(&key, 0) {
+        Ok(per_cpu) => Ok(crate::tracer::hist::merge(per_cpu.iter().copied())),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(LatencyHist::zeroed()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Stops tracing `devices`, dropping their counts; with the last traced
+/// device gone, unpins everything, which detaches the programs.
+pub fn remove_devices(devices: &[DevNum]) -> Result<()> {
+    let mut io: PerCpuHashMap<MapData, u32, DevIoStats> = open("DEV_IO")?;
+    let mut latency: PerCpuHashMap<MapData, LatKey, LatencyHist> = open("IO_LATENCY")?;
+    let mut losses: PerCpuHashMap<MapData, u32, BioLosses> = open("IO_LOSSES")?;
+    let mut remaps: PerCpuHashMap<MapData, RemapKey, RemapStats> = open("DEV_REMAP")?;
+    let gone: Vec<u32> = devices.iter().map(|d| d.to_kernel()).collect();
+    for dev in &gone {
+        let _ = io.remove(dev);
+        let _ = losses.remove(dev);
+    }
+    for key in latency.keys().collect::<Result<Vec<LatKey>, _>>()? {
+        if gone.contains(&key.dev) {
+            let _ = latency.remove(&key);
+        }
+    }
+    for key in remaps.keys().collect::<Result<Vec<RemapKey>, _>>()? {
+        if gone.contains(&key.dev) || gone.contains(&key.from) {
+            let _ = remaps.remove(&key);
+        }
+    }
+    if io.keys().next().is_none() {
+        detach_all()?;
+    }
+    Ok(())
+}
+
+/// Unpins every link and map: the programs detach and the maps are freed
+/// once nothing holds them.
+pub fn detach_all() -> Result<()> {
+    let dir = pin_dir();
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+}
+
+/// Reads every counter of the traced devices.
+pub fn read() -> Result<Counters> {
+    let io = block_io::read_counts(&open("DEV_IO")?)?;
+    let remaps = block_io::read_remaps(&open("DEV_REMAP")?)?;
+    let latency = io_latency::histograms(&open("IO_LATENCY")?)?;
+    let loss_map: PerCpuHashMap<MapData, u32, BioLosses> = open("IO_LOSSES")?;
+    let mut losses = BTreeMap::new();
+    for dev in io.keys() {
+        losses.insert(*dev, io_latency::losses(&loss_map, Some(*dev))?);
+    }
+    let unattributed = io_latency::losses(&loss_map, None)?;
+    let skipped_runs = skipped_runs(&programs()?)?;
+    Ok(Counters { io, remaps, latency, losses, unattributed, skipped_runs })
+}
+
+/// The runs of `programs` the kernel skipped (see [`Counters::skipped_runs`]):
+/// their fdinfo's `recursion_misses`, 0 on kernels without it.
+pub fn skipped_runs(programs: &[ProgramInfo]) -> Result<u64> {
+    let mut total = 0;
+    for program in programs {
+        total += fdinfo_field(program.fd()?.as_fd(), "recursion_misses")?.unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// The programs of the pinned set, as the kernel describes them.
+pub fn programs() -> Result<Vec<ProgramInfo>> {
+    let links = pin_dir().join("links");
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(&links).with_context(|| format!("reading {}", links.display()))? {
+        let path = entry?.path();
+        let link = FdLink::from(PinnedLink::from_pin(&path).with_context(|| format!("opening {}", path.display()))?);
+        ids.push(link.info()?.program_id());
+    }
+    let mut out = Vec::new();
+    for info in aya::programs::loaded_programs() {
+        let info = info?;
+        if ids.contains(&info.id()) {
+            out.push(info);
+        }
+    }
+    Ok(out)
+}
+
+/// A numeric field of a BPF object's fdinfo (`recursion_misses:\t3`);
+/// `None` when the kernel does not show it.
+pub fn fdinfo_field(fd: BorrowedFd<'_>, name: &str) -> Result<Option<u64>> {
+    let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    Ok(fdinfo_value(&text, name))
+}
+
+/// The decimal field `name` of an fdinfo text.
+fn fdinfo_value(fdinfo: &str, name: &str) -> Option<u64> {
+    fdinfo.lines().find_map(|l| {
+        let (key, value) = l.split_once(':')?;
+        (key.trim() == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(name: &str) -> Result<T> {
+    let path = pin_dir().join("maps").join(name);
+    if !path.exists() {
+        bail!("no hcp tracing is attached ({} is missing): start a session with --trace", path.display());
+    }
+    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    Ok(Map::from_map_data(data)?.try_into()?)
+}
+
+/// bpffs at /sys/fs/bpf, mounted if it is not (minimal systems, containers).
+fn ensure_bpffs() -> Result<()> {
+    let target = Path::new("/sys/fs/bpf");
+    let mounts = crate::kernel::mountinfo::read()?;
+    if mounts.iter().any(|m| m.mount_point == target && m.fs_type == "bpf") {
+        return Ok(());
+    }
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (src, dst, fs) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    if unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) } != 0 {
+        bail!("bpffs is not mounted and mounting it at /sys/fs/bpf failed: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_fields() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t2069\nmap_type:\t5\n\
+                      key_size:\t4\nvalue_size:\t96\nmax_entries:\t256\nmap_flags:\t0x0\n\
+                      map_extra:\t0x0\nmemlock:\t201024\nmap_id:\t42\nfrozen:\t0\n";
+        assert_eq!(fdinfo_value(fdinfo, "memlock"), Some(201024));
+        assert_eq!(fdinfo_value(fdinfo, "map_id"), Some(42));
+        assert_eq!(fdinfo_value(fdinfo, "map_flags"), None, "not a decimal number");
+        assert_eq!(fdinfo_value(fdinfo, "mem"), None, "whole names only");
+        assert_eq!(fdinfo_value("", "memlock"), None);
+    }
+}
