@@ -1,0 +1,288 @@
+//! `hcp start`: plan everything, prepare everything, then switch the origin
+//! inside the shortest window possible.
+//!
+//! Order matters for the frozen window: every check, the store, the `-real`
+//! device, the snapshot's table and the origin's new table are made *before*
+//! the filesystem is frozen. Inside the window there are only four ioctls
+//! from this one process: FIFREEZE, suspend the origin, resume the snapshot,
+//! resume the origin (which swaps in the preloaded `snapshot-origin` table),
+//! FITHAW. Anything that fails before the switch is undone in reverse order.
+
+mod plan;
+mod prepare;
+mod store;
+mod undo;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::kernel::dm::device::{make_node, Dm};
+use crate::kernel::dm::uuid::{self, UUID_ORIGIN};
+use crate::privilege::require_root;
+use crate::session::autoextend;
+use crate::size::{ChunkSize, Quota};
+use crate::state::lock::Lock;
+use crate::state::record::{self, AutoextendRecord, KernelWindow, Phase, WindowRecord};
+use crate::switch::fault;
+
+use plan::{OriginPlan, Plan};
+use prepare::Prepared;
+use undo::{step, Undo};
+
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    pub device: String,
+    pub mount_point: Option<PathBuf>,
+    pub read_only: bool,
+    pub skip_mount: bool,
+    /// `-c`: a block device, a directory, or a new file path.
+    pub store: Option<PathBuf>,
+    pub quota: Option<Quota>,
+    pub chunk: ChunkSize,
+    pub preallocate: bool,
+    /// Grow a file store as it fills, up to the quota.
+    pub autoextend: Option<autoextend::Spec>,
+    /// With `autoextend`: the store's size at the start.
+    pub store_size: Option<autoextend::StoreSize>,
+    /// Measure what the session costs, in the kernel, for its whole life.
+    pub trace: bool,
+    /// With `trace`: how long to measure the origin before the snapshot.
+    pub baseline: Duration,
+    /// With `trace`: where `remove` writes the final report.
+    pub report: Option<PathBuf>,
+}
+
+impl StartOptions {
+    /// The same options with `-m` and `-c` made absolute: they are recorded
+    /// for later commands, which may run from anywhere.
+    fn with_absolute_paths(&self) -> Result<StartOptions> {
+        let absolute = |p: &Option<PathBuf>| {
+            p.as_deref()
+                .map(|p| std::path::absolute(p).map_err(|e| Error::io(format!("resolving {}", p.display()), e)))
+                .transpose()
+        };
+        Ok(StartOptions { mount_point: absolute(&self.mount_point)?, store: absolute(&self.store)?, ..self.clone() })
+    }
+}
+
+/// What `start` did, as printed and as `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Started {
+    pub session: String,
+    pub origin: PathBuf,
+    pub snapshot: PathBuf,
+    pub store: PathBuf,
+    pub store_loop_device: Option<PathBuf>,
+    /// The store's size now; it grows up to `quota_bytes` with auto-extend.
+    pub store_bytes: u64,
+    pub quota_bytes: u64,
+    /// With `--autoextend`: the settings and the monitor that applies them.
+    pub autoextend: Option<AutoextendRecord>,
+    pub chunk_bytes: u64,
+    /// Set for a wrapped plain device: the device every write must now go
+    /// through.
+    pub write_through: Option<PathBuf>,
+    pub mount_point: Option<PathBuf>,
+    pub read_only: bool,
+    pub filesystem: Option<String>,
+    /// Why the snapshot could not be mounted (the session is kept).
+    pub mount_error: Option<String>,
+    pub created: String,
+    pub timing: Timing,
+}
+
+/// Measured on hcp's monotonic clock.
+#[derive(Clone, Debug, Serialize)]
+pub struct Timing {
+    /// From the start of the command until the snapshot was live (with
+    /// `--trace`, this includes loading the programs and the baseline).
+    pub snapshot_seconds: f64,
+    /// From the start of FIFREEZE to the end of FITHAW; null when nothing
+    /// was mounted.
+    pub frozen_seconds: Option<f64>,
+    /// How long the FIFREEZE call itself took (it syncs the filesystem).
+    pub freeze_call_seconds: Option<f64>,
+    /// From the suspend of the origin to the end of its resume.
+    pub suspended_seconds: Option<f64>,
+    /// With `--trace`: the same windows measured in the kernel, and the
+    /// longest write stall they caused.
+    pub kernel: Option<KernelWindow>,
+}
+
+/// Starts a session: [`plan`](plan::plan) checks everything and changes
+/// nothing; [`prepare`](prepare::prepare) makes every device and file the
+/// snapshot needs, each with its undo; [`switch`] moves the origin onto the
+/// snapshot in the one short window; [`finish`] records the live session
+/// and mounts the snapshot. A failure before the switch is over undoes
+/// everything; after it the session stands.
+pub fn start(opts: &StartOptions) -> Result<Started> {
+    let begun = Instant::now();
+    let opts = &opts.with_absolute_paths()?;
+    require_root()?;
+    let dm = Dm::open()?;
+    let _lock = Lock::acquire()?;
+    let plan = plan::plan(&dm, opts)?;
+    fault::configured()?;
+    // From here on each change has its undo, run on an error or a panic.
+    let mut undo = Undo::default();
+    let prepared = prepare::prepare(&dm, opts, &plan, &mut undo)?;
+    step("after-prepare")?;
+    let mut timing = switch(&dm, &plan, &prepared, &mut undo)?;
+    undo.disarm();
+    timing.snapshot_seconds = begun.elapsed().as_secs_f64();
+    finish(opts, &plan, prepared, timing)
+}
+
+/// The switch: the origin moves onto `snapshot-origin` with the snapshot
+/// beside it. A live origin is switched inside the window (freeze, suspend,
+/// resume, thaw); a wrapped plain device gets its origin device only now,
+/// with nothing able to write to it before.
+fn switch<'a>(dm: &'a Dm, plan: &Plan, prepared: &Prepared, undo: &mut Undo<'a>) -> Result<Timing> {
+    let mut timing = Timing {
+        snapshot_seconds: 0.0,
+        frozen_seconds: None,
+        freeze_call_seconds: None,
+        suspended_seconds: None,
+        kernel: None,
+    };
+    let id = &plan.id;
+    match &plan.origin {
+        OriginPlan::Live { name, create_real, mounted_at, .. } => {
+            if *create_real {
+                // Anything failing once the origin runs on its new table
+                // (before the thaw, say) must give it its own table back
+                // before the rest is undone.
+                let (origin, real) = (name.clone(), prepared.session.origin.real.clone());
+                undo.push(format!("give {name} its own table back"), move || {
+                    crate::session::remove::restore_origin_table(dm, &origin, &real).map(drop)
+                });
+            }
+            let window = crate::switch::window::switch(
+                dm,
+                name,
+                mounted_at.as_deref(),
+                *create_real,
+                &crate::switch::window::START_STEPS,
+                || dm.resume(id),
+            )?;
+            timing.frozen_seconds = window.frozen.map(|d| d.as_secs_f64());
+            timing.freeze_call_seconds = window.freeze_call.map(|d| d.as_secs_f64());
+            timing.suspended_seconds = Some(window.suspended.as_secs_f64());
+        }
+        OriginPlan::Wrap { name, raw } => {
+            // Nothing can write yet: the wrapper does not exist. Activate the
+            // snapshot first, so the first write through the wrapper is
+            // already copied aside.
+            dm.resume(id)?;
+            let uuid = uuid::truncate(&format!("{UUID_ORIGIN}{}", raw.kernel_name));
+            dm.create(name, &uuid, std::slice::from_ref(&prepared.origin_table))?;
+        }
+    }
+    Ok(timing)
+}
+
+/// The snapshot is live: its node, the kernel's figures of the switch, the
+/// record marked active, and the mount. Nothing here undoes the session; a
+/// mount that fails leaves it unmounted and says why.
+fn finish(opts: &StartOptions, plan: &Plan, prepared: Prepared, mut timing: Timing) -> Result<Started> {
+    let Prepared { mut session, store_bytes, snapshot, tracing, .. } = prepared;
+    let origin_name = plan.origin.origin_name();
+    let mut tracing = tracing;
+    if let Some(mut tracer) = tracing.as_mut().and_then(|t| t.switch_tracer.take()) {
+        // A failure to read the tracer loses only its figures.
+        match crate::session::trace::kernel_window(
+            &mut tracer,
+            origin_name,
+            crate::tracer::freeze_trace::monotonic_ns(),
+        ) {
+            Ok(kernel) => timing.kernel = Some(kernel),
+            Err(e) => eprintln!("hcp: the switch's kernel figures are missing: {e}"),
+        }
+    }
+
+    make_node(&session.snapshot_path, snapshot)?;
+    if let Some(tracing) = tracing {
+        // A wrapped device's origin exists only now; nothing was written
+        // through it yet, so its histogram starts empty.
+        let now = crate::session::trace::devices_of(&session);
+        let late: Vec<_> = now.iter().filter(|d| !tracing.traced.iter().any(|t| t.0 == d.0)).cloned().collect();
+        if !late.is_empty() {
+            crate::session::trace::attach(&late)?;
+        }
+        let window = WindowRecord {
+            freeze_call_seconds: timing.freeze_call_seconds,
+            frozen_seconds: timing.frozen_seconds,
+            suspended_seconds: timing.suspended_seconds,
+            kernel: timing.kernel.clone(),
+        };
+        session.trace = Some(crate::session::trace::record(
+            &now,
+            tracing.baseline,
+            tracing.at_start,
+            Some(window),
+            plan.report.clone(),
+        ));
+    }
+    session.phase = Phase::Active;
+    record::save(&session)?;
+
+    let mut started = Started {
+        session: plan.id.clone(),
+        origin: session.origin.path.clone(),
+        snapshot: session.snapshot_path.clone(),
+        store: session.store.path.clone(),
+        store_loop_device: session.store.loop_device.clone(),
+        store_bytes,
+        quota_bytes: session.quota_bytes,
+        autoextend: session.autoextend.clone(),
+        chunk_bytes: opts.chunk.bytes(),
+        write_through: matches!(plan.origin, OriginPlan::Wrap { .. })
+            .then(|| crate::kernel::dm::device::node_path(origin_name)),
+        mount_point: None,
+        read_only: opts.read_only,
+        filesystem: None,
+        mount_error: None,
+        created: crate::clock::format_time(session.created_unix),
+        timing,
+    };
+    if let Some(record) = &session.mount {
+        match crate::kernel::mount::mount_snapshot(&session.snapshot_path, &record.path, opts.read_only) {
+            Ok(fs) => {
+                started.mount_point = Some(record.path.clone());
+                started.filesystem = Some(fs);
+            }
+            Err(e) => {
+                // The session stays: the snapshot is good, only the mount failed.
+                started.mount_error = Some(e.to_string());
+                if record.created_dir {
+                    let _ = std::fs::remove_dir(&record.path);
+                }
+                session.mount = None;
+                record::save(&session)?;
+            }
+        }
+    }
+    Ok(started)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_point_and_store_are_recorded_absolute() {
+        let opts = StartOptions {
+            mount_point: Some("snap/mnt".into()),
+            store: Some("/srv/cow".into()),
+            ..StartOptions::default()
+        };
+        let abs = opts.with_absolute_paths().unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(abs.mount_point, Some(cwd.join("snap/mnt")));
+        assert_eq!(abs.store, Some(PathBuf::from("/srv/cow")));
+        assert_eq!(StartOptions::default().with_absolute_paths().unwrap().mount_point, None);
+    }
+}
