@@ -1,5 +1,5 @@
 //! Builds the eBPF programs (hcp-ebpf, for bpfel-unknown-none, with the
-//! nightly toolchain and bpf-linker) into OUT_DIR, where src/ebpf.rs embeds them.
+//! nightly toolchain and bpf-linker) into OUT_DIR, where src/tracer/object.rs embeds them.
 fn main() -> anyhow::Result<()> {
     let ebpf = aya_build::Package {
         name: "hcp-ebpf",

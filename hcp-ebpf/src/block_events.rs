@@ -10,7 +10,7 @@
 //! each program attached to an event is one more indirect call on every
 //! I/O: one program per event does the work of both.
 //!
-//! Attached by user space in the order of `hcp::probes::BLOCK_PROGRAMS`.
+//! Attached by user space in the order of `hcp::tracer::object::BLOCK_PROGRAMS`.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use hcp_common::bio::Level;
