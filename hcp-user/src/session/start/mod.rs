@@ -8,65 +8,29 @@
 //! resume the origin (which swaps in the preloaded `snapshot-origin` table),
 //! FITHAW. Anything that fails before the switch is undone in reverse order.
 
+mod options;
 mod plan;
 mod prepare;
 mod store;
 mod undo;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kernel::dm::device::{make_node, Dm};
 use crate::kernel::dm::uuid::{self, UUID_ORIGIN};
 use crate::privilege::require_root;
-use crate::session::autoextend;
-use crate::size::{ChunkSize, Quota};
 use crate::state::lock::Lock;
 use crate::state::record::{self, AutoextendRecord, KernelWindow, Phase, WindowRecord};
 use crate::switch::fault;
 
+pub use options::StartOptions;
 use plan::{OriginPlan, Plan};
 use prepare::Prepared;
 use undo::{step, Undo};
-
-#[derive(Clone, Debug, Default)]
-pub struct StartOptions {
-    pub device: String,
-    pub mount_point: Option<PathBuf>,
-    pub read_only: bool,
-    pub skip_mount: bool,
-    /// `-c`: a block device, a directory, or a new file path.
-    pub store: Option<PathBuf>,
-    pub quota: Option<Quota>,
-    pub chunk: ChunkSize,
-    pub preallocate: bool,
-    /// Grow a file store as it fills, up to the quota.
-    pub autoextend: Option<autoextend::Spec>,
-    /// With `autoextend`: the store's size at the start.
-    pub store_size: Option<autoextend::StoreSize>,
-    /// Measure what the session costs, in the kernel, for its whole life.
-    pub trace: bool,
-    /// With `trace`: how long to measure the origin before the snapshot.
-    pub baseline: Duration,
-    /// With `trace`: where `remove` writes the final report.
-    pub report: Option<PathBuf>,
-}
-
-impl StartOptions {
-    /// The same options with `-m` and `-c` made absolute: they are recorded
-    /// for later commands, which may run from anywhere.
-    fn with_absolute_paths(&self) -> Result<StartOptions> {
-        let absolute = |p: &Option<PathBuf>| {
-            p.as_deref()
-                .map(|p| std::path::absolute(p).map_err(|e| Error::io(format!("resolving {}", p.display()), e)))
-                .transpose()
-        };
-        Ok(StartOptions { mount_point: absolute(&self.mount_point)?, store: absolute(&self.store)?, ..self.clone() })
-    }
-}
 
 /// What `start` did, as printed and as `--json`.
 #[derive(Clone, Debug, Serialize)]
@@ -266,23 +230,4 @@ fn finish(opts: &StartOptions, plan: &Plan, prepared: Prepared, mut timing: Timi
         }
     }
     Ok(started)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mount_point_and_store_are_recorded_absolute() {
-        let opts = StartOptions {
-            mount_point: Some("snap/mnt".into()),
-            store: Some("/srv/cow".into()),
-            ..StartOptions::default()
-        };
-        let abs = opts.with_absolute_paths().unwrap();
-        let cwd = std::env::current_dir().unwrap();
-        assert_eq!(abs.mount_point, Some(cwd.join("snap/mnt")));
-        assert_eq!(abs.store, Some(PathBuf::from("/srv/cow")));
-        assert_eq!(StartOptions::default().with_absolute_paths().unwrap().mount_point, None);
-    }
 }

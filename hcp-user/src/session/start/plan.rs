@@ -17,7 +17,7 @@ use crate::size::{format_bytes, Quota};
 use crate::state::dirs::{DEFAULT_MOUNT_DIR, DEFAULT_STORE_DIR};
 use crate::state::record::{self, Session};
 
-use super::StartOptions;
+use super::options::StartOptions;
 
 /// What a start will do, decided before it does anything.
 pub(super) struct Plan {

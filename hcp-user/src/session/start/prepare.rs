@@ -24,10 +24,10 @@ use crate::state::dirs::DEFAULT_MOUNT_DIR;
 use crate::state::record::{self, AutoextendRecord, MountRecord, Origin, Phase, Session, RECORD_VERSION};
 use crate::tracer::freeze_trace::FreezeTracer;
 
+use super::options::StartOptions;
 use super::plan::{OriginPlan, Plan};
 use super::store;
 use super::undo::{step, Undo};
-use super::StartOptions;
 
 /// Everything made, nothing live yet.
 pub(super) struct Prepared {

@@ -16,9 +16,9 @@ use crate::size::{format_bytes, ChunkSize};
 use crate::state::dirs::DEFAULT_STORE_DIR;
 use crate::state::record::Store;
 
+use super::options::StartOptions;
 use super::plan::StorePlan;
 use super::undo::Undo;
-use super::StartOptions;
 
 /// The record of the store `plan` makes, before it is made, a file store of
 /// `file_bytes` (its loop device is added once attached).
