@@ -109,8 +109,19 @@ enum Command {
         session: Option<String>,
         /// Print one JSON line (NDJSON) per interval with the figures of
         /// that interval, until the session is removed.
-        #[arg(long, conflicts_with_all = ["prometheus", "hdr_log"])]
+        #[arg(long, conflicts_with_all = ["prometheus", "hdr_log", "history"])]
         follow: bool,
+        /// Print the session's recorded history: its figures per interval
+        /// since the snapshot (with --json: one JSON line per interval).
+        #[arg(long, conflicts_with_all = ["prometheus", "hdr_log"])]
+        history: bool,
+        /// With --history: from this time on: RFC 3339 (2026-12-06T10:00:00Z),
+        /// seconds since the epoch, or a duration back from now (10m).
+        #[arg(long, value_name = "TIME", requires = "history")]
+        since: Option<String>,
+        /// With --history: up to this time (as --since).
+        #[arg(long, value_name = "TIME", requires = "history")]
+        until: Option<String>,
         /// Print the Prometheus text exposition format (for node_exporter's
         /// textfile collector).
         #[arg(long, conflicts_with = "hdr_log")]
@@ -119,6 +130,10 @@ enum Command {
         /// (values in nanoseconds).
         #[arg(long)]
         hdr_log: bool,
+        /// The store a session this long would need, at the rates measured
+        /// (in the analysis): 8h, 30m.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with_all = ["follow", "history"])]
+        window: Option<std::time::Duration>,
         /// With --follow: the interval.
         #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
         interval: std::time::Duration,
@@ -174,6 +189,10 @@ enum Command {
     /// not for users.
     #[command(name = "__autoextend", hide = true)]
     Autoextend { session: String },
+    /// The history recorder of a traced session (see the `recorder`
+    /// module); not for users.
+    #[command(name = "__record", hide = true)]
+    Record { session: String },
     /// The guard process of a switch (see the `guard` module); not for users.
     #[command(name = "__guard", hide = true)]
     Guard {
@@ -256,10 +275,15 @@ struct StartArgs {
     baseline: Option<std::time::Duration>,
 
     /// With --trace: where the final report goes when the session is
-    /// removed (JSON; its histograms go to FILE.hlog)
-    /// [default: /var/lib/hcp/reports/hcpN-<time>.json].
+    /// removed (JSON; its histograms go to FILE.hlog, its history to
+    /// FILE.history.ndjson) [default: /var/lib/hcp/reports/hcpN-<time>.json].
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+
+    /// With --trace: how often the session's figures are recorded into its
+    /// history (`hcp stats --history`) [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    history_interval: Option<std::time::Duration>,
 
     /// The device to snapshot: a path, a symlink (/dev/disk/by-*, /dev/VG/LV) or MAJOR:MINOR.
     device: Option<String>,
@@ -280,6 +304,7 @@ impl StartArgs {
             (self.preallocate, "--preallocate"),
             (self.trace, "--trace"),
             (self.baseline.is_some(), "--baseline"),
+            (self.history_interval.is_some(), "--history-interval"),
         ];
         given
             .iter()
@@ -310,8 +335,13 @@ pub enum Action {
     Enroll(EnrollOptions, bool),
     Unenroll(UnenrollOptions, bool),
     Activate(std::time::Duration, bool),
-    Stats(Option<String>, StatsFormat),
+    /// `stats`: the session (every traced one with --prometheus alone), the
+    /// format, and `--window`.
+    Stats(Option<String>, StatsFormat, Option<std::time::Duration>),
     FollowStats(String, std::time::Duration),
+    /// `stats --history`: the session, the times (`--since`, `--until`) as
+    /// seconds since the epoch, and `--json`.
+    History(String, Option<f64>, Option<f64>, bool),
     TraceAttach(String, bool),
     Start(StartOptions, bool),
     List(bool),
@@ -320,6 +350,7 @@ pub enum Action {
     Version(bool),
     Guard(hcp::switch::guard::Plan, i32),
     Autoextend(String),
+    Record(String),
 }
 
 impl Cli {
@@ -335,7 +366,21 @@ impl Cli {
                 Action::Remove(RemoveOptions { target, keep_store, report }, json)
             }
             Some(Command::Show { device }) => Action::Show(device, json),
-            Some(Command::Stats { session, follow, interval, prometheus, hdr_log }) => {
+            Some(Command::Stats { session, follow, interval, prometheus, hdr_log, history, since, until, window }) => {
+                if history {
+                    let Some(session) = session else {
+                        return Err(Error::usage("give the SESSION whose history to print (`hcp -l` lists them)"));
+                    };
+                    let now = std::time::SystemTime::now();
+                    let since = since.map(|t| parse_time(&t, "--since", now)).transpose()?;
+                    let until = until.map(|t| parse_time(&t, "--until", now)).transpose()?;
+                    if let (Some(s), Some(u)) = (since, until) {
+                        if s >= u {
+                            return Err(Error::usage("--since is not before --until: give an earlier --since"));
+                        }
+                    }
+                    return Ok(Action::History(session, since, until, json));
+                }
                 if follow && interval.is_zero() {
                     return Err(Error::usage("--interval 0 would print without pause: give a duration such as 1s"));
                 }
@@ -353,7 +398,7 @@ impl Cli {
                     (None, _) if format != StatsFormat::Prometheus => {
                         return Err(Error::usage("give the SESSION (/dev/hcpN; `hcp -l` lists them)"))
                     }
-                    (session, _) => Action::Stats(session, format),
+                    (session, _) => Action::Stats(session, format, window),
                 }
             }
             Some(Command::Trace { command: TraceCommand::Attach { session } }) => Action::TraceAttach(session, json),
@@ -367,6 +412,7 @@ impl Cli {
             }
             Some(Command::Activate { wait }) => Action::Activate(wait, json),
             Some(Command::Autoextend { session }) => Action::Autoextend(session),
+            Some(Command::Record { session }) => Action::Record(session),
             Some(Command::Guard {
                 deadline_ms,
                 parent,
@@ -446,6 +492,15 @@ fn start_options(args: StartArgs) -> Result<StartOptions, Error> {
              --trace or drop --baseline",
         ));
     }
+    if args.history_interval.is_some() && !args.trace {
+        return Err(Error::usage(
+            "--history-interval needs --trace: only a traced session records a history; add --trace or drop \
+             --history-interval",
+        ));
+    }
+    if args.history_interval.is_some_and(|d| d < std::time::Duration::from_millis(100)) {
+        return Err(Error::usage("--history-interval below 0.1 s: give a longer interval, such as 1s"));
+    }
     Ok(StartOptions {
         device,
         mount_point: args.mount_point,
@@ -460,7 +515,26 @@ fn start_options(args: StartArgs) -> Result<StartOptions, Error> {
         trace: args.trace,
         baseline: args.baseline.unwrap_or(std::time::Duration::from_secs(3)),
         report: args.report,
+        history_interval: args.history_interval.unwrap_or_default(),
     })
+}
+
+/// A time as `--since` and `--until` take it, in seconds since the epoch:
+/// RFC 3339, seconds since the epoch, or a duration back from `now`.
+fn parse_time(text: &str, flag: &str, now: std::time::SystemTime) -> Result<f64, Error> {
+    let epoch = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(epoch(t));
+    }
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return Ok(epoch(now) - ago.as_secs_f64());
+    }
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(secs),
+        _ => Err(Error::usage(format!(
+            "{flag} {text}: give a time (2026-12-06T10:00:00Z), seconds since the epoch, or a duration back from now (10m)"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -529,6 +603,11 @@ mod tests {
             ),
             (&["--baseline", "1s", "/dev/x"], "--baseline needs --trace"),
             (&["stats", "hcp1", "--follow", "--interval", "0s"], "--interval 0"),
+            (&["--history-interval", "5s", "/dev/x"], "--history-interval needs --trace"),
+            (&["start", "--trace", "--history-interval", "1ms", "/dev/x"], "below 0.1 s"),
+            (&["stats", "--history"], "give the SESSION whose history"),
+            (&["stats", "hcp1", "--history", "--since", "yesterday"], "--since yesterday: give a time"),
+            (&["stats", "hcp1", "--history", "--since", "5m", "--until", "10m"], "--since is not before --until"),
             (&["-m", "/mnt/x"], "give the DEVICE"),
         ] {
             let err = action_error(args);
@@ -575,5 +654,20 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(std::iter::once("hcp").chain(args.iter().copied())).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn history_times_are_absolute_relative_or_epoch_seconds() {
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        assert_eq!(parse_time("2027-01-15T08:00:00Z", "--since", now).unwrap(), 1_800_000_000.0);
+        assert_eq!(parse_time("10m", "--since", now).unwrap(), 1_800_000_000.0 - 600.0);
+        assert_eq!(parse_time("1799999999.5", "--since", now).unwrap(), 1_799_999_999.5);
+        assert!(parse_time("-3", "--since", now).is_err());
+        assert!(matches!(
+            action(&["stats", "hcp2", "--history", "--json", "--since", "1h"]),
+            Action::History(ref s, Some(_), None, true) if s == "hcp2"
+        ));
+        let Action::Start(o, _) = action(&["--trace", "--history-interval", "5s", "/dev/x"]) else { panic!("a start") };
+        assert_eq!(o.history_interval, std::time::Duration::from_secs(5));
     }
 }

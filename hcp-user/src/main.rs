@@ -34,7 +34,10 @@ fn main() -> ExitCode {
     // Commands that only print die quietly, as Unix tools do, when their
     // reader goes away (`hcp stats | head`), instead of panicking in
     // println!. Not the others: an early end there would leave work undone.
-    if matches!(action, Action::List(..) | Action::Show(..) | Action::Stats(..) | Action::Version(..)) {
+    if matches!(
+        action,
+        Action::List(..) | Action::Show(..) | Action::Stats(..) | Action::History(..) | Action::Version(..)
+    ) {
         // SAFETY: restoring the default action of a signal Rust ignores.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
@@ -111,10 +114,10 @@ fn run(action: Action) -> Result<ExitCode, Error> {
             render::shown(&hcp::session::show(&device)?, json);
             Ok(ExitCode::SUCCESS)
         }
-        Action::Stats(session, format) => {
+        Action::Stats(session, format, window) => {
             let named = session.is_some();
             let all = match session {
-                Some(session) => vec![hcp::session::stats(&session)?],
+                Some(session) => vec![hcp::session::stats(&session, window)?],
                 None => hcp::session::stats_all()?,
             };
             match format {
@@ -149,6 +152,17 @@ fn run(action: Action) -> Result<ExitCode, Error> {
                 written && invalid.is_none()
             })?;
             Ok(invalid_exit(invalid.iter().map(String::as_str), "its figures stop where it was dropped"))
+        }
+        Action::History(session, since, until, json) => {
+            let (intervals, status) = hcp::session::history(&session, since, until)?;
+            render::history(&intervals, &status, json);
+            if !status.recorder_running {
+                eprintln!(
+                    "hcp: warning: the history recorder of {session} is not running: the history stops at {}",
+                    status.recorded_until_unix.map_or("its start".to_string(), |t| hcp::clock::format_time(t as u64))
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Action::TraceAttach(session, json) => {
             let snapshot = hcp::session::trace_attach(&session)?;
@@ -193,6 +207,12 @@ fn run(action: Action) -> Result<ExitCode, Error> {
             // stops it with SIGTERM.
             hcp::kernel::signals::unblock_all_signals();
             Ok(ExitCode::from(hcp::session::autoextend::serve(&session) as u8))
+        }
+        Action::Record(session) => {
+            // Started by `start`, it inherited its blocked signals; `remove`
+            // stops it with SIGTERM.
+            hcp::kernel::signals::unblock_all_signals();
+            Ok(ExitCode::from(hcp::session::recorder::serve(&session) as u8))
         }
         Action::Version(json) => {
             render::version(json);

@@ -354,7 +354,7 @@ pub fn stats(s: &hcp::figures::stats::SessionStats, json: bool) {
         amp(s.write_amplification)
     );
     println!(
-        "Read amplification   {}  ((real device + store reads) / origin and snapshot reads)",
+        "Read amplification   {}  (real device + store reads for them / origin and snapshot reads; copy-out apart)",
         amp(s.read_amplification)
     );
     println!("COW overhead (write latency, ms):   p50      p90      p99    p99.9      max");
@@ -415,8 +415,90 @@ pub fn stats(s: &hcp::figures::stats::SessionStats, json: bool) {
         l.read_errors,
         l.skipped_runs.unwrap_or(0)
     );
+    if let Some(h) = &s.history {
+        let until = h.recorded_until_unix.map_or("nothing yet".to_string(), |t| hcp::clock::format_time(t as u64));
+        println!(
+            "History              {} intervals of {} s, up to {until}, in {} (`hcp stats {} --history`); recorder {}",
+            h.intervals,
+            h.interval_seconds,
+            h.path.display(),
+            s.session,
+            if h.recorder_running { "running" } else { "NOT running: the history stops there" }
+        );
+    }
+    if let Some(a) = &s.analysis {
+        let c = &a.copy_out;
+        println!("\nThe answer:");
+        println!("  Write latency  {}", a.verdicts.write_latency);
+        println!("  Switch         {}", a.verdicts.switch);
+        println!("  Store          {}", a.verdicts.store);
+        println!(
+            "  Copy-out       {:.2} MiB/s on average, {:.2} MiB/s at its peak{}; write amplification {}",
+            c.mean_mib_per_s,
+            c.peak_mib_per_s,
+            c.levelled_off_at_unix
+                .map_or(String::new(), |t| format!(", levelled off at {}", hcp::clock::format_time(t as u64))),
+            c.write_amplification.map_or("n/a".to_string(), |w| format!("{w:.2}"))
+        );
+    }
     if let Some(h) = s.histograms.iter().find(|h| h.name == "app_write").map(|h| &h.hist) {
         println!("\nApplication write latency since the snapshot:");
         print!("{}", hcp::tracer::hist::render_log2(h, hcp::tracer::hist::Unit::Usecs));
+    }
+}
+
+/// `hcp stats --history`: a line per interval, or a JSON line each.
+pub fn history(
+    intervals: &[hcp::figures::interval::IntervalStats],
+    status: &hcp::figures::stats::HistoryStatus,
+    json: bool,
+) {
+    if json {
+        for iv in intervals {
+            println!("{}", serde_json::to_string(iv).expect("intervals serialise"));
+        }
+        return;
+    }
+    println!(
+        "History of {} ({} intervals shown of {} kept, recorded every {} s; older ones merged into coarser ones)",
+        intervals.first().map_or("the session", |iv| iv.session.as_str()),
+        intervals.len(),
+        status.intervals,
+        status.interval_seconds
+    );
+    println!(
+        "{:<20} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>6}",
+        "interval start (UTC)",
+        "seconds",
+        "writes/s",
+        "MiB/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "copy MiB/s",
+        "store used",
+        "lost"
+    );
+    let mib_s = |bytes: u64, secs: f64| if secs > 0.0 { bytes as f64 / 1048576.0 / secs } else { 0.0 };
+    for iv in intervals {
+        let secs = iv.interval_seconds;
+        let lat = iv.app_writes.latency.as_ref();
+        let ms = |f: fn(&hcp::tracer::hist::Summary) -> u64| {
+            lat.map_or("-".to_string(), |l| format!("{:.3}", f(l) as f64 / 1e6))
+        };
+        let time = hcp::clock::format_time(iv.start_unix as u64);
+        println!(
+            "{:<20} {:>7.1} {:>9.1} {:>9.2} {:>9} {:>9} {:>9} {:>10.2} {:>10} {:>6}",
+            time.trim_end_matches('Z').replace('T', " "),
+            secs,
+            if secs > 0.0 { iv.app_writes.count as f64 / secs } else { 0.0 },
+            mib_s(iv.app_writes.bytes, secs),
+            ms(|l| l.p50_ns),
+            ms(|l| l.p99_ns),
+            ms(|l| l.max_ns),
+            mib_s(iv.copy_out.read_bytes, secs),
+            iv.store_used_bytes.map_or("-".to_string(), format_bytes),
+            iv.lost_events
+        );
     }
 }

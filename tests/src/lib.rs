@@ -151,9 +151,22 @@ pub fn pread_exact(f: &File, buf: &mut AlignedBuf, offset: u64) {
 /// Validates `value` against the JSON Schema of `hcp stats --json`
 /// (docs/stats.schema.json), panicking with every violation.
 pub fn assert_matches_stats_schema(value: &serde_json::Value) {
+    assert_matches_schema(stats_schema(), value);
+}
+
+/// Asserts that `value` is one line of `hcp stats --history --json`, as
+/// `$defs/interval` of docs/stats.schema.json describes it.
+pub fn assert_matches_interval_schema(value: &serde_json::Value) {
+    let root = stats_schema();
+    assert_matches_schema(serde_json::json!({ "$ref": "#/$defs/interval", "$defs": root["$defs"] }), value);
+}
+
+fn stats_schema() -> serde_json::Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/stats.schema.json");
-    let schema: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("read the stats schema")).expect("schema is JSON");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read the stats schema")).expect("schema is JSON")
+}
+
+fn assert_matches_schema(schema: serde_json::Value, value: &serde_json::Value) {
     let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
     let errors: Vec<String> = validator.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
     assert!(errors.is_empty(), "stats do not match docs/stats.schema.json:\n{}\n{value:#}", errors.join("\n"));
@@ -372,7 +385,15 @@ impl SystemState {
             names
         };
         let records = names_in("/run/hcp/sessions").into_iter().map(|n| n["/run/hcp/sessions/".len()..].to_string());
-        let files = [names_in("/var/lib/hcp"), names_in("/var/hcp"), names_in("/etc/hcp/enrolled")].concat();
+        // The history directory stays once made; what is in it counts.
+        let mut files = [
+            names_in("/var/lib/hcp"),
+            names_in("/var/lib/hcp/history"),
+            names_in("/var/hcp"),
+            names_in("/etc/hcp/enrolled"),
+        ]
+        .concat();
+        files.retain(|f| f != "/var/lib/hcp/history");
         SystemState { dm: names, loops, mounts, records: records.collect(), files }
     }
 }
@@ -390,4 +411,20 @@ pub fn helper_running(kind: &str, id: Option<&str>) -> bool {
             && id.is_none_or(|id| args[2] == id.as_bytes())
             && !matches!(state, Some('Z' | 'X'))
     })
+}
+
+/// Writes `mib` MiB of `byte` at `offset_mib` MiB into `dev`, with O_DIRECT
+/// (1 MiB a write), so that every byte reaches the device at once.
+pub fn write_direct(dev: &Path, offset_mib: u64, mib: u64, byte: u8) {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(dev).unwrap();
+    // O_DIRECT wants an aligned buffer: a Vec of u64s is 8-aligned, so
+    // over-allocate and take a 4 KiB-aligned window.
+    let mut raw = vec![0u8; (1 << 20) + 4096];
+    let skip = raw.as_ptr().align_offset(4096);
+    let buf = &mut raw[skip..skip + (1 << 20)];
+    buf.fill(byte);
+    for i in 0..mib {
+        f.write_all_at(buf, (offset_mib + i) << 20).unwrap();
+    }
 }

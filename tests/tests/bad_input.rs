@@ -141,6 +141,9 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
         (plain.path.to_str().unwrap(), plain_mnt.to_str().unwrap(), a_file.to_str().unwrap());
     let on_origin = dir.join("store.cow");
     let elsewhere = temp_dir("hostile");
+    // An application's directory: its config would be hidden under a mount.
+    let app_dir = temp_dir("app");
+    fs::write(app_dir.join("config"), b"port=8080\n").unwrap();
     let v = vol_path.as_str();
 
     let record = |name: &str| PathBuf::from(format!("{SESSIONS}/{name}"));
@@ -195,6 +198,8 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
         // Mount points.
         case(&["start", "-m", a_file_s, v], 2, "is not a directory", "give a directory"),
         case(&["start", "-m", plain_mnt_s, v], 4, "is a mount point already", "give another directory"),
+        case(&["start", "-m", "/etc", v], 2, "mount point /etc is not empty", "give an empty or new directory"),
+        case(&["start", "-m", app_dir.to_str().unwrap(), v], 2, "is not empty: the snapshot would hide", "-m"),
         case(&["start", "-m", "/nonexistent-hcp/x/y", v], 2, "its parent directory does not exist", "create it"),
         // Session names.
         case(&["remove", "/dev/hcp999"], 3, "no hcp session for /dev/hcp999", "give an hcp device"),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use hcp::kernel::dm::device::Dm;
 use hcp_tests::{
     assert_files, assert_matches_stats_schema, hcp, hcp_bin, hcp_json, hcp_json_exit, helper_running, require_root,
-    run, serial, temp_dir, write_files, Fs, LoopDevice, SystemState, Volume,
+    run, serial, temp_dir, write_direct, write_files, Fs, LoopDevice, SystemState, Volume,
 };
 use serde_json::Value;
 
@@ -346,7 +346,9 @@ fn a_traced_session_reports_what_it_costs() {
     assert_eq!(lines.len(), 3, "a line per interval: {lines:?}");
     for line in &lines {
         assert_matches_stats_schema(line);
-        assert!(line["interval_seconds"].as_f64().unwrap() >= 0.3, "{line}");
+        // On a fixed schedule: a read that came late makes the next
+        // interval as much shorter, never drifting.
+        assert!(line["interval_seconds"].as_f64().unwrap() >= 0.15, "{line}");
     }
     let in_lines: u64 = lines.iter().map(copies).sum();
     assert!(
@@ -423,19 +425,6 @@ fn hdr_log_counts(log: &[u8]) -> BTreeMap<String, u64> {
 }
 
 /// Bytes of the origin written with O_DIRECT, `mib` MiB from `offset_mib`.
-fn write_direct(dev: &Path, offset_mib: u64, mib: u64, byte: u8) {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let f = fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(dev).unwrap();
-    // O_DIRECT wants an aligned buffer: a Vec of u64s is 8-aligned, so
-    // over-allocate and take a 4 KiB-aligned window.
-    let mut raw = vec![0u8; (1 << 20) + 4096];
-    let skip = raw.as_ptr().align_offset(4096);
-    let buf = &mut raw[skip..skip + (1 << 20)];
-    buf.fill(byte);
-    for i in 0..mib {
-        f.write_all_at(buf, (offset_mib + i) << 20).unwrap();
-    }
-}
 
 #[test]
 #[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]

@@ -33,6 +33,7 @@ fn stats_of_an_idle_session_match_the_schema() {
         },
         mount: None,
         created_unix: 1,
+        snapshot_unix: None,
         chunk_bytes: 4096,
         quota_bytes: 1 << 20,
         trace: Some(TraceRecord {
@@ -42,6 +43,7 @@ fn stats_of_an_idle_session_match_the_schema() {
             at_start: None,
             window: None,
             report: None,
+            recorder: None,
         }),
         autoextend: None,
     };

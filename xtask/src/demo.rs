@@ -33,7 +33,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         timeout: 600,
         mem: 2048,
         smp: 1,
-        release: false,
+        // Optimised, as users run it: a debug build takes seconds longer to
+        // load the tracer, which the demo's figures would show.
+        release: true,
         no_build: false,
         verbose: false,
         cmd: vec!["bash".into(), "-c".into(), SCRIPT.into(), "demo.sh".into(), "/dev/vda".into()],
@@ -48,7 +50,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 fn run_here() -> Result<()> {
     eprintln!("xtask demo: this kernel has device-mapper; running the demo here on a scratch loop device");
     let root = crate::workspace_root();
-    let status = Command::new("cargo").args(["build", "-p", "hcp-user", "--bin", "hcp"]).current_dir(&root).status()?;
+    let status = Command::new("cargo")
+        .args(["build", "--release", "-p", "hcp-user", "--bin", "hcp"])
+        .current_dir(&root)
+        .status()?;
     if !status.success() {
         bail!("building hcp failed");
     }
@@ -60,7 +65,7 @@ fn run_here() -> Result<()> {
         bail!("losetup failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let disk = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let path = format!("{}:{}", root.join("target/debug").display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!("{}:{}", root.join("target/release").display(), std::env::var("PATH").unwrap_or_default());
     let status = Command::new("bash").args(["-c", SCRIPT, "demo.sh", &disk]).env("PATH", path).status();
     // The volume group lives on the scratch device: take it down before detaching.
     let _ = Command::new("lvm").args(["vgchange", "-an", "demo"]).status();

@@ -43,8 +43,11 @@ snap=$(ls -d /var/hcp/demo-data_hcp* | head -1)
 printf 'origin log: %s lines; snapshot log: %s lines (frozen at the start)\n' \
   "$(wc -l < /mnt/data/app.log)" "$(wc -l < "$snap/app.log")"
 
-say "hcp stats: what the snapshot cost the running system, measured in the kernel"
-run hcp stats hcp1
+say "hcp stats --history: the session's figures second by second (the last ten)"
+run sh -c "hcp stats hcp1 --history | tail -n 10"
+
+say "hcp stats: what the snapshot cost the running system, measured in the kernel, and the answer for an 8-hour backup window"
+run hcp stats hcp1 --window 8h
 
 say "The snapshot still holds the pre-snapshot files"
 run sh -c "cd $snap && sha256sum -c /tmp/before.sha256"

@@ -117,7 +117,7 @@ const SCALARS: [(&str, &str, &str, Figure); 20] = [
     (
         "hcp_read_amplification_ratio",
         GAUGE,
-        "Bytes read from the real device and the store per byte read from the origin and the snapshot",
+        "Bytes the real device and the store read for origin and snapshot reads per byte those reads asked for (copy-out not counted)",
         |s| s.read_amplification.map(Value::Float),
     ),
     ("hcp_freeze_call_seconds", GAUGE, "How long FIFREEZE took at the snapshot, on hcp's clock", |s| {
@@ -559,6 +559,7 @@ pub(crate) mod tests {
             },
             mount: None,
             created_unix: 1,
+            snapshot_unix: None,
             chunk_bytes: 4096,
             quota_bytes: 1 << 20,
             trace: Some(TraceRecord {
@@ -568,6 +569,7 @@ pub(crate) mod tests {
                 at_start: None,
                 window: None,
                 report: None,
+                recorder: None,
             }),
             autoextend: None,
         }

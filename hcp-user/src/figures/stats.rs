@@ -48,18 +48,41 @@ pub struct SessionStats {
     /// (bytes written to the real device + bytes written to the store) /
     /// bytes applications wrote to the origin; null before any write.
     pub write_amplification: Option<f64>,
-    /// (bytes read from the real device + from the store) / bytes read from
-    /// the origin and the snapshot; null before any read.
+    /// Bytes the real device and the store read for origin and snapshot
+    /// reads (the bios those passed down) / bytes the origin and snapshot
+    /// reads asked for; null before any read. Copy-out reads are not
+    /// counted: they serve writes, and `copy_out` has them.
     pub read_amplification: Option<f64>,
     pub cow_overhead: CowOverhead,
     pub freeze: Freeze,
     pub devices: Vec<DeviceStats>,
     /// Events that could not be measured, over all the session's devices.
     pub losses: Losses,
+    /// The session's recorded history (`hcp stats --history`); null for a
+    /// session traced without a recorder, and in per-interval figures.
+    pub history: Option<HistoryStatus>,
+    /// The answers to the rollout questions, from these figures and the
+    /// history; null without a history.
+    pub analysis: Option<super::analysis::Analysis>,
     /// The latency histograms behind the summaries above, for the terminal
     /// display and the Prometheus and HdrHistogram exports.
     #[serde(skip)]
     pub histograms: Vec<NamedHistogram>,
+}
+
+/// What a session's history holds, and whether its recorder still runs: a
+/// recorder that died leaves a history that stops where it did.
+#[derive(Clone, Debug, Serialize)]
+pub struct HistoryStatus {
+    pub path: PathBuf,
+    pub interval_seconds: f64,
+    /// Intervals kept (older ones merged into coarser ones).
+    pub intervals: usize,
+    /// The end of the last interval recorded; null before the first.
+    pub recorded_until_unix: Option<f64>,
+    pub recorder_running: bool,
+    /// Why the history could not be read, if it could not.
+    pub problem: Option<String>,
 }
 
 /// How full a session's store is, read from its snapshot's status line.
@@ -271,10 +294,12 @@ pub fn compute(session: &Session, counters: &Counters, now_unix: u64) -> Session
         real_io.bio_queued[IoOp::Write as usize].bytes + store_io.bio_queued[IoOp::Write as usize].bytes,
         app_writes.bytes,
     );
-    let read_amplification = ratio(
-        real_io.bio_queued[IoOp::Read as usize].bytes + store_io.bio_queued[IoOp::Read as usize].bytes,
-        app_reads.bytes + snapshot_reads.bytes,
-    );
+    // Reads the origin and the snapshot passed down: copy-out's own reads
+    // are the write side's (in `copy_out`), not caused by any read.
+    let remapped_reads =
+        [passed(real, origin, IoOp::Read), passed(real, snapshot, IoOp::Read), passed(store, snapshot, IoOp::Read)];
+    let read_amplification =
+        ratio(remapped_reads.iter().map(|c| c.bytes).sum(), app_reads.bytes + snapshot_reads.bytes);
 
     let baseline =
         trace.and_then(|t| t.baseline.as_ref()).map(from_record).filter(|h| h.count > 0).map(|h| summarize(&h));
@@ -384,6 +409,8 @@ pub fn compute(session: &Session, counters: &Counters, now_unix: u64) -> Session
         freeze,
         devices: device_stats,
         losses,
+        history: None,
+        analysis: None,
         histograms,
     }
 }

@@ -29,14 +29,10 @@
 //! commands that change sessions stop it first instead, so nothing races.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -46,6 +42,8 @@ use crate::kernel::loopdev::LoopDevice;
 use crate::size::{format_bytes, parse_size, SECTOR_BYTES};
 use crate::state::record::{self, Phase, Session};
 
+use super::worker;
+
 /// How often the monitor reads the snapshot's usage. dm-snapshot sends no
 /// event as its store fills, so it is polled: a status ioctl and a small
 /// record read, cheap enough four times a second. Between two looks the
@@ -53,16 +51,15 @@ use crate::state::record::{self, Phase, Session};
 /// store at 80%), so a faster writer needs a lower threshold.
 pub const POLL: Duration = Duration::from_millis(250);
 
-/// How long [`stop`] waits for the monitor to finish a growth step and exit
-/// before it kills it.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// After a failed growth step (a full filesystem), how long before the next
 /// try: the log gets one line per try, not four a second.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// The hidden subcommand the monitor runs as.
 pub const SUBCOMMAND: &str = "__autoextend";
+
+/// The monitor, in messages.
+const WHAT: &str = "the auto-extend monitor";
 
 const SPEC_FIX: &str = "give --autoextend THRESHOLD%:GROWTH%, e.g. 80%:20% (grow by 20% when 80% full)";
 
@@ -230,35 +227,7 @@ pub fn log_path(id: &str) -> PathBuf {
 /// Starts the monitor of session `id`, whose record (with its auto-extend
 /// settings) must be saved already. The caller records the pid.
 pub fn spawn(id: &str) -> Result<Child> {
-    let exe = std::env::current_exe().map_err(|e| Error::io("finding hcp's own binary for the monitor", e))?;
-    let log = log_path(id);
-    if let Some(dir) = log.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    }
-    let out = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&log)
-        .map_err(|e| Error::io(format!("creating {}", log.display()), e))?;
-    let err = out.try_clone().map_err(|e| Error::io(log.display(), e))?;
-    let mut command = Command::new(exe);
-    command.args([SUBCOMMAND, id]).stdin(Stdio::null()).stdout(out).stderr(err);
-    // SAFETY: setsid is async-signal-safe and touches no memory of ours. In
-    // a session of its own from its first instruction, the monitor gets no
-    // signal meant for the terminal hcp was started from.
-    unsafe {
-        command.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    command.spawn().map_err(|e| Error::io("starting the auto-extend monitor", e))
+    worker::spawn(SUBCOMMAND, id, &log_path(id), WHAT)
 }
 
 /// Stops the monitor of `session` if it runs, and waits until it has
@@ -268,107 +237,34 @@ pub fn spawn(id: &str) -> Result<Child> {
 /// (`remove`, `recover`), before it touches them.
 pub fn stop(session: &Session) -> Result<()> {
     let Some(pid) = session.autoextend.as_ref().and_then(|a| a.pid) else { return Ok(()) };
-    if !is_monitor(pid, &session.id) {
-        return Ok(()); // exited already (or the pid is someone else's now)
-    }
-    for (signal, wait) in [(libc::SIGTERM, STOP_TIMEOUT), (libc::SIGKILL, Duration::from_secs(2))] {
-        // SAFETY: kill has no memory effects; the pid was checked to be our
-        // monitor just now.
-        unsafe { libc::kill(pid, signal) };
-        let until = Instant::now() + wait;
-        while Instant::now() < until {
-            if !is_monitor(pid, &session.id) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    Err(Error::system(format!(
-        "the auto-extend monitor of {} (pid {pid}) does not exit even on SIGKILL: it is stuck in the kernel; retry later",
-        session.id
-    )))
+    worker::stop(pid, SUBCOMMAND, &session.id, WHAT)
 }
 
-/// Stops a monitor this process started (a failed `start` undoing itself),
-/// as [`stop`] does, and reaps it.
-pub fn stop_child(mut child: Child) -> Result<()> {
-    for (signal, wait) in [(libc::SIGTERM, STOP_TIMEOUT), (libc::SIGKILL, Duration::from_secs(2))] {
-        // SAFETY: kill has no memory effects; the child is ours and not yet
-        // reaped, so its pid cannot have been reused.
-        unsafe { libc::kill(child.id() as i32, signal) };
-        let until = Instant::now() + wait;
-        while Instant::now() < until {
-            if child.try_wait().map_err(|e| Error::io("waiting for the auto-extend monitor", e))?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    Err(Error::system(format!("the auto-extend monitor (pid {}) does not exit even on SIGKILL", child.id())))
+/// Stops a monitor this process started (a failed `start` undoing itself).
+pub fn stop_child(child: Child) -> Result<()> {
+    worker::stop_child(child, WHAT)
 }
 
 /// Whether the monitor of `session` runs (for `list`).
 pub fn running(session: &Session) -> bool {
-    session.autoextend.as_ref().and_then(|a| a.pid).is_some_and(|pid| is_monitor(pid, &session.id))
-}
-
-/// Whether `pid` is a live `hcp __autoextend <id>`. A pid alone could be
-/// reused by then; an exited monitor whose parent has not reaped it yet (a
-/// zombie) no longer runs.
-fn is_monitor(pid: i32, id: &str) -> bool {
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    let cmdline = std::fs::read(proc.join("cmdline")).unwrap_or_default();
-    let stat = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
-    is_monitor_cmdline(&cmdline, id) && process_state(&stat).is_some_and(|s| s != 'Z' && s != 'X')
-}
-
-/// `/proc/PID/cmdline` (NUL-separated) is `<exe> __autoextend <id>`.
-fn is_monitor_cmdline(cmdline: &[u8], id: &str) -> bool {
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    args.len() >= 3 && args[1] == SUBCOMMAND.as_bytes() && args[2] == id.as_bytes()
-}
-
-/// The state letter of `/proc/PID/stat`: the first field after the command
-/// name, which is in parentheses and may itself hold spaces and `)`.
-fn process_state(stat: &str) -> Option<char> {
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-/// Set by SIGTERM (and SIGINT, SIGHUP): the monitor ends after the step in
-/// progress.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
+    session.autoextend.as_ref().and_then(|a| a.pid).is_some_and(|pid| worker::is_running(pid, SUBCOMMAND, &session.id))
 }
 
 /// The monitor (`hcp __autoextend ID`): watches session `id` until it is
 /// removed or its snapshot is invalid. Returns the exit status: 0 when the
 /// session ended or it was stopped, 1 on an error it cannot go on from.
 pub fn serve(id: &str) -> i32 {
-    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe.
-        unsafe { libc::signal(signal, on_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
-    }
+    worker::on_stop_signals();
     match Monitor::new(id).and_then(|mut m| m.run()) {
         Ok(why) => {
-            log(&format!("stopped: {why}"));
+            worker::log(&format!("stopped: {why}"));
             0
         }
         Err(e) => {
-            log(&format!("error: {e}; the store no longer grows"));
+            worker::log(&format!("error: {e}; the store no longer grows"));
             1
         }
     }
-}
-
-/// One line of the log, timestamped.
-fn log(line: &str) {
-    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{now} {line}");
-    let _ = out.flush();
 }
 
 /// What one look at the snapshot asks for next.
@@ -418,7 +314,7 @@ impl Monitor {
             .ok_or_else(|| {
                 Error::not_found(format!("{} is not attached to {}", lo_path.display(), session.store.path.display()))
             })?;
-        log(&format!(
+        worker::log(&format!(
             "watching {id}: store {} (through {}), grow by {}% at {}% use, up to the quota of {}",
             session.store.path.display(),
             lo_path.display(),
@@ -444,7 +340,7 @@ impl Monitor {
     /// Looks until the session is over; returns why it ended.
     fn run(&mut self) -> Result<String> {
         loop {
-            if STOP.load(Ordering::SeqCst) {
+            if worker::stop_requested() {
                 return Ok("asked to stop".to_string());
             }
             match self.look()? {
@@ -492,7 +388,7 @@ impl Monitor {
         let Some(target) = next_size(current, self.growth_percent, self.quota, self.chunk) else {
             if !self.told_at_quota {
                 self.told_at_quota = true;
-                log(&format!(
+                worker::log(&format!(
                     "the store is {:.1}% full and at its quota of {}: it cannot grow further, and the snapshot is \
                      invalidated if it fills",
                     percent(allocated, total),
@@ -508,7 +404,7 @@ impl Monitor {
                     Some(SnapshotStatus::Active { total, .. }) => total * SECTOR_BYTES,
                     _ => return Ok(Next::Again), // invalid meanwhile: the next look says so
                 };
-                log(&format!(
+                worker::log(&format!(
                     "grew the store from {} to {} at {:.1}% use ({} of {} sectors); dm-snapshot now sees {}",
                     format_bytes(current),
                     format_bytes(target),
@@ -529,7 +425,7 @@ impl Monitor {
             }
             Err(e) => {
                 self.failed_at = Some(Instant::now());
-                log(&format!(
+                worker::log(&format!(
                     "could not grow the store from {} to {} ({:.1}% full): {e}; retrying in {} s",
                     format_bytes(current),
                     format_bytes(target),
@@ -600,10 +496,7 @@ fn percent(allocated: u64, total: u64) -> f64 {
 
 /// Sleeps for `period`, waking early when asked to stop.
 fn pause(period: Duration) {
-    let until = Instant::now() + period;
-    while !STOP.load(Ordering::SeqCst) && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(25).min(until.saturating_duration_since(Instant::now())));
-    }
+    worker::pause_until(Instant::now() + period);
 }
 
 #[cfg(test)]
@@ -720,17 +613,5 @@ mod tests {
         assert!(needs_growth(100, 100, 80));
         assert!(needs_growth(1, 100, 1));
         assert!(!needs_growth(u64::MAX / 2, u64::MAX, 99), "no overflow");
-    }
-
-    #[test]
-    fn monitors_are_told_apart() {
-        assert!(is_monitor_cmdline(b"/usr/bin/hcp\0__autoextend\0hcp3\0", "hcp3"));
-        assert!(!is_monitor_cmdline(b"/usr/bin/hcp\0__autoextend\0hcp31\0", "hcp3"));
-        assert!(!is_monitor_cmdline(b"/usr/bin/hcp\0__guard\0hcp3\0", "hcp3"));
-        assert!(!is_monitor_cmdline(b"", "hcp3"));
-        assert_eq!(process_state("1234 (hcp) S 1 1234"), Some('S'));
-        assert_eq!(process_state("1234 (a) b) Z 1 1234"), Some('Z'));
-        assert_eq!(process_state(""), None);
-        assert!(!is_monitor(i32::MAX, "hcp1"), "no such process");
     }
 }

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::figures::stats::{self, SessionStats, StoreUse};
 use crate::kernel::blockdev::BlockDevice;
 use crate::kernel::devnum::DevNum;
 use crate::kernel::dm::device::Dm;
@@ -13,6 +14,7 @@ use crate::kernel::dm::status::SnapshotStatus;
 use crate::kernel::dm::table::{SnapshotOrigin, TargetParams};
 use crate::kernel::dm::uuid::{UUID_COW, UUID_ORIGIN, UUID_REAL, UUID_SNAPSHOT};
 use crate::state::record::{Phase, Session, SessionState};
+use crate::tracer::pins;
 
 /// `/dev/hcpN`.
 pub fn snapshot_node(id: &str) -> PathBuf {
@@ -213,4 +215,26 @@ pub(super) fn leftovers(dm: &Dm, sessions: &[Session]) -> Result<Vec<(String, St
         }
     }
     Ok(out)
+}
+
+/// `stats` with what device-mapper says now: the session's state (is the
+/// snapshot still valid?) and how full its store is.
+pub(super) fn with_live_state(mut stats: SessionStats, dm: &Dm, session: &Session) -> Result<SessionStats> {
+    let (state, status) = state_of(dm, session)?;
+    stats.state = Some(state);
+    stats.store = Some(StoreUse {
+        size_bytes: store_bytes_now(session, status.as_ref()),
+        used_bytes: status.and_then(|s| s.used_bytes()),
+        use_percent: status.and_then(|s| s.use_percent()),
+        quota_bytes: session.quota_bytes,
+        autoextend: session.autoextend.is_some(),
+    });
+    Ok(stats)
+}
+
+/// The session's figures from `counters`, with device-mapper's view of its
+/// store where it can be read (the recorder's per-interval figures).
+pub(super) fn live_figures(session: &Session, counters: &pins::Counters, dm: &Dm) -> SessionStats {
+    let stats = stats::compute(session, counters, crate::clock::now_unix());
+    with_live_state(stats.clone(), dm, session).unwrap_or(stats)
 }

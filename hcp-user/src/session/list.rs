@@ -23,6 +23,8 @@ pub struct ListEntry {
     pub store: PathBuf,
     pub store_loop_device: Option<PathBuf>,
     pub mount_point: Option<PathBuf>,
+    /// The snapshot's point in time: the end of the switch (for a session
+    /// not live yet, and records of older hcp: the command's start).
     pub created: String,
     pub created_unix: u64,
     /// Bytes of origin data copied into the store since the snapshot
@@ -88,8 +90,8 @@ fn entry(dm: &Dm, s: &Session, in_progress: bool) -> Result<ListEntry> {
         store: s.store.path.clone(),
         store_loop_device: s.store.loop_device.clone(),
         mount_point: s.mount.as_ref().map(|m| m.path.clone()),
-        created: format_time(s.created_unix),
-        created_unix: s.created_unix,
+        created: format_time(point_in_time(s)),
+        created_unix: point_in_time(s),
         changed_bytes: active.map(|(allocated, _, metadata)| allocated.saturating_sub(metadata) << 9),
         store_used_bytes: active.map(|(allocated, _, _)| allocated << 9),
         store_bytes: store_bytes_now(s, status.as_ref()),
@@ -148,4 +150,9 @@ pub fn show(device: &str) -> Result<Shown> {
         )));
     }
     Ok(Shown { device: dev.display_path(), snapshots })
+}
+
+/// The snapshot's point in time, in whole seconds.
+fn point_in_time(s: &Session) -> u64 {
+    s.snapshot_unix.map_or(s.created_unix, |t| t as u64)
 }

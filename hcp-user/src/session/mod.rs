@@ -16,10 +16,12 @@
 pub mod autoextend;
 mod inspect;
 mod list;
+pub mod recorder;
 mod recover;
 mod remove;
 mod start;
 mod trace;
+mod worker;
 
 pub use inspect::snapshot_node;
 pub use list::{list, show, AutoextendEntry, ListEntry, Shown};
@@ -27,5 +29,6 @@ pub use recover::{recover, Recovered};
 pub use remove::{remove, RemoveOptions, Removed};
 pub use start::{start, StartOptions, Started};
 pub use trace::{
-    attach_session as trace_attach, follow as follow_stats, histogram_log_path, report_path, stats, stats_all,
+    attach_session as trace_attach, follow as follow_stats, histogram_log_path, history, history_copy_path,
+    report_path, stats, stats_all,
 };

@@ -162,6 +162,9 @@ pub(super) fn remove_one(
     // Nothing was changed yet. The monitor goes first: it must not grow the
     // store while the session is taken apart.
     crate::session::autoextend::stop(session)?;
+    // The recorder records the interval in progress as it stops: the
+    // history ends where the final report's figures do.
+    crate::session::recorder::stop(session)?;
     let snapshot_invalidated = super::inspect::state_of(dm, session)?.0 == SessionState::Invalid;
     if let Some(m) = our_mount {
         crate::kernel::mount::unmount(&m.path)?;
@@ -219,6 +222,9 @@ pub(super) fn remove_one(
     } else {
         session.store.created_file.then(|| session.store.path.clone()).filter(|p| p.exists())
     };
+    // Before the record: a crash between the two leaves the record, and
+    // `recover` deletes the history with it.
+    crate::state::history::delete(&session.id)?;
     record::delete(&session.id)?;
     let autoextend_log = session.autoextend.as_ref().and_then(|a| {
         if snapshot_invalidated && a.log.exists() {

@@ -8,11 +8,15 @@ use hcp_common::bio::{Level, Role};
 use hcp_common::IoOp;
 
 use crate::error::{Error, Result};
-use crate::figures::stats::{self, SessionStats, StoreUse};
+use crate::figures::analysis::Totals;
+use crate::figures::interval::IntervalStats;
+use crate::figures::stats::HistoryStatus;
+use crate::figures::stats::{self, SessionStats};
 use crate::kernel::devnum::DevNum;
 use crate::kernel::dm::device::Dm;
 use crate::state::counters::{CountersRecord, HistRecord};
-use crate::state::record::{KernelWindow, Session, TraceRecord, TracedDevice, WindowRecord};
+use crate::state::history::{self, History};
+use crate::state::record::{KernelWindow, RecorderRecord, Session, TraceRecord, TracedDevice, WindowRecord};
 use crate::tracer::freeze_trace::{self, FreezeTracer};
 use crate::tracer::pins;
 
@@ -116,6 +120,7 @@ pub(super) fn record(
         at_start,
         window,
         report,
+        recorder: None,
     }
 }
 
@@ -128,22 +133,44 @@ pub fn read(session: &Session) -> Result<SessionStats> {
         )));
     }
     let counters = pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")))?;
-    with_live_state(stats::compute(session, &counters, crate::clock::now_unix()), &Dm::open()?, session)
+    let stats = super::inspect::with_live_state(
+        stats::compute(session, &counters, crate::clock::now_unix()),
+        &Dm::open()?,
+        session,
+    )?;
+    Ok(with_history(stats, session, None))
 }
 
-/// `stats` with what device-mapper says now: the session's state (is the
-/// snapshot still valid?) and how full its store is.
-fn with_live_state(mut stats: SessionStats, dm: &Dm, session: &Session) -> Result<SessionStats> {
-    let (state, status) = super::inspect::state_of(dm, session)?;
-    stats.state = Some(state);
-    stats.store = Some(StoreUse {
-        size_bytes: super::inspect::store_bytes_now(session, status.as_ref()),
-        used_bytes: status.and_then(|s| s.used_bytes()),
-        use_percent: status.and_then(|s| s.use_percent()),
-        quota_bytes: session.quota_bytes,
-        autoextend: session.autoextend.is_some(),
+/// `stats` with what the session's history holds, whether its recorder
+/// runs, and the analysis (with the store a `window` would need).
+fn with_history(mut stats: SessionStats, session: &Session, window: Option<Duration>) -> SessionStats {
+    let Some(recorder) = session.trace.as_ref().and_then(|t| t.recorder.as_ref()) else { return stats };
+    let loaded = history::load(&session.id);
+    if let Ok(Some(h)) = &loaded {
+        let intervals: Vec<_> = h.intervals().cloned().collect();
+        if !intervals.is_empty() {
+            let window = window.map(|w| w.as_secs_f64());
+            let totals = Totals {
+                baseline: stats.cow_overhead.baseline.as_ref(),
+                during: stats.cow_overhead.during.as_ref(),
+                switch: &stats.freeze,
+                write_amplification: stats.write_amplification,
+                store_used_bytes: stats.store.as_ref().and_then(|s| s.used_bytes),
+                store_quota_bytes: stats.store.as_ref().map_or(session.quota_bytes, |s| s.quota_bytes),
+            };
+            stats.analysis = Some(crate::figures::analysis::analyze(&totals, &intervals, window));
+        }
+    }
+    let last = loaded.as_ref().ok().and_then(|h| h.as_ref()?.intervals().last().map(|iv| iv.end_unix));
+    stats.history = Some(HistoryStatus {
+        path: history::path(&session.id),
+        interval_seconds: recorder.interval_seconds,
+        intervals: loaded.as_ref().ok().and_then(|h| h.as_ref().map(History::len)).unwrap_or(0),
+        recorded_until_unix: last,
+        recorder_running: super::recorder::running(session),
+        problem: loaded.err().map(|e| e.message().to_string()),
     });
-    Ok(stats)
+    stats
 }
 
 /// Stops tracing `session`'s devices that no other traced session uses.
@@ -182,6 +209,14 @@ pub fn histogram_log_path(report: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The session's history beside its report: the report's path with
+/// `.history.ndjson` added.
+pub fn history_copy_path(report: &Path) -> PathBuf {
+    let mut name = report.as_os_str().to_owned();
+    name.push(".history.ndjson");
+    PathBuf::from(name)
+}
+
 /// `--report FILE`, checked before anything changes and made absolute (the
 /// report is written later, maybe from another directory): its directory
 /// must exist, and neither it nor its `.hlog` may (hcp does not overwrite
@@ -197,7 +232,7 @@ pub(super) fn check_report_path(path: &Path) -> Result<PathBuf> {
     if absolute.is_dir() {
         return Err(bad("is a directory: give a file name in it"));
     }
-    for existing in [absolute.clone(), histogram_log_path(&absolute)] {
+    for existing in [absolute.clone(), histogram_log_path(&absolute), history_copy_path(&absolute)] {
         if fs_entry_exists(&existing) {
             return Err(bad(&format!(
                 "{} exists already: give a new file name (hcp does not overwrite files)",
@@ -233,6 +268,11 @@ pub(super) fn write_report(session: &Session, to: Option<&Path>) -> Result<PathB
     crate::figures::hdr_log::write(&mut out, &stats, start, interval)
         .and_then(|()| std::fs::write(&log, out))
         .map_err(|e| Error::io(format!("writing histogram log {}", log.display()), e))?;
+    if let Some(h) = history::load(&session.id)? {
+        let copy = history_copy_path(&path);
+        std::fs::write(&copy, h.to_ndjson())
+            .map_err(|e| Error::io(format!("writing the session's history {}", copy.display()), e))?;
+    }
     Ok(path)
 }
 
@@ -248,7 +288,10 @@ pub fn stats_all() -> Result<Vec<SessionStats>> {
     let dm = Dm::open()?;
     traced
         .into_iter()
-        .map(|s| with_live_state(stats::compute(s, &counters, crate::clock::now_unix()), &dm, s))
+        .map(|s| {
+            super::inspect::with_live_state(stats::compute(s, &counters, crate::clock::now_unix()), &dm, s)
+                .map(|st| with_history(st, s, None))
+        })
         .collect()
 }
 
@@ -275,10 +318,13 @@ pub(super) fn devices_of(session: &Session) -> Vec<(DevNum, Role, PathBuf)> {
     .collect()
 }
 
-/// `hcp stats TARGET`: the figures of a traced session.
-pub fn stats(target: &str) -> Result<SessionStats> {
+/// `hcp stats TARGET [--window DURATION]`: the figures of a traced session,
+/// with the store a session of `window` would need.
+pub fn stats(target: &str, window: Option<Duration>) -> Result<SessionStats> {
     let sessions = crate::state::record::load_all()?;
-    read(find(&sessions, target)?)
+    let session = find(&sessions, target)?;
+    let figures = read(session)?;
+    Ok(if window.is_some() { with_history(figures, session, window) } else { figures })
 }
 
 /// `hcp stats TARGET --follow`: calls `emit` with the figures of each
@@ -292,9 +338,14 @@ pub fn follow(target: &str, interval: Duration, mut emit: impl FnMut(&SessionSta
     let dm = Dm::open()?;
     let read_counters = || pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")));
     let mut before = crate::state::counters::record_counters(&read_counters()?, &devices);
+    // A fixed schedule: line k covers up to k intervals after the first
+    // read, however long each read and print took, so lines never drift.
+    let first = std::time::Instant::now();
+    let mut began = first;
+    let mut tick: u32 = 1;
     loop {
-        let began = std::time::Instant::now();
-        std::thread::sleep(interval);
+        let due = first + interval * tick;
+        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
         if !crate::state::record::load_all()?.iter().any(|s| s.id == session.id) {
             return Ok(()); // removed: its final report is written
         }
@@ -302,13 +353,46 @@ pub fn follow(target: &str, interval: Duration, mut emit: impl FnMut(&SessionSta
         if let Some(trace) = session.trace.as_mut() {
             trace.at_start = Some(before);
         }
-        let mut figures = with_live_state(stats::compute(&session, &now, crate::clock::now_unix()), &dm, &session)?;
-        figures.interval_seconds = Some(began.elapsed().as_secs_f64());
+        let mut figures =
+            super::inspect::with_live_state(stats::compute(&session, &now, crate::clock::now_unix()), &dm, &session)?;
+        let read_at = std::time::Instant::now();
+        figures.interval_seconds = Some(read_at.duration_since(began).as_secs_f64());
+        began = read_at;
         if !emit(&figures) {
             return Ok(());
         }
         before = crate::state::counters::record_counters(&now, &devices);
+        // Behind schedule (a stalled machine): skip to the next slot to come.
+        tick = tick.max((first.elapsed().as_secs_f64() / interval.as_secs_f64()) as u32) + 1;
     }
+}
+
+/// `hcp stats TARGET --history`: the session's recorded intervals that end
+/// after `since` and begin before `until` (seconds since the epoch), oldest
+/// first, and what the history holds (whether its recorder still runs).
+pub fn history(target: &str, since: Option<f64>, until: Option<f64>) -> Result<(Vec<IntervalStats>, HistoryStatus)> {
+    let sessions = crate::state::record::load_all()?;
+    let session = find(&sessions, target)?;
+    if session.trace.as_ref().and_then(|t| t.recorder.as_ref()).is_none() {
+        return Err(Error::usage(format!(
+            "session {} has no recorded history: it is not traced (start sessions with --trace), or was traced by \
+             an older hcp; `hcp stats {}` gives its totals",
+            session.id, session.id
+        )));
+    }
+    let status = with_history(stats::compute(session, &pins::Counters::default(), 0), session, None)
+        .history
+        .expect("a session with a recorder has a history status");
+    if let Some(problem) = &status.problem {
+        return Err(Error::refused(problem.clone()));
+    }
+    let Some(h) = history::load(&session.id)? else { return Ok((Vec::new(), status)) };
+    let shown = h
+        .intervals()
+        .filter(|iv| since.is_none_or(|s| iv.end_unix > s) && until.is_none_or(|u| iv.start_unix < u))
+        .map(|iv| crate::figures::interval::figures(&session.id, iv))
+        .collect();
+    Ok((shown, status))
 }
 
 /// `hcp trace attach TARGET`: starts tracing a running session (without a
@@ -332,7 +416,16 @@ pub fn attach_session(target: &str) -> Result<PathBuf> {
         Some(_) => Some(counters_now(&devnums)?),
         None => None,
     };
-    session.trace = Some(record(&devices, None, at_start, None, None));
+    let mut trace = record(&devices, None, at_start, None, None);
+    let interval = super::recorder::DEFAULT_INTERVAL.as_secs_f64();
+    trace.recorder = Some(RecorderRecord { pid: None, interval_seconds: interval });
+    session.trace = Some(trace);
+    crate::state::record::save(&session)?;
+    // Live already: the recorder starts at once, from the counters above.
+    let child = super::recorder::spawn(&session.id)?;
+    if let Some(r) = session.trace.as_mut().and_then(|t| t.recorder.as_mut()) {
+        r.pid = Some(child.id() as i32);
+    }
     crate::state::record::save(&session)?;
     Ok(session.snapshot_path.clone())
 }

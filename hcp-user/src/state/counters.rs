@@ -202,6 +202,36 @@ pub struct HistRecord {
     pub buckets: Vec<(u32, u64)>,
 }
 
+impl HistRecord {
+    /// Adds the samples of `other`, as [`crate::tracer::hist::merge`] does
+    /// for full histograms, without unpacking either.
+    pub fn merge(&mut self, other: &HistRecord) {
+        self.count += other.count;
+        self.sum_ns = self.sum_ns.wrapping_add(other.sum_ns);
+        self.max_ns = self.max_ns.max(other.max_ns);
+        let mut merged = Vec::with_capacity(self.buckets.len().max(other.buckets.len()));
+        let (mut a, mut b) = (self.buckets.iter().peekable(), other.buckets.iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.0 == y.0 => (x.0, x.1 + y.1),
+                (Some(&&x), Some(y)) if x.0 < y.0 => x,
+                (Some(_), Some(&&y)) => y,
+                (Some(&&x), None) => x,
+                (None, Some(&&y)) => y,
+                (None, None) => break,
+            };
+            if a.peek().is_some_and(|x| x.0 == next.0) {
+                a.next();
+            }
+            if b.peek().is_some_and(|y| y.0 == next.0) {
+                b.next();
+            }
+            merged.push(next);
+        }
+        self.buckets = merged;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use hcp_common::{DevIoStats, IoOp};
@@ -239,6 +269,17 @@ mod tests {
         assert_eq!(serde_json::from_str::<CountersRecord>(&json).unwrap(), before, "records survive the session file");
         let old = r#"{"io": [], "remaps": [], "latency": [], "losses": []}"#;
         assert_eq!(serde_json::from_str::<CountersRecord>(old).unwrap().skipped_runs, 0, "an older record reads");
+    }
+
+    #[test]
+    fn sparse_records_merge_as_full_histograms_do() {
+        let (a, b) = (from_samples(&[1_000, 2_000, 2_000, 9_000_000]), from_samples(&[2_000, 40_000, 9_000_000, 1]));
+        let mut merged = to_record(&a);
+        merged.merge(&to_record(&b));
+        assert_eq!(from_record(&merged), crate::tracer::hist::merge([a, b]));
+        let mut empty = HistRecord::default();
+        empty.merge(&to_record(&a));
+        assert_eq!(from_record(&empty), a);
     }
 
     #[test]

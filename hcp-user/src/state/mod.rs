@@ -4,6 +4,7 @@
 
 pub mod counters;
 pub mod dirs;
+pub mod history;
 pub mod lock;
 pub mod private;
 pub mod record;

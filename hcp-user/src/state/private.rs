@@ -137,6 +137,12 @@ pub(crate) fn hostile(what: &str, path: &Path, problem: impl std::fmt::Display) 
 /// exist (or went away since its directory was read: a concurrent remove).
 /// `what` names it in errors.
 pub(crate) fn read_private_file(path: &Path, owner: u32, what: &str) -> Result<Option<Vec<u8>>> {
+    read_private_file_up_to(path, owner, what, MAX_RECORD_BYTES)
+}
+
+/// [`read_private_file`], for a file that may be larger than a record (up
+/// to `max_bytes`).
+pub(crate) fn read_private_file_up_to(path: &Path, owner: u32, what: &str, max_bytes: u64) -> Result<Option<Vec<u8>>> {
     let hostile = |problem: String| hostile(what, path, problem);
     // O_NOFOLLOW: a symlink fails with ELOOP instead of being followed.
     // O_NONBLOCK: opening a planted FIFO must not wait for a writer.
@@ -160,15 +166,15 @@ pub(crate) fn read_private_file(path: &Path, owner: u32, what: &str) -> Result<O
     if meta.mode() & 0o022 != 0 {
         return Err(hostile(format!("is writable by group or others (mode {:04o})", meta.mode() & 0o7777)));
     }
-    let too_big = || hostile(format!("is larger than {} KiB, far more than any record", MAX_RECORD_BYTES >> 10));
-    if meta.len() > MAX_RECORD_BYTES {
+    let too_big = || hostile(format!("is larger than {} KiB, far more than any record", max_bytes >> 10));
+    if meta.len() > max_bytes {
         return Err(too_big());
     }
     let mut text = Vec::new();
-    file.take(MAX_RECORD_BYTES + 1)
+    file.take(max_bytes + 1)
         .read_to_end(&mut text)
         .map_err(|e| Error::io(format!("reading {what} {}", path.display()), e))?;
-    if text.len() as u64 > MAX_RECORD_BYTES {
+    if text.len() as u64 > max_bytes {
         return Err(too_big());
     }
     Ok(Some(text))

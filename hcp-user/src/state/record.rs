@@ -75,6 +75,12 @@ pub struct Session {
     pub mount: Option<MountRecord>,
     /// Seconds since the Unix epoch.
     pub created_unix: u64,
+    /// The snapshot's point in time: the end of the switch (seconds since
+    /// the Unix epoch, wall clock); None until then, and in records of
+    /// older hcp. `created_unix` stays the command's start: it tells this
+    /// session from a later one of the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_unix: Option<f64>,
     pub chunk_bytes: u64,
     pub quota_bytes: u64,
     /// Set while the session is traced (`--trace`, `hcp trace attach`).
@@ -118,6 +124,20 @@ pub struct TraceRecord {
     /// `/var/lib/hcp/reports/`.
     #[serde(default)]
     pub report: Option<PathBuf>,
+    /// The recorder of the session's history; None for a session traced
+    /// without one (older hcp).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorder: Option<RecorderRecord>,
+}
+
+/// The process that records a traced session's history (see
+/// `session::recorder`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecorderRecord {
+    /// `hcp __record hcpN`; None until it runs.
+    pub pid: Option<i32>,
+    /// Seconds between two of its reads.
+    pub interval_seconds: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -339,6 +359,7 @@ mod tests {
             },
             mount: Some(MountRecord { path: "/var/hcp/vg0-data_hcp1".into(), read_only: false, created_dir: true }),
             created_unix: 1_800_000_000,
+            snapshot_unix: None,
             chunk_bytes: 4096,
             quota_bytes: 1 << 30,
             trace: None,

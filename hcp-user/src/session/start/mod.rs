@@ -54,7 +54,12 @@ pub struct Started {
     pub filesystem: Option<String>,
     /// Why the snapshot could not be mounted (the session is kept).
     pub mount_error: Option<String>,
+    /// The snapshot's point in time: the end of the switch (RFC 3339, and
+    /// seconds since the Unix epoch).
     pub created: String,
+    pub created_unix: f64,
+    /// When the command began (with `--trace`, the baseline comes first).
+    pub command_started: String,
     pub timing: Timing,
 }
 
@@ -97,7 +102,8 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
     let mut timing = switch(&dm, &plan, &prepared, &mut undo)?;
     undo.disarm();
     timing.snapshot_seconds = begun.elapsed().as_secs_f64();
-    finish(opts, &plan, prepared, timing)
+    let switched_unix = crate::session::recorder::wall_clock();
+    finish(opts, &plan, prepared, timing, switched_unix)
 }
 
 /// The switch: the origin moves onto `snapshot-origin` with the snapshot
@@ -151,8 +157,15 @@ fn switch<'a>(dm: &'a Dm, plan: &Plan, prepared: &Prepared, undo: &mut Undo<'a>)
 /// The snapshot is live: its node, the kernel's figures of the switch, the
 /// record marked active, and the mount. Nothing here undoes the session; a
 /// mount that fails leaves it unmounted and says why.
-fn finish(opts: &StartOptions, plan: &Plan, prepared: Prepared, mut timing: Timing) -> Result<Started> {
+fn finish(
+    opts: &StartOptions,
+    plan: &Plan,
+    prepared: Prepared,
+    mut timing: Timing,
+    switched_unix: f64,
+) -> Result<Started> {
     let Prepared { mut session, store_bytes, snapshot, tracing, .. } = prepared;
+    session.snapshot_unix = Some(switched_unix);
     let origin_name = plan.origin.origin_name();
     let mut tracing = tracing;
     if let Some(mut tracer) = tracing.as_mut().and_then(|t| t.switch_tracer.take()) {
@@ -182,13 +195,10 @@ fn finish(opts: &StartOptions, plan: &Plan, prepared: Prepared, mut timing: Timi
             suspended_seconds: timing.suspended_seconds,
             kernel: timing.kernel.clone(),
         };
-        session.trace = Some(crate::session::trace::record(
-            &now,
-            tracing.baseline,
-            tracing.at_start,
-            Some(window),
-            plan.report.clone(),
-        ));
+        let mut trace =
+            crate::session::trace::record(&now, tracing.baseline, tracing.at_start, Some(window), plan.report.clone());
+        trace.recorder = Some(tracing.recorder);
+        session.trace = Some(trace);
     }
     session.phase = Phase::Active;
     record::save(&session)?;
@@ -209,7 +219,9 @@ fn finish(opts: &StartOptions, plan: &Plan, prepared: Prepared, mut timing: Timi
         read_only: opts.read_only,
         filesystem: None,
         mount_error: None,
-        created: crate::clock::format_time(session.created_unix),
+        created: crate::clock::format_time(switched_unix as u64),
+        created_unix: switched_unix,
+        command_started: crate::clock::format_time(session.created_unix),
         timing,
     };
     if let Some(record) = &session.mount {

@@ -28,6 +28,9 @@ pub struct StartOptions {
     pub baseline: Duration,
     /// With `trace`: where `remove` writes the final report.
     pub report: Option<PathBuf>,
+    /// With `trace`: how often the recorder reads the session's figures
+    /// into its history (zero: the default, 1 s).
+    pub history_interval: Duration,
 }
 
 impl StartOptions {

@@ -407,6 +407,15 @@ fn check_mount_point(path: &Path, mounts: &MountTable) -> Result<()> {
         Ok(_) if mounts.mount_at(path).is_some() => {
             Err(Error::busy(format!("{} is a mount point already: give another directory with -m", path.display())))
         }
+        // The snapshot would hide what is there (`-m /etc`) for the
+        // session's whole life, from every service that reads it.
+        Ok(_) if std::fs::read_dir(path).map_err(|e| Error::io(path.display(), e))?.next().is_some() => {
+            Err(Error::usage(format!(
+                "mount point {} is not empty: the snapshot would hide its files while mounted; give an empty or new \
+                 directory with -m",
+                path.display()
+            )))
+        }
         Ok(_) => Ok(()),
         Err(_) if path.parent().is_some_and(|p| p.exists()) || path.starts_with(DEFAULT_MOUNT_DIR) => Ok(()),
         Err(_) => Err(Error::usage(format!(

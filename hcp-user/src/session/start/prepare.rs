@@ -16,12 +16,14 @@ use crate::kernel::devnum::DevNum;
 use crate::kernel::dm::device::Dm;
 use crate::kernel::dm::table::{Persistence, Snapshot, SnapshotOrigin, TableLine, TargetParams};
 use crate::kernel::dm::uuid::{self, UUID_REAL, UUID_SNAPSHOT};
-use crate::session::autoextend;
 use crate::session::inspect::snapshot_node;
 use crate::session::trace;
+use crate::session::{autoextend, recorder};
 use crate::state::counters::{CountersRecord, HistRecord};
 use crate::state::dirs::DEFAULT_MOUNT_DIR;
-use crate::state::record::{self, AutoextendRecord, MountRecord, Origin, Phase, Session, RECORD_VERSION};
+use crate::state::record::{
+    self, AutoextendRecord, MountRecord, Origin, Phase, RecorderRecord, Session, RECORD_VERSION,
+};
 use crate::tracer::freeze_trace::FreezeTracer;
 
 use super::options::StartOptions;
@@ -54,6 +56,8 @@ pub(super) struct Tracing {
     pub at_start: Option<CountersRecord>,
     /// The freeze and write-stall programs, for a live origin.
     pub switch_tracer: Option<FreezeTracer>,
+    /// The recorder, waiting for the session to go live.
+    pub recorder: RecorderRecord,
 }
 
 pub(super) fn prepare<'a>(dm: &'a Dm, opts: &StartOptions, plan: &Plan, undo: &mut Undo<'a>) -> Result<Prepared> {
@@ -104,6 +108,7 @@ fn new_record(opts: &StartOptions, plan: &Plan) -> Session {
             created_dir: !path.exists(),
         }),
         created_unix: now_unix(),
+        snapshot_unix: None,
         chunk_bytes: opts.chunk.bytes(),
         quota_bytes,
         trace: None,
@@ -209,6 +214,17 @@ fn start_tracing(opts: &StartOptions, plan: &Plan, session: &Session, undo: &mut
         }
         OriginPlan::Wrap { .. } => None,
     };
+    // Started before the switch like everything else that can fail; it
+    // waits for the session to go live, and begins at the counters below.
+    let child = recorder::spawn(&session.id)?;
+    let recorder = RecorderRecord {
+        pid: Some(child.id() as i32),
+        interval_seconds: Some(opts.history_interval)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(recorder::DEFAULT_INTERVAL)
+            .as_secs_f64(),
+    };
+    undo.push(format!("stop the history recorder of {}", session.id), move || recorder::stop_child(child));
     let at_start = match origin {
         Some(_) => {
             let devnums: Vec<_> = traced.iter().map(|(d, _, _)| *d).collect();
@@ -216,7 +232,7 @@ fn start_tracing(opts: &StartOptions, plan: &Plan, session: &Session, undo: &mut
         }
         None => None,
     };
-    Ok(Tracing { traced, baseline, at_start, switch_tracer })
+    Ok(Tracing { traced, baseline, at_start, switch_tracer, recorder })
 }
 
 /// Creates the mount point if missing (0700: a writable snapshot may hold
