@@ -102,6 +102,16 @@ enum Command {
     },
     /// Show the hcp devices of DEVICE.
     Show { device: String },
+    /// Write the report to look at: one HTML file (offline, no JavaScript)
+    /// with the answers, the plots and the numbers behind them.
+    Report {
+        /// A traced session (/dev/hcpN), or a final report (FILE.json, with
+        /// FILE.json.history.ndjson beside it).
+        target: String,
+        /// Where to write it [default: beside the final report, FILE.html].
+        #[arg(short = 'o', long = "output", value_name = "FILE.html")]
+        output: Option<PathBuf>,
+    },
     /// What a traced session costs: COW overhead, copy-out, amplification.
     Stats {
         /// The session (/dev/hcpN); with --prometheus, every traced session
@@ -343,6 +353,7 @@ pub enum Action {
     /// seconds since the epoch, and `--json`.
     History(String, Option<f64>, Option<f64>, bool),
     TraceAttach(String, bool),
+    Report(String, Option<PathBuf>, bool),
     Start(StartOptions, bool),
     List(bool),
     Remove(RemoveOptions, bool),
@@ -366,6 +377,7 @@ impl Cli {
                 Action::Remove(RemoveOptions { target, keep_store, report }, json)
             }
             Some(Command::Show { device }) => Action::Show(device, json),
+            Some(Command::Report { target, output }) => Action::Report(target, output, json),
             Some(Command::Stats { session, follow, interval, prometheus, hdr_log, history, since, until, window }) => {
                 if history {
                     let Some(session) = session else {

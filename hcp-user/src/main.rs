@@ -164,6 +164,11 @@ fn run(action: Action) -> Result<ExitCode, Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Action::Report(target, output, json) => {
+            let path = hcp::session::report(&target, output.as_deref())?;
+            render::report_written(&path, json);
+            Ok(ExitCode::SUCCESS)
+        }
         Action::TraceAttach(session, json) => {
             let snapshot = hcp::session::trace_attach(&session)?;
             render::trace_attached(&snapshot, json);

@@ -502,3 +502,11 @@ pub fn history(
         );
     }
 }
+
+/// `hcp report`: where the report went.
+pub fn report_written(path: &std::path::Path, json: bool) {
+    if json {
+        return print_json(&serde_json::json!({ "report": path }));
+    }
+    println!("Report written to {} (open it in a browser; it needs no network)", path.display());
+}

@@ -228,7 +228,15 @@ fn the_history_shows_each_phase_and_adds_up_to_the_totals() {
     for q in ["write_latency", "switch", "store"] {
         assert!(a["verdicts"][q].as_str().is_some_and(|v| v.len() > 20), "{q}: {a}");
     }
-    assert!(a["verdicts"]["store"].as_str().unwrap().contains("a 1h window needs"), "{a}");
+    assert!(a["verdicts"]["store"].as_str().unwrap().contains("a window of 1h needs"), "{a}");
+
+    // The report to look at, of the live session: every plot drawn.
+    let live_html = temp_dir("t-history-live").join("live.html");
+    let written = hcp_json(&["report", &id, "-o", live_html.to_str().unwrap()]);
+    assert_eq!(written["report"], live_html.to_str().unwrap(), "{written}");
+    let html = std::fs::read_to_string(&live_html).unwrap();
+    assert_eq!(html.matches("<svg").count(), 5, "five plots");
+    assert!(html.contains(a["verdicts"]["switch"].as_str().unwrap().split(" (").next().unwrap()), "the verdicts");
 
     // Removal stops the recorder after its last interval, keeps the history
     // beside the final report, and leaves nothing of it behind.
@@ -237,6 +245,19 @@ fn the_history_shows_each_phase_and_adds_up_to_the_totals() {
     let copy = std::fs::read_to_string(format!("{}.history.ndjson", report.display())).expect("history beside report");
     assert!(copy.lines().count() > intervals.len(), "header and every interval: {copy}");
     assert!(!helper_running("__record", Some(&id)), "the recorder stopped");
+    // The final report's HTML beside it, and the same drawn again from the
+    // files alone (`hcp report FILE.json`).
+    let final_html = report.with_extension("html");
+    let html = std::fs::read_to_string(&final_html).expect("the HTML report beside the final report");
+    assert_eq!(html.matches("<svg").count(), 5, "five plots");
+    let again = temp_dir("t-history-again").join("again.html");
+    hcp_json(&["report", report.to_str().unwrap(), "-o", again.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&again).unwrap().matches("<svg").count(), 5);
+    // For the host to render in Chromium after the VM tests (`cargo xtask
+    // test`): a report of a real session.
+    if let Ok(out) = std::env::var("HCP_VM_OUT") {
+        std::fs::copy(&final_html, Path::new(&out).join("report.html")).unwrap();
+    }
     assert!(!Path::new(&format!("/var/lib/hcp/history/{id}.ndjson")).exists(), "the live history is gone");
 }
 

@@ -27,7 +27,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         return run_here();
     }
     eprintln!("xtask demo: this kernel has no device-mapper; running the demo in a VM (Linux {})", args.kernel);
-    let code = vm::run(&vm::VmArgs {
+    let (code, out) = vm::run_keeping_output(&vm::VmArgs {
         kernel: args.kernel,
         disks: vec!["256M".to_string()],
         timeout: 600,
@@ -43,6 +43,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     if code != 0 {
         bail!("the demo failed (exit status {code})");
     }
+    let report = crate::cache_dir().join("demo-report.html");
+    std::fs::copy(out.join("report.html"), &report)?;
+    eprintln!("xtask demo: the report: {} (open it in a browser)", report.display());
     Ok(())
 }
 

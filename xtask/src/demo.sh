@@ -58,7 +58,15 @@ else
 fi
 run hcp -l
 
-say "hcp remove: unmount, drop the snapshot, give the volume its own table back"
-run hcp -r /dev/demo/data
+say "hcp remove: unmount, drop the snapshot, give the volume its own table back, write the final report"
+run hcp -r /dev/demo/data --report /tmp/demo-report.json
 run dmsetup table
+
+say "The report to look at: the answers, the plots and the numbers behind them"
+html=/tmp/demo-report.html
+if [ -n "${HCP_VM_OUT:-}" ]; then cp "$html" "$HCP_VM_OUT/report.html"; fi
+echo "report: $html"
+hcp report /tmp/demo-report.json -o /tmp/demo-report-again.html >/dev/null
+echo "the answers:"
+grep -E '^ *"(write_latency|switch|store)": "' /tmp/demo-report.json | sed -E 's/^ *"[a-z_]+": "(.*)",?$/  \1/'
 say "Done: the snapshot was consistent while the volume stayed in use"

@@ -26,6 +26,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("sqlite3", "a live database in tests"),
     ("lvm2", "LVM snapshots, the benchmark baseline"),
     ("bpftrace", "the tracing-overhead benchmark's baseline"),
+    ("chromium", "rendering hcp's HTML report in tests, as a person sees it"),
 ];
 
 /// The nightly toolchain builds the eBPF crate (`-Z build-std=core`).

@@ -51,7 +51,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
         let binaries = integration_test_binaries()?;
         let kernels =
             if args.kernels.is_empty() { vec![GuestKernel::V6_1, GuestKernel::V6_12] } else { args.kernels.clone() };
-        vm_tests(&kernels, &binaries)?;
+        let reports = vm_tests(&kernels, &binaries)?;
+        report_view(&reports)?;
     }
     eprintln!("xtask test: all checks passed in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
@@ -86,9 +87,11 @@ fn integration_test_binaries() -> Result<Vec<PathBuf>> {
         };
         // Integration test targets only: the crate's own (empty) unit test
         // binary would end the VM's output on "0 passed".
+        // Not the report view: it renders, on the host, what these leave.
         let is_test = msg["reason"] == "compiler-artifact"
             && msg["profile"]["test"] == true
-            && msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"));
+            && msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"))
+            && msg["target"]["name"] != "report_view";
         if let (true, Some(exe)) = (is_test, msg["executable"].as_str()) {
             binaries.push(PathBuf::from(exe));
         }
@@ -106,7 +109,7 @@ fn integration_test_binaries() -> Result<Vec<PathBuf>> {
 /// The guests run side by side, one vCPU each (see `vm --smp`): on a
 /// two-core machine that halves the longest step of CI. Each writes to a
 /// log of its own, printed whole once it ends, so outputs never interleave.
-fn vm_tests(kernels: &[GuestKernel], binaries: &[PathBuf]) -> Result<()> {
+fn vm_tests(kernels: &[GuestKernel], binaries: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let step = Instant::now();
     let status = Command::new("cargo")
         .args(["build", "-p", "hcp-user", "--bin", "hcp"])
@@ -136,6 +139,7 @@ fn vm_tests(kernels: &[GuestKernel], binaries: &[PathBuf]) -> Result<()> {
         running.push((kernel, log_path, child));
     }
     let mut failed = Vec::new();
+    let mut reports = Vec::new();
     for (kernel, log_path, mut child) in running {
         let status = child.wait().context("waiting for a VM")?;
         eprintln!("xtask test: ===== VM tests on Linux {kernel} =====");
@@ -145,9 +149,33 @@ fn vm_tests(kernels: &[GuestKernel], binaries: &[PathBuf]) -> Result<()> {
         if !status.success() {
             failed.push(kernel.to_string());
         }
+        // The HTML report the history test left in the guest's $HCP_VM_OUT.
+        let out_dir = output.lines().rev().find_map(|l| l.rsplit_once("; output dir ").map(|(_, d)| d.trim()));
+        reports.extend(out_dir.map(|d| PathBuf::from(d).join("report.html")).filter(|p| p.exists()));
     }
     if !failed.is_empty() {
         bail!("VM tests failed on Linux {}", failed.join(" and "));
     }
+    if reports.len() != kernels.len() {
+        bail!("the VM tests left {} HTML reports for {} kernels (see the history test)", reports.len(), kernels.len());
+    }
+    Ok(reports)
+}
+
+/// Renders the reports of real sessions the VM tests made in headless
+/// Chromium, as a person would open them (tests/tests/report_view.rs).
+fn report_view(reports: &[PathBuf]) -> Result<()> {
+    let step = Instant::now();
+    let list = std::env::join_paths(reports).context("joining the reports' paths")?;
+    let status = Command::new("cargo")
+        .args(["test", "--package", "hcp-tests", "--test", "report_view", "--", "--include-ignored"])
+        .env("HCP_REPORTS", list)
+        .current_dir(workspace_root())
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("the reports did not render as they should ({status})");
+    }
+    eprintln!("xtask test: reports rendered in Chromium: ok ({:.0} s)", step.elapsed().as_secs_f64());
     Ok(())
 }

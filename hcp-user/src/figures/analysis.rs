@@ -4,7 +4,7 @@
 //! must the store be for the backup window? Each answer carries the figures
 //! it rests on, the assumption it makes, and one line in plain words.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::state::counters::from_record;
 use crate::state::history::Interval;
@@ -24,7 +24,7 @@ const RECENT_SECONDS: f64 = 60.0;
 const LEVEL_SHARE: f64 = 0.25;
 const LEVEL_SECONDS: f64 = 10.0;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Analysis {
     pub write_latency: WriteLatency,
     pub switch: Switch,
@@ -34,7 +34,7 @@ pub struct Analysis {
     pub verdicts: Verdicts,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Verdicts {
     pub write_latency: String,
     pub switch: String,
@@ -42,21 +42,21 @@ pub struct Verdicts {
 }
 
 /// Three percentiles of write latency, nanoseconds.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Percentiles {
     pub p50_ns: u64,
     pub p99_ns: u64,
     pub p999_ns: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Ratios3 {
     pub p50: f64,
     pub p99: f64,
     pub p999: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WriteLatency {
     /// Origin writes in the `--baseline` period, before the snapshot.
     pub baseline: Option<Percentiles>,
@@ -69,7 +69,7 @@ pub struct WriteLatency {
     pub worst_interval: Option<WorstInterval>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WorstInterval {
     pub start_unix: f64,
     pub end_unix: f64,
@@ -80,7 +80,7 @@ pub struct WorstInterval {
 
 /// The switch, as the kernel saw it (hcp's own clock where the kernel's
 /// figures are missing).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Switch {
     pub frozen_seconds: Option<f64>,
     pub suspended_seconds: Option<f64>,
@@ -89,7 +89,7 @@ pub struct Switch {
     pub longest_write_stall_seconds: Option<f64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CopyOutCourse {
     /// Bytes copied out per second over the whole history, and in its
     /// busiest interval.
@@ -106,7 +106,7 @@ pub struct CopyOutCourse {
     pub write_amplification_last_minute: Option<f64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StoreSizing {
     pub used_bytes: Option<u64>,
     /// The most the store may take (its size, or the quota it grows to).
@@ -122,10 +122,10 @@ pub struct StoreSizing {
     pub full_at_unix: Option<f64>,
     /// With `--window`: the store a session that long would need.
     pub window: Option<WindowSizing>,
-    pub assumption: &'static str,
+    pub assumption: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WindowSizing {
     pub seconds: f64,
     /// At the mean growth rate since the snapshot, and at the peak rate.
@@ -276,7 +276,7 @@ fn store_sizing(totals: &Totals, history: &[Interval], window_seconds: Option<f6
         time_to_full_seconds,
         full_at_unix,
         window,
-        assumption: STORE_ASSUMPTION,
+        assumption: STORE_ASSUMPTION.to_string(),
     }
 }
 
@@ -338,7 +338,7 @@ fn store_verdict(s: &StoreSizing, c: &CopyOutCourse) -> String {
     };
     let window = s.window.as_ref().map_or(String::new(), |w| {
         format!(
-            "; a {} window needs {} at the mean rate ({} at the peak rate)",
+            "; a window of {} needs {} at the mean rate ({} at the peak rate)",
             humantime::format_duration(std::time::Duration::from_secs(w.seconds as u64)),
             w.needed_bytes_at_mean_rate.map_or("?".to_string(), |b| size(b as f64)),
             w.needed_bytes_at_peak_rate.map_or("?".to_string(), |b| size(b as f64))
@@ -415,7 +415,7 @@ mod tests {
         assert_eq!(w.needed_bytes_at_mean_rate, Some((mean * 3600.0) as u64));
         assert!(w.needed_bytes_at_peak_rate.unwrap() >= w.needed_bytes_at_mean_rate.unwrap());
         assert!(a.verdicts.store.contains("full in 2m 46s"), "{}", a.verdicts.store);
-        assert!(a.verdicts.store.contains("a 1h window needs"), "{}", a.verdicts.store);
+        assert!(a.verdicts.store.contains("a window of 1h needs"), "{}", a.verdicts.store);
     }
 
     #[test]

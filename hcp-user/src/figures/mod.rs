@@ -5,4 +5,5 @@ pub mod analysis;
 pub mod hdr_log;
 pub mod interval;
 pub mod prometheus;
+pub mod report;
 pub mod stats;

@@ -19,6 +19,7 @@ mod list;
 pub mod recorder;
 mod recover;
 mod remove;
+mod report;
 mod start;
 mod trace;
 mod worker;
@@ -27,6 +28,7 @@ pub use inspect::snapshot_node;
 pub use list::{list, show, AutoextendEntry, ListEntry, Shown};
 pub use recover::{recover, Recovered};
 pub use remove::{remove, RemoveOptions, Removed};
+pub use report::report;
 pub use start::{start, StartOptions, Started};
 pub use trace::{
     attach_session as trace_attach, follow as follow_stats, histogram_log_path, history, history_copy_path,

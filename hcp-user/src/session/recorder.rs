@@ -110,6 +110,7 @@ fn record_session(id: &str) -> Result<String> {
         _ => trace.since_unix as f64,
     };
     let mut history = History::new(id, interval);
+    history.header.baseline = trace.baseline.clone();
     history::save(&history)?;
     worker::log(&format!("recording every {interval} s to {}", history::path(id).display()));
     let dm = Dm::open()?;

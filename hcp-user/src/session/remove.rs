@@ -173,9 +173,18 @@ pub(super) fn remove_one(
     // The final figures, while every device is still there.
     // (Tracing must never stand in the way of a removal: failures warn.)
     let report = session.trace.as_ref().filter(|_| session.phase == Phase::Active).and_then(|_| {
-        super::trace::write_report(session, report)
+        let (path, stats) = super::trace::write_report(session, report)
             .map_err(|e| eprintln!("hcp: warning: no final report for {}: {e}", session.id))
-            .ok()
+            .ok()?;
+        // The report to look at, beside it (a session without a history
+        // has none).
+        if stats.analysis.is_some() {
+            let html = super::trace::html_report_path(&path);
+            if let Err(e) = super::report::live(session, &stats).and_then(|d| super::report::write(&d, &html)) {
+                eprintln!("hcp: warning: no HTML report for {}: {e}", session.id);
+            }
+        }
+        Some(path)
     });
     // From here on the session only goes: a crash leaves it for `recover`
     // to finish, never to bring back.

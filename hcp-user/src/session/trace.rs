@@ -209,6 +209,17 @@ pub fn histogram_log_path(report: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The report to look at beside the final report: `FILE.json` becomes
+/// `FILE.html` (any other name gets `.html` added).
+pub fn html_report_path(report: &Path) -> PathBuf {
+    if report.extension().is_some_and(|e| e == "json") {
+        return report.with_extension("html");
+    }
+    let mut name = report.as_os_str().to_owned();
+    name.push(".html");
+    PathBuf::from(name)
+}
+
 /// The session's history beside its report: the report's path with
 /// `.history.ndjson` added.
 pub fn history_copy_path(report: &Path) -> PathBuf {
@@ -232,7 +243,8 @@ pub(super) fn check_report_path(path: &Path) -> Result<PathBuf> {
     if absolute.is_dir() {
         return Err(bad("is a directory: give a file name in it"));
     }
-    for existing in [absolute.clone(), histogram_log_path(&absolute), history_copy_path(&absolute)] {
+    let html = html_report_path(&absolute);
+    for existing in [absolute.clone(), histogram_log_path(&absolute), history_copy_path(&absolute), html] {
         if fs_entry_exists(&existing) {
             return Err(bad(&format!(
                 "{} exists already: give a new file name (hcp does not overwrite files)",
@@ -249,9 +261,9 @@ fn fs_entry_exists(path: &Path) -> bool {
 }
 
 /// Writes the final report of `session` (to `to`, else where
-/// [`report_path`] says) and its histograms beside it; returns the
-/// report's path.
-pub(super) fn write_report(session: &Session, to: Option<&Path>) -> Result<PathBuf> {
+/// [`report_path`] says) and its histograms and history beside it; returns
+/// the report's path and figures.
+pub(super) fn write_report(session: &Session, to: Option<&Path>) -> Result<(PathBuf, SessionStats)> {
     let stats = read(session)?;
     let path = to.map_or_else(|| report_path(session), Path::to_path_buf);
     if path.starts_with(crate::state::dirs::DEFAULT_STORE_DIR) {
@@ -273,7 +285,7 @@ pub(super) fn write_report(session: &Session, to: Option<&Path>) -> Result<PathB
         std::fs::write(&copy, h.to_ndjson())
             .map_err(|e| Error::io(format!("writing the session's history {}", copy.display()), e))?;
     }
-    Ok(path)
+    Ok((path, stats))
 }
 
 /// The figures of every traced session (for `--prometheus` without a
@@ -430,7 +442,7 @@ pub fn attach_session(target: &str) -> Result<PathBuf> {
     Ok(session.snapshot_path.clone())
 }
 
-fn find<'a>(sessions: &'a [Session], target: &str) -> Result<&'a Session> {
+pub(super) fn find<'a>(sessions: &'a [Session], target: &str) -> Result<&'a Session> {
     let id = target.strip_prefix("/dev/").unwrap_or(target);
     sessions.iter().find(|s| s.id == id).ok_or_else(|| {
         Error::not_found(format!("no hcp session {target}: give an hcp device such as /dev/hcp1 (`hcp -l` lists them)"))

@@ -44,6 +44,11 @@ pub struct Header {
     pub session: String,
     /// The recording interval, seconds.
     pub interval_seconds: f64,
+    /// The origin's write latency in the `--baseline` period before the
+    /// snapshot, kept here so that the history alone can be drawn against
+    /// it (`hcp report`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<HistRecord>,
 }
 
 /// One interval of a session's life: what was counted between `start_unix`
@@ -133,7 +138,7 @@ pub struct History {
 impl History {
     pub fn new(session: &str, interval_seconds: f64) -> History {
         History {
-            header: Header { version: HISTORY_VERSION, session: session.to_string(), interval_seconds },
+            header: Header { version: HISTORY_VERSION, session: session.to_string(), interval_seconds, baseline: None },
             tiers: vec![Vec::new(); TIERS.len()],
         }
     }
