@@ -6,7 +6,10 @@
 //! ```text
 //! hcp-trace-bench hcp DEVICE...    hcp's tracer (the pinned set under /sys/fs/bpf/hcp)
 //! hcp-trace-bench floor            empty programs on the same events, same attach type
+//! hcp-trace-bench history SECONDS  a session's history of SECONDS at 1 s, kept as the recorder keeps it
 //! ```
+//!
+//! `history` prints one JSON line, its size on disk and in memory, and exits.
 //!
 //! Once attached it prints one JSON line, `{"ready": true}`. Then each line
 //! `read` on stdin prints a JSON line of the counters so far; `stop` or the
@@ -58,7 +61,11 @@ fn run() -> Result<()> {
             let _floor = attach_floor()?;
             serve(|| Ok(json!({ "max_rss_kib": max_rss_kib() })))
         }
-        other => bail!("unknown mode `{other}`: hcp or floor"),
+        "history" => {
+            let [seconds] = devices else { bail!("usage: hcp-trace-bench history SECONDS") };
+            history_model(seconds.parse().context("SECONDS")?)
+        }
+        other => bail!("unknown mode `{other}`: hcp, floor or history"),
     }
 }
 
@@ -206,6 +213,52 @@ fn max_rss_kib() -> i64 {
     // SAFETY: as above.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
     usage.ru_maxrss
+}
+
+/// The history a session of `seconds` at 1 s leaves, built by the library
+/// code the recorder runs (push an interval a second, coarsen every minute)
+/// from intervals shaped like a busy session's: writes, reads and snapshot
+/// reads each with a latency histogram spread over a dozen buckets, and
+/// copy-out and the store growing. Prints its size in the file, the
+/// intervals kept, and this process's peak RSS.
+fn history_model(seconds: u32) -> Result<()> {
+    use hcp::state::counters::{to_record, Count};
+    use hcp::state::history::{History, Interval, Timed};
+    let timed = |count: u64, spread: u64| {
+        let mut h = hcp::common::LatencyHist::zeroed();
+        for i in 0..count {
+            h.record(20_000 + (i * 7_919 % 12) * spread);
+        }
+        Timed { count, bytes: count * 4096, latency: to_record(&h) }
+    };
+    let start = 1_800_000_000.0;
+    let mut history = History::new("hcp1", 1.0);
+    for i in 0..seconds {
+        let t = start + f64::from(i);
+        history.push(Interval {
+            start_unix: t,
+            end_unix: t + 1.0,
+            app_writes: timed(400 + u64::from(i % 97), 40_000),
+            app_reads: timed(300 + u64::from(i % 89), 15_000),
+            snapshot_reads: timed(50, 25_000),
+            snapshot_writes: Timed::default(),
+            copy_out: Count { count: 25, bytes: 25 << 16 },
+            store_data_bytes: 25 << 16,
+            store_metadata: Count { count: 1, bytes: 4096 },
+            device_write_bytes: 3 << 20,
+            device_read_bytes: 2 << 20,
+            store_used_bytes: Some(u64::from(i) << 20),
+            store_size_bytes: Some(1 << 40),
+            lost_events: 0,
+        });
+        if i % 60 == 59 {
+            history.coarsen(t + 1.0);
+        }
+    }
+    history.coarsen(start + f64::from(seconds));
+    let bytes = history.to_ndjson().len();
+    println!("{}", json!({ "intervals": history.len(), "bytes": bytes, "max_rss_kib": max_rss_kib() }));
+    Ok(())
 }
 
 #[cfg(test)]

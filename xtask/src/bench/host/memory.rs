@@ -68,6 +68,8 @@ pub(super) fn memory(bins: &Bins, plan: &Plan, one: &TracedRuns, several: &Trace
         }
         figures.extend([rss, maps, programs]);
     }
+    let (history, history_note) = history_model(bins)?;
+    figures.extend(history);
     let refused = if refused.is_empty() {
         String::new()
     } else {
@@ -81,7 +83,7 @@ pub(super) fn memory(bins: &Bins, plan: &Plan, one: &TracedRuns, several: &Trace
          as `hcp stats` does; its figure is from the traced runs of the two parts above (or, when they are not run, one short traced run of its own for each device count). BPF memory: the \
          `memlock` of each map and program of the pinned set, read from /proc/self/fdinfo while the \
          devices are traced, after the load (the latency histograms are allocated per key, on first use).\
-         {breakdown}",
+         {breakdown} {history_note}",
         repeats = plan.rss_repeats,
     );
     Ok(Section { id: "memory".into(), title: "Memory (host)".into(), method, figures, targets: Vec::new() })
@@ -101,4 +103,28 @@ fn peak_rss(cmd: &mut Command) -> Result<(i32, u64)> {
     ensure!(reaped == pid, "wait4: {}", std::io::Error::last_os_error());
     let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
     Ok((code, u64::try_from(usage.ru_maxrss).unwrap_or(0)))
+}
+
+/// A session's history after 24 h at 1 s: the driver builds it with the
+/// recorder's own code (see hcp-trace-bench `history`).
+fn history_model(bins: &Bins) -> Result<(Vec<Figure>, String)> {
+    let out = Command::new(&bins.driver).args(["history", "86400"]).output().context("running hcp-trace-bench")?;
+    ensure!(out.status.success(), "hcp-trace-bench history: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("hcp-trace-bench history's report")?;
+    let n = |k: &str| v[k].as_f64().with_context(|| format!("no {k} in {v}"));
+    let mut disk = Figure::new("history_kib/24h_1s", "a session's history file after 24 h at 1 s intervals", "KiB");
+    disk.runs.push(n("bytes")? / 1024.0);
+    let mut rss = Figure::new(
+        "peak_rss_kib/history_24h_1s",
+        "peak RSS of a process holding that history (the recorder's state), with the library loaded",
+        "KiB",
+    );
+    rss.runs.push(n("max_rss_kib")?);
+    let note = format!(
+        "The history: a day at 1 s intervals is built by the recorder's code (an interval a second, merged into \
+         coarser ones every minute) from intervals shaped like a busy session's (three latency histograms of a \
+         dozen buckets each); it keeps {} intervals.",
+        n("intervals")?
+    );
+    Ok((vec![disk, rss], note))
 }
