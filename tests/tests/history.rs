@@ -102,7 +102,7 @@ impl Drop for Follow {
 fn the_history_shows_each_phase_and_adds_up_to_the_totals() {
     require_root();
     let _serial = serial();
-    let vol = Volume::new("t-history", 64);
+    let vol = Volume::new("t-history", 96);
     let dev = vol.path();
     let report = temp_dir("t-history-report").join("final.json");
     let started = hcp_json(&[
@@ -112,7 +112,7 @@ fn the_history_shows_each_phase_and_adds_up_to_the_totals() {
         "0",
         "--skip-mount",
         "-q",
-        "56M",
+        "80M",
         "--report",
         report.to_str().unwrap(),
         dev.to_str().unwrap(),
@@ -129,12 +129,12 @@ fn the_history_shows_each_phase_and_adds_up_to_the_totals() {
     let first = follow.lines.recv_timeout(Duration::from_secs(20)).expect("--follow prints within an interval");
     let first: Value = serde_json::from_str(&first).unwrap();
     assert_eq!(n(&first["app_writes"]["bytes"]), 0, "nothing written yet: {first}");
-    let (light_from, light_to, light_mib) = phase(&dev, 0, 1, 5);
+    let (light_from, light_to, light_mib) = phase(&dev, 0, 1, 7);
     let mid = hcp_json(&["stats", &id]);
     assert_matches_stats_schema(&mid);
-    let (heavy_from, heavy_to, heavy_mib) = phase(&dev, 8, 8, 5);
+    let (heavy_from, heavy_to, heavy_mib) = phase(&dev, 8, 8, 7);
     let idle_from = now_unix();
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(7));
     let idle_to = now_unix();
 
     let stats = hcp_json(&["stats", &id]);
@@ -259,6 +259,7 @@ fn the_history_shows_each_phase_and_adds_up_to_the_totals() {
         std::fs::copy(&final_html, Path::new(&out).join("report.html")).unwrap();
     }
     assert!(!Path::new(&format!("/var/lib/hcp/history/{id}.ndjson")).exists(), "the live history is gone");
+    assert!(!Path::new(&format!("/run/hcp/recorder/{id}.log")).exists(), "and the recorder's log");
 }
 
 /// The end and store use of the last interval recorded.

@@ -234,6 +234,7 @@ pub(super) fn remove_one(
     // Before the record: a crash between the two leaves the record, and
     // `recover` deletes the history with it.
     crate::state::history::delete(&session.id)?;
+    let _ = std::fs::remove_file(crate::session::recorder::log_path(&session.id));
     record::delete(&session.id)?;
     let autoextend_log = session.autoextend.as_ref().and_then(|a| {
         if snapshot_invalidated && a.log.exists() {

@@ -224,7 +224,12 @@ fn start_tracing(opts: &StartOptions, plan: &Plan, session: &Session, undo: &mut
             .unwrap_or(recorder::DEFAULT_INTERVAL)
             .as_secs_f64(),
     };
-    undo.push(format!("stop the history recorder of {}", session.id), move || recorder::stop_child(child));
+    let log = recorder::log_path(&session.id);
+    undo.push(format!("stop the history recorder of {}", session.id), move || {
+        let stopped = recorder::stop_child(child);
+        let _ = std::fs::remove_file(&log);
+        stopped
+    });
     let at_start = match origin {
         Some(_) => {
             let devnums: Vec<_> = traced.iter().map(|(d, _, _)| *d).collect();
