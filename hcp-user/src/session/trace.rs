@@ -126,6 +126,11 @@ pub(super) fn record(
 
 /// The session's figures so far.
 pub fn read(session: &Session) -> Result<SessionStats> {
+    read_with_window(session, None)
+}
+
+/// [`read`], with the store a session of `window` would need.
+fn read_with_window(session: &Session, window: Option<Duration>) -> Result<SessionStats> {
     if session.trace.is_none() {
         return Err(Error::usage(format!(
             "session {} is not traced: start sessions with --trace, or run `hcp trace attach {}`",
@@ -138,7 +143,7 @@ pub fn read(session: &Session) -> Result<SessionStats> {
         &Dm::open()?,
         session,
     )?;
-    Ok(with_history(stats, session, None))
+    Ok(with_history(stats, session, window))
 }
 
 /// `stats` with what the session's history holds, whether its recorder
@@ -146,6 +151,7 @@ pub fn read(session: &Session) -> Result<SessionStats> {
 fn with_history(mut stats: SessionStats, session: &Session, window: Option<Duration>) -> SessionStats {
     let Some(recorder) = session.trace.as_ref().and_then(|t| t.recorder.as_ref()) else { return stats };
     let loaded = history::load(&session.id);
+    stats.history = Some(history_status(session, recorder, &loaded));
     if let Ok(Some(h)) = &loaded {
         let intervals: Vec<_> = h.intervals().cloned().collect();
         if !intervals.is_empty() {
@@ -161,16 +167,21 @@ fn with_history(mut stats: SessionStats, session: &Session, window: Option<Durat
             stats.analysis = Some(crate::figures::analysis::analyze(&totals, &intervals, window));
         }
     }
-    let last = loaded.as_ref().ok().and_then(|h| h.as_ref()?.intervals().last().map(|iv| iv.end_unix));
-    stats.history = Some(HistoryStatus {
+    stats
+}
+
+/// What the history `loaded` of `session` holds, and whether its recorder
+/// runs.
+fn history_status(session: &Session, recorder: &RecorderRecord, loaded: &Result<Option<History>>) -> HistoryStatus {
+    let history = loaded.as_ref().ok().and_then(Option::as_ref);
+    HistoryStatus {
         path: history::path(&session.id),
         interval_seconds: recorder.interval_seconds,
-        intervals: loaded.as_ref().ok().and_then(|h| h.as_ref().map(History::len)).unwrap_or(0),
-        recorded_until_unix: last,
+        intervals: history.map_or(0, History::len),
+        recorded_until_unix: history.and_then(|h| h.intervals().last().map(|iv| iv.end_unix)),
         recorder_running: super::recorder::running(session),
-        problem: loaded.err().map(|e| e.message().to_string()),
-    });
-    stats
+        problem: loaded.as_ref().err().map(|e| e.message().to_string()),
+    }
 }
 
 /// Stops tracing `session`'s devices that no other traced session uses.
@@ -335,8 +346,7 @@ pub(super) fn devices_of(session: &Session) -> Vec<(DevNum, Role, PathBuf)> {
 pub fn stats(target: &str, window: Option<Duration>) -> Result<SessionStats> {
     let sessions = crate::state::record::load_all()?;
     let session = find(&sessions, target)?;
-    let figures = read(session)?;
-    Ok(if window.is_some() { with_history(figures, session, window) } else { figures })
+    read_with_window(session, window)
 }
 
 /// `hcp stats TARGET --follow`: calls `emit` with the figures of each
@@ -385,20 +395,18 @@ pub fn follow(target: &str, interval: Duration, mut emit: impl FnMut(&SessionSta
 pub fn history(target: &str, since: Option<f64>, until: Option<f64>) -> Result<(Vec<IntervalStats>, HistoryStatus)> {
     let sessions = crate::state::record::load_all()?;
     let session = find(&sessions, target)?;
-    if session.trace.as_ref().and_then(|t| t.recorder.as_ref()).is_none() {
+    let Some(recorder) = session.trace.as_ref().and_then(|t| t.recorder.as_ref()) else {
         return Err(Error::usage(format!(
             "session {} has no recorded history: it is not traced (start sessions with --trace), or was traced by \
              an older hcp; `hcp stats {}` gives its totals",
             session.id, session.id
         )));
-    }
-    let status = with_history(stats::compute(session, &pins::Counters::default(), 0), session, None)
-        .history
-        .expect("a session with a recorder has a history status");
-    if let Some(problem) = &status.problem {
-        return Err(Error::refused(problem.clone()));
-    }
-    let Some(h) = history::load(&session.id)? else { return Ok((Vec::new(), status)) };
+    };
+    let loaded = history::load(&session.id);
+    let status = history_status(session, recorder, &loaded);
+    let Some(h) = loaded.map_err(|e| Error::refused(e.message().to_string()))? else {
+        return Ok((Vec::new(), status));
+    };
     let shown = h
         .intervals()
         .filter(|iv| since.is_none_or(|s| iv.end_unix > s) && until.is_none_or(|u| iv.start_unix < u))
