@@ -2,9 +2,24 @@
 //! with `--json`. Every figure says what it counts.
 
 use hcp::enroll::{Activation, Enrolled, EnrolledEntry, FstabChange, Unenrolled};
+use hcp::kernel::writeback::PreFlush;
 use hcp::session::{ListEntry, Recovered, Removed, Shown, Started};
 use hcp::size::format_bytes;
 use serde::Serialize;
+
+/// The writeback before a freeze, on one line: what it wrote, how long it
+/// took, and how much it left for the freeze.
+fn pre_flush(p: &PreFlush) -> String {
+    let written = p.device_written_bytes.map_or("n/a".to_string(), format_bytes);
+    let left = p.dirty_left_bytes.map_or("n/a".to_string(), format_bytes);
+    format!(
+        "{written} written to the device in {:.3} s ({} syncfs pass{}, {}); {left} dirty system-wide after it",
+        p.seconds,
+        p.passes,
+        if p.passes == 1 { "" } else { "es" },
+        p.stopped.describe()
+    )
+}
 
 fn print_json(value: &impl Serialize) {
     println!("{}", serde_json::to_string_pretty(value).expect("reports serialise"));
@@ -33,6 +48,9 @@ pub fn started(s: &Started, json: bool) {
         );
     }
     println!("Snapshot completed: {:.3} s", s.timing.snapshot_seconds);
+    if let Some(p) = &s.timing.pre_flush {
+        println!("Written back before the freeze: {}", pre_flush(p));
+    }
     match (s.timing.frozen_seconds, s.timing.freeze_call_seconds) {
         (Some(frozen), Some(call)) => {
             println!("File system frozen: {frozen:.3} s (of which FIFREEZE, flushing it, took {call:.3} s)")
@@ -255,6 +273,9 @@ pub fn removed(removed: &[Removed], json: bool) {
             if r.origin_restored { format!("; {} has its own table back", r.origin.display()) } else { String::new() };
         let frozen = r.frozen_seconds.map(|f| format!(", file system frozen {f:.3} s")).unwrap_or_default();
         println!("Hot Copy session {} has been stopped ({:.3} s{frozen}){restored}.", r.session, r.seconds);
+        if let Some(p) = &r.pre_flush {
+            println!("Written back before the freeze: {}", pre_flush(p));
+        }
         if let Some(store) = &r.kept_store {
             println!("Store kept: {}", store.display());
         }
@@ -381,6 +402,9 @@ pub fn stats(s: &hcp::figures::stats::SessionStats, json: bool) {
     }
     let f = &s.freeze;
     let secs = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3} s"));
+    if let Some(p) = &f.pre_flush {
+        println!("Pre-flush            {}", pre_flush(p));
+    }
     println!(
         "Switch (hcp's clock) FIFREEZE {}, file system frozen {}, origin suspended {}",
         secs(f.freeze_call_seconds),

@@ -118,6 +118,83 @@ fn live_snapshot_of_mounted_xfs_is_consistent() {
     live_snapshot_is_consistent(Fs::Xfs);
 }
 
+/// Contents of the `i`th file of the dirty-data test: distinct per file
+/// and per 4 KiB block, so a block out of place or from another file shows.
+fn dirty_contents(i: u64, bytes: u64) -> Vec<u8> {
+    (0..bytes).map(|b| ((b / 4096) as u8) ^ ((b % 251) as u8) ^ (i as u8).wrapping_mul(37)).collect()
+}
+
+/// A start with much of the filesystem dirty in the page cache: the
+/// pre-flush writes it back before the freeze, and the snapshot holds every
+/// byte written before the start.
+fn dirty_data_is_written_back_before_the_freeze(fs_type: Fs) {
+    require_root();
+    let _serial = serial();
+    let mut vol = Volume::new(&format!("t-dirty-{fs_type:?}").to_lowercase(), 320);
+    let dir = vol.mount(fs_type);
+    // 48 MiB, buffered and not synced: below the kernel's background
+    // writeback threshold in a 2 GiB guest, so still dirty at the start.
+    const FILES: u64 = 6;
+    const FILE_BYTES: u64 = 8 << 20;
+    let dirty_bytes = || hcp::kernel::writeback::dirty_bytes().unwrap();
+    let dirty_before = dirty_bytes();
+    for i in 0..FILES {
+        fs::write(dir.join(format!("dirty-{i}.bin")), dirty_contents(i, FILE_BYTES)).unwrap();
+    }
+    let dirty_now = dirty_bytes();
+    assert!(
+        dirty_now >= dirty_before + FILES * FILE_BYTES / 2,
+        "the test needs dirty data: {dirty_before} bytes dirty before writing, {dirty_now} after"
+    );
+
+    let started = hcp_json(&["start", "--skip-mount", vol.path().to_str().unwrap()]);
+    let timing = &started["timing"];
+    let pre = &timing["pre_flush"];
+    eprintln!("pre-flush: {pre}; frozen {}", timing["frozen_seconds"]);
+    let passes = pre["passes"].as_u64().expect("the pre-flush ran: the origin is mounted");
+    assert!((1..=u64::from(hcp::kernel::writeback::MAX_PASSES)).contains(&passes), "{pre}");
+    let seconds = pre["seconds"].as_f64().unwrap();
+    // Each pass begins before the time limit; the last may run past it.
+    assert!(seconds > 0.0 && seconds < timing["snapshot_seconds"].as_f64().unwrap(), "{timing}");
+    assert!(["clean", "pass-limit", "time-limit"].contains(&pre["stopped"].as_str().unwrap()), "{pre}");
+    // The dirty data went to the device in the pre-flush (at least the
+    // half of it that was still dirty by the check above), not in FIFREEZE.
+    let written = pre["device_written_bytes"].as_u64().expect("a dm device keeps write counts");
+    assert!(written >= FILES * FILE_BYTES / 2, "{written} bytes written back of {}: {pre}", FILES * FILE_BYTES);
+    assert!(pre["dirty_left_bytes"].as_u64().is_some(), "{pre}");
+    assert!(timing["frozen_seconds"].as_f64().unwrap() > 0.0, "{timing}");
+
+    // The snapshot: clean, and every byte written before the start.
+    let snap = PathBuf::from(started["snapshot"].as_str().unwrap());
+    fs_type.fsck(&snap);
+    let mnt = temp_dir("dirty-snap");
+    let options = if fs_type == Fs::Xfs { "ro,nouuid" } else { "ro" };
+    run("mount", &["-o", options, snap.to_str().unwrap(), mnt.to_str().unwrap()]);
+    for i in 0..FILES {
+        let got = fs::read(mnt.join(format!("dirty-{i}.bin"))).unwrap();
+        assert!(got == dirty_contents(i, FILE_BYTES), "dirty-{i}.bin differs in the snapshot");
+    }
+    run("umount", &[mnt.to_str().unwrap()]);
+
+    // The remove's switch writes back first too.
+    fs::write(dir.join("after.bin"), dirty_contents(99, 4 << 20)).unwrap();
+    let removed = hcp_json(&["remove", snap.to_str().unwrap()]);
+    assert!(removed[0]["pre_flush"]["passes"].as_u64().is_some_and(|p| p >= 1), "{removed}");
+    assert!(removed[0]["frozen_seconds"].as_f64().is_some(), "{removed}");
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn dirty_data_on_ext4_is_written_back_before_the_freeze() {
+    dirty_data_is_written_back_before_the_freeze(Fs::Ext4);
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn dirty_data_on_xfs_is_written_back_before_the_freeze() {
+    dirty_data_is_written_back_before_the_freeze(Fs::Xfs);
+}
+
 #[test]
 #[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
 fn two_sessions_of_one_origin_removed_in_either_order() {
@@ -618,7 +695,7 @@ fn a_failed_start_never_leaves_the_origin_frozen_suspended_or_changed() {
     let files = write_files(&dir, "before");
     let before = SystemState::take();
     let vol_path = vol.path().to_str().unwrap().to_string();
-    let steps = &hcp::switch::fault::STEPS[..7];
+    let steps = &hcp::switch::fault::STEPS[..8];
     assert!(steps.iter().all(|s| s.starts_with("after-") || s.starts_with("before-")), "{steps:?}");
     for step in steps {
         for action in ["error", "panic", "kill", "hang"] {
@@ -655,7 +732,7 @@ fn a_failed_remove_is_finished_by_recover() {
     let before = SystemState::take();
     let vol_path = vol.path().to_str().unwrap().to_string();
     let steps: Vec<&str> = hcp::switch::fault::STEPS.iter().copied().filter(|s| s.starts_with("remove-")).collect();
-    assert_eq!(steps.len(), 8, "{steps:?}");
+    assert_eq!(steps.len(), 9, "{steps:?}");
     for step in &steps {
         for action in ["error", "panic", "kill", "hang"] {
             let case = format!("{step}:{action}");

@@ -21,6 +21,7 @@
 //! | `hcp_io_bytes_total` | counter | `session`, `kind` | the same, `.bytes` |
 //! | `hcp_copy_out_<field>_total` | counter | `session` | each field of `copy_out` |
 //! | `hcp_write_amplification_ratio`, `hcp_read_amplification_ratio` | gauge | `session` | `write_amplification`, `read_amplification` |
+//! | `hcp_pre_flush_seconds`, `hcp_pre_flush_written_bytes` | gauge | `session` | `freeze.pre_flush.seconds`, `.device_written_bytes` |
 //! | `hcp_freeze_call_seconds`, `hcp_frozen_seconds`, `hcp_suspended_seconds` | gauge | `session` | the fields of `freeze` (hcp's clock) |
 //! | `hcp_kernel_freeze_call_seconds`, `hcp_kernel_frozen_seconds`, `hcp_kernel_suspended_seconds` | gauge | `session` | the same, `freeze.kernel` |
 //! | `hcp_write_stall_max_seconds`, `hcp_write_stall_unfinished_calls`, `hcp_switch_lost_events` | gauge | `session` | `freeze.kernel.longest_write_stall_seconds`, `.writes_still_held`, `.lost_events` |
@@ -86,7 +87,7 @@ const NS_PER_S: f64 = 1e9;
 type Figure = fn(&SessionStats) -> Option<Value>;
 
 /// The families with one unlabelled (but for `session`) sample per session.
-const SCALARS: [(&str, &str, &str, Figure); 20] = [
+const SCALARS: [(&str, &str, &str, Figure); 22] = [
     ("hcp_session_traced_since_timestamp_seconds", GAUGE, "Unix time since which the session is traced", |s| {
         (s.traced_since_unix > 0).then_some(Value::Int(s.traced_since_unix))
     }),
@@ -119,6 +120,18 @@ const SCALARS: [(&str, &str, &str, Figure); 20] = [
         GAUGE,
         "Bytes the real device and the store read for origin and snapshot reads per byte those reads asked for (copy-out not counted)",
         |s| s.read_amplification.map(Value::Float),
+    ),
+    (
+        "hcp_pre_flush_seconds",
+        GAUGE,
+        "How long the writeback before the snapshot's freeze took (syncfs passes, writers not held), on hcp's clock",
+        |s| s.freeze.pre_flush.as_ref().map(|p| Value::Float(p.seconds)),
+    ),
+    (
+        "hcp_pre_flush_written_bytes",
+        GAUGE,
+        "Bytes the origin device completed writing during the writeback before the snapshot's freeze",
+        |s| s.freeze.pre_flush.as_ref()?.device_written_bytes.map(Value::Int),
     ),
     ("hcp_freeze_call_seconds", GAUGE, "How long FIFREEZE took at the snapshot, on hcp's clock", |s| {
         s.freeze.freeze_call_seconds.map(Value::Float)

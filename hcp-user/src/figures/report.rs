@@ -501,6 +501,7 @@ mod tests {
             })
             .collect();
         let switch = WindowRecord {
+            pre_flush: None,
             freeze_call_seconds: Some(0.04),
             frozen_seconds: Some(0.06),
             suspended_seconds: Some(0.01),

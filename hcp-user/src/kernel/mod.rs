@@ -1,5 +1,6 @@
 //! The kernel interfaces hcp drives: device-mapper, loop devices, block
-//! devices and their numbers, mounts, filesystem freezes and signals.
+//! devices and their numbers, mounts, writeback, filesystem freezes and
+//! signals.
 //! Nothing here knows what a session is.
 
 pub mod blockdev;
@@ -10,3 +11,4 @@ pub mod loopdev;
 pub mod mount;
 pub mod mountinfo;
 pub mod signals;
+pub mod writeback;

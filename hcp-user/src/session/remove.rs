@@ -12,13 +12,14 @@ use crate::kernel::blockdev::BlockDevice;
 use crate::kernel::dm::device::Dm;
 use crate::kernel::loopdev::LoopDevice;
 use crate::kernel::mountinfo::MountTable;
+use crate::kernel::writeback::PreFlush;
 use crate::privilege::require_root;
 use crate::state::lock::Lock;
 use crate::state::record::{self, Phase, Session, SessionState};
 use crate::switch::fault;
 
 use super::inspect::{is_origin_of, is_switched, siblings};
-use crate::switch::window::RESTORE_STEPS;
+use crate::switch::window::{Window, RESTORE_STEPS};
 
 #[derive(Clone, Debug, Default)]
 pub struct RemoveOptions {
@@ -43,6 +44,8 @@ pub struct Removed {
     pub kept_store: Option<PathBuf>,
     /// How long the origin's filesystem was frozen to restore its table.
     pub frozen_seconds: Option<f64>,
+    /// The writeback before that freeze.
+    pub pre_flush: Option<PreFlush>,
     /// A traced session's final report.
     pub report: Option<PathBuf>,
     /// The snapshot had been invalidated (its store filled) before it was
@@ -210,10 +213,11 @@ pub(super) fn remove_one(
         dm.remove(&cow)?;
     }
     fault::at("remove-after-snapshot-remove")?;
-    let mut frozen_seconds = None;
-    if last {
-        frozen_seconds = restore_origin(dm, session)?;
-    }
+    let window = if last { restore_origin(dm, session)? } else { None };
+    let (frozen_seconds, pre_flush) = match window {
+        Some(w) => (w.frozen.map(|d| d.as_secs_f64()), w.pre_flush),
+        None => (None, None),
+    };
     if session.store.created_file || session.store.loop_device.is_some() {
         // Every loop device on the store file: the record may predate the
         // attach (a start that died there).
@@ -249,6 +253,7 @@ pub(super) fn remove_one(
         origin_restored: last,
         kept_store,
         frozen_seconds,
+        pre_flush,
         report,
         snapshot_invalidated,
         autoextend_log,
@@ -265,8 +270,8 @@ fn snapshot_devnum(session: &Session) -> crate::kernel::devnum::DevNum {
 /// one `-real` carries) and removes `-real`, or removes hcp's wrapper of a
 /// plain device. Whatever of that is already done is skipped, so a start
 /// that died before the switch, or a remove that died inside it, ends the
-/// same way. Returns how long the filesystem was frozen.
-fn restore_origin(dm: &Dm, session: &Session) -> Result<Option<f64>> {
+/// same way. Returns the switch, if there was one.
+fn restore_origin(dm: &Dm, session: &Session) -> Result<Option<Window>> {
     let origin = &session.origin.dm_name;
     if session.origin.wrapped {
         if dm.exists(origin)? {
@@ -274,18 +279,18 @@ fn restore_origin(dm: &Dm, session: &Session) -> Result<Option<f64>> {
         }
         return Ok(None);
     }
-    let frozen = restore_origin_table(dm, origin, &session.origin.real)?;
+    let window = restore_origin_table(dm, origin, &session.origin.real)?;
     if dm.exists(&session.origin.real)? {
         dm.remove(&session.origin.real)?;
     }
-    Ok(frozen)
+    Ok(window)
 }
 
 /// Switches a dm origin back onto its own table if it runs on
 /// `snapshot-origin`, or drops a new table loaded but never switched to.
-/// `-real` stays (the caller removes it once nothing uses it). Returns how
-/// long the filesystem was frozen.
-pub(super) fn restore_origin_table(dm: &Dm, origin: &str, real: &str) -> Result<Option<f64>> {
+/// `-real` stays (the caller removes it once nothing uses it). Returns the
+/// switch, if there was one.
+pub(super) fn restore_origin_table(dm: &Dm, origin: &str, real: &str) -> Result<Option<Window>> {
     if !dm.exists(origin)? {
         return Ok(None);
     }
@@ -300,5 +305,5 @@ pub(super) fn restore_origin_table(dm: &Dm, origin: &str, real: &str) -> Result<
     let mounts = MountTable(crate::kernel::mountinfo::read()?);
     let mounted_at = mounts.mounts_of(dm.devnum(origin)?).first().map(|m| m.mount_point.clone());
     let window = crate::switch::window::switch(dm, origin, mounted_at.as_deref(), true, &RESTORE_STEPS, || Ok(()))?;
-    Ok(window.frozen.map(|d| d.as_secs_f64()))
+    Ok(Some(window))
 }

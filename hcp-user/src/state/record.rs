@@ -19,6 +19,7 @@ use super::private::{
     write_private_file, ROOT,
 };
 use crate::error::{Error, Result};
+use crate::kernel::writeback::PreFlush;
 
 /// The version of the record format below; bumped on incompatible changes.
 pub const RECORD_VERSION: u32 = 1;
@@ -153,6 +154,10 @@ pub struct TracedDevice {
 /// kernel.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WindowRecord {
+    /// The writeback before the freeze; null for a session started before
+    /// hcp had it, or traced after its start.
+    #[serde(default)]
+    pub pre_flush: Option<PreFlush>,
     pub freeze_call_seconds: Option<f64>,
     pub frozen_seconds: Option<f64>,
     pub suspended_seconds: Option<f64>,

@@ -7,6 +7,7 @@
 //! store and `-real` made; the snapshot device exists, inactive),
 //! `after-origin-reload` (the origin's new table is loaded, inactive),
 //! `after-prepare` (everything made and tracing attached; nothing switched),
+//! `after-pre-flush` (the filesystem written back, not yet frozen),
 //! `after-freeze`, `after-suspend`, `before-resume` (the snapshot is active,
 //! the origin still suspended), `before-thaw` (the origin switched, the
 //! filesystem still frozen).
@@ -14,7 +15,7 @@
 //! Steps of `remove`, in order: `remove-after-unmount`,
 //! `remove-after-record` (marked as being removed), `remove-after-snapshot-remove`,
 //! `remove-after-origin-reload` (the origin's own table loaded, inactive),
-//! `remove-after-freeze`, `remove-after-suspend`, `remove-before-thaw`,
+//! `remove-after-pre-flush`, `remove-after-freeze`, `remove-after-suspend`, `remove-before-thaw`,
 //! `remove-after-store-detach`. The origin steps come only with an
 //! origin's last session.
 //!
@@ -35,10 +36,11 @@ use std::sync::OnceLock;
 use crate::error::{Error, Result};
 
 /// Every step a fault can be injected at: `start`'s, then `remove`'s.
-pub const STEPS: [&str; 19] = [
+pub const STEPS: [&str; 21] = [
     "after-snapshot-create",
     "after-origin-reload",
     "after-prepare",
+    "after-pre-flush",
     "after-freeze",
     "after-suspend",
     "before-resume",
@@ -47,6 +49,7 @@ pub const STEPS: [&str; 19] = [
     "remove-after-record",
     "remove-after-snapshot-remove",
     "remove-after-origin-reload",
+    "remove-after-pre-flush",
     "remove-after-freeze",
     "remove-after-suspend",
     "remove-before-thaw",

@@ -1,5 +1,5 @@
-//! The one place an origin is switched to a new table while live: freeze
-//! its filesystem, suspend it, (activate a snapshot), resume it on the
+//! The one place an origin is switched to a new table while live: write
+//! back its filesystem's dirty data, freeze it, suspend it, (activate a snapshot), resume it on the
 //! table loaded beforehand, thaw. `start` switches an origin onto
 //! `snapshot-origin`; `remove` and `recover` switch it back onto its own
 //! table. Both get the same protection:
@@ -14,14 +14,21 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::error::Result;
+use crate::error::{Error, Kind, Result};
 use crate::kernel::dm::device::{Dm, Suspend};
 use crate::kernel::freeze::Frozen;
-use crate::kernel::signals::SignalBlock;
+use crate::kernel::signals::{pending_stop_signal, SignalBlock};
+use crate::kernel::writeback::{self, PreFlush, Stopped};
 use crate::switch::fault;
 
-/// The fault-injection steps of one kind of switch (see [`crate::switch::fault`]).
+/// The fault-injection steps of one kind of switch (see
+/// [`crate::switch::fault`]), and what a stop signal before the freeze does.
 pub struct Steps {
+    pub after_pre_flush: &'static str,
+    /// Whether a Ctrl-C during the pre-flush abandons the switch (a start,
+    /// undone), or only cuts the pre-flush short (a remove, which must
+    /// finish what it began).
+    pub abandon_on_signal: bool,
     pub after_freeze: &'static str,
     pub after_suspend: &'static str,
     pub before_resume: &'static str,
@@ -29,6 +36,8 @@ pub struct Steps {
 }
 
 pub const START_STEPS: Steps = Steps {
+    after_pre_flush: "after-pre-flush",
+    abandon_on_signal: true,
     after_freeze: "after-freeze",
     after_suspend: "after-suspend",
     before_resume: "before-resume",
@@ -38,6 +47,8 @@ pub const START_STEPS: Steps = Steps {
 /// Restoring an origin has nothing between its suspend and resume, so one
 /// step stands for both.
 pub const RESTORE_STEPS: Steps = Steps {
+    after_pre_flush: "remove-after-pre-flush",
+    abandon_on_signal: false,
     after_freeze: "remove-after-freeze",
     after_suspend: "remove-after-suspend",
     before_resume: "remove-after-suspend",
@@ -46,6 +57,8 @@ pub const RESTORE_STEPS: Steps = Steps {
 
 /// How long each part of a switch took, on hcp's monotonic clock.
 pub struct Window {
+    /// The writeback before the freeze; None when nothing was mounted.
+    pub pre_flush: Option<PreFlush>,
     /// FIFREEZE to the end of FITHAW; None when nothing was mounted.
     pub frozen: Option<Duration>,
     /// The FIFREEZE call itself (it writes back dirty data).
@@ -55,9 +68,9 @@ pub struct Window {
 }
 
 /// Switches `origin` (its new table loaded, inactive, when `reloaded`) with
-/// its filesystem at `mounted_at` frozen, running `between` while it is
-/// suspended. On failure the origin is running on its old table and thawed
-/// before the error returns.
+/// its filesystem at `mounted_at` written back, then frozen, running
+/// `between` while it is suspended. On failure the origin is running on its
+/// old table and thawed before the error returns.
 pub fn switch(
     dm: &Dm,
     origin: &str,
@@ -66,6 +79,19 @@ pub fn switch(
     steps: &Steps,
     between: impl FnOnce() -> Result<()>,
 ) -> Result<Window> {
+    // Outside the window: writers keep going while it runs, and nothing is
+    // held, so neither the guard nor blocked signals are needed yet.
+    let pre_flush = mounted_at.map(|at| writeback::pre_flush(at, || pending_stop_signal().is_some())).transpose()?;
+    fault::at(steps.after_pre_flush)?;
+    if steps.abandon_on_signal && pre_flush.as_ref().is_some_and(|p| p.stopped == Stopped::Signal) {
+        let signal = pending_stop_signal().unwrap_or("a signal");
+        return Err(Error::new(
+            Kind::Interrupted,
+            format!(
+                "{signal} during the pre-flush: stopped before the snapshot went live; everything it made is undone"
+            ),
+        ));
+    }
     let plan = crate::switch::guard::Plan {
         resume: vec![origin.to_string()],
         thaw: mounted_at.map(Path::to_path_buf).into_iter().collect(),
@@ -97,7 +123,7 @@ pub fn switch(
     let frozen = frozen.map(Frozen::thaw).transpose()?;
     drop(signals);
     guard.disarm()?;
-    Ok(Window { frozen, freeze_call, suspended })
+    Ok(Window { pre_flush, frozen, freeze_call, suspended })
 }
 
 /// A suspended origin: unless disarmed, resumed with its old table (the

@@ -22,6 +22,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::kernel::dm::device::{make_node, Dm};
 use crate::kernel::dm::uuid::{self, UUID_ORIGIN};
+use crate::kernel::writeback::PreFlush;
 use crate::privilege::require_root;
 use crate::state::lock::Lock;
 use crate::state::record::{self, AutoextendRecord, KernelWindow, Phase, WindowRecord};
@@ -66,6 +67,9 @@ pub struct Started {
 /// Measured on hcp's monotonic clock.
 #[derive(Clone, Debug, Serialize)]
 pub struct Timing {
+    /// The writeback before the freeze (passes of `syncfs`, outside the
+    /// window); null when nothing was mounted.
+    pub pre_flush: Option<PreFlush>,
     /// From the start of the command until the snapshot was live (with
     /// `--trace`, this includes loading the programs and the baseline).
     pub snapshot_seconds: f64,
@@ -113,6 +117,7 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
 fn switch<'a>(dm: &'a Dm, plan: &Plan, prepared: &Prepared, undo: &mut Undo<'a>) -> Result<Timing> {
     let mut timing = Timing {
         snapshot_seconds: 0.0,
+        pre_flush: None,
         frozen_seconds: None,
         freeze_call_seconds: None,
         suspended_seconds: None,
@@ -138,6 +143,7 @@ fn switch<'a>(dm: &'a Dm, plan: &Plan, prepared: &Prepared, undo: &mut Undo<'a>)
                 &crate::switch::window::START_STEPS,
                 || dm.resume(id),
             )?;
+            timing.pre_flush = window.pre_flush;
             timing.frozen_seconds = window.frozen.map(|d| d.as_secs_f64());
             timing.freeze_call_seconds = window.freeze_call.map(|d| d.as_secs_f64());
             timing.suspended_seconds = Some(window.suspended.as_secs_f64());
@@ -190,6 +196,7 @@ fn finish(
             crate::session::trace::attach(&late)?;
         }
         let window = WindowRecord {
+            pre_flush: timing.pre_flush.clone(),
             freeze_call_seconds: timing.freeze_call_seconds,
             frozen_seconds: timing.frozen_seconds,
             suspended_seconds: timing.suspended_seconds,
