@@ -7,8 +7,9 @@
 //! userland: `hcp` beside this binary, `lvm`, `fio`, `mkfs.ext4`.
 //!
 //! ```text
-//! hcp-bench --disk /dev/vda --out FILE [--parts switch,write,commands]
-//!           [--reps 7] [--write-reps 3] [--write-mib 8] [--chunks 4K,16K,64K]
+//! hcp-bench --disk /dev/vda --out FILE [--parts switch,dirty,write,commands]
+//!           [--reps 7] [--dirty-mib 0,32,128] [--write-reps 3] [--write-mib 8]
+//!           [--chunks 4K,16K,64K]
 //!           [--command-reps 5] [--sessions 16]
 //! ```
 //!
@@ -55,6 +56,8 @@ struct Args {
     write_reps: usize,
     write_mib: u64,
     chunks: Vec<String>,
+    /// The dirty part: MiB left dirty before each command (0: clean).
+    dirty_mib: Vec<u64>,
     command_reps: usize,
     sessions: usize,
 }
@@ -63,11 +66,12 @@ fn parse_args() -> Result<Args> {
     let mut a = Args {
         disk: PathBuf::from("/dev/vda"),
         out: PathBuf::new(),
-        parts: vec!["switch".into(), "write".into(), "commands".into()],
+        parts: vec!["switch".into(), "dirty".into(), "write".into(), "commands".into()],
         reps: 7,
         write_reps: 3,
         write_mib: 8,
         chunks: vec!["4K".into(), "16K".into(), "64K".into()],
+        dirty_mib: vec![0, 32, 128],
         command_reps: 5,
         sessions: 16,
     };
@@ -83,6 +87,7 @@ fn parse_args() -> Result<Args> {
             "--write-reps" => a.write_reps = value.parse()?,
             "--write-mib" => a.write_mib = value.parse()?,
             "--chunks" => a.chunks = list(),
+            "--dirty-mib" => a.dirty_mib = list().iter().map(|m| m.parse()).collect::<Result<_, _>>()?,
             "--command-reps" => a.command_reps = value.parse()?,
             "--sessions" => a.sessions = value.parse()?,
             _ => bail!("unknown option {flag}"),
@@ -112,8 +117,9 @@ fn run() -> Result<()> {
         let result = match part.as_str() {
             "switch" => switch_cost(args.reps),
             "write" => write_cost(args.write_reps, args.write_mib, &args.chunks),
+            "dirty" => dirty_cost(args.reps, &args.dirty_mib),
             "commands" => command_latency(args.command_reps, args.sessions),
-            _ => bail!("unknown part {part}: switch, write or commands"),
+            _ => bail!("unknown part {part}: switch, dirty, write or commands"),
         };
         // Whatever a failed part left must not disturb the next one.
         cleanup();
@@ -402,6 +408,128 @@ fn switch_reps(writer: &Writer, reps: usize) -> Result<Value> {
         runs.push(run);
     }
     Ok(json!({ "runs": runs, "lvs": lvs_checked }))
+}
+
+// ------------------------------------------------------- part 1b: dirty
+
+/// The file the dirty part leaves dirty before each command.
+const DIRTY_FILE: &str = "dirty.dat";
+
+/// The switch with dirty page cache: part 1's writer, plus a buffered
+/// writer that leaves `mib` MiB dirty on the origin just before each
+/// command. Cases: hcp start, lvcreate, the floor, and `syncfs` alone (the
+/// writeback's own cost to the writer, nothing frozen).
+fn dirty_cost(reps: usize, dirty_mib: &[u64]) -> Result<Value> {
+    let writer = Writer::start(&Path::new(MOUNT).join("writer.dat"))?;
+    let result = dirty_reps(&writer, reps, dirty_mib);
+    let writes = writer.stop()?;
+    let _ = fs::remove_file(Path::new(MOUNT).join(DIRTY_FILE));
+    let mut value = result?;
+    value["writes"] = json!(writes);
+    Ok(value)
+}
+
+fn dirty_reps(writer: &Writer, reps: usize, dirty_mib: &[u64]) -> Result<Value> {
+    let cases = ["hcp", "lvm", "floor", "syncfs"];
+    let dm = Dm::open()?;
+    let dirty_path = Path::new(MOUNT).join(DIRTY_FILE);
+    // Laid out (and synced) once: each command then finds the same blocks
+    // rewritten, dirty, and no allocation to make.
+    fill(&dirty_path, dirty_mib.iter().copied().max().unwrap_or(0) << 20)?;
+    let mut runs = Vec::new();
+    for rep in 0..reps {
+        let mut run = json!({});
+        for k in 0..dirty_mib.len() {
+            // Both orders rotate: the amounts, and the cases within each.
+            let mib = dirty_mib[(rep + k) % dirty_mib.len()];
+            let order: Vec<&str> = (0..cases.len()).map(|i| cases[(rep + k + i) % cases.len()]).collect();
+            say(&format!("dirty: repetition {}/{reps}, {mib} MiB dirty: {}", rep + 1, order.join(", ")));
+            let mut at = json!({ "order": order });
+            for case in &order {
+                let command = |f: &mut dyn FnMut() -> Result<Value>| dirty_command(writer, &dirty_path, mib, f);
+                at[*case] = match *case {
+                    "hcp" => {
+                        let v = command(&mut || {
+                            let args =
+                                ["start", "--skip-mount", "--chunk-size", "4K", "-c", &store_path(), &origin_path()];
+                            let (started, wall) = hcp_json(&args)?;
+                            let t = &started["timing"];
+                            Ok(json!({
+                                "session": started["session"], "wall_ms": ms(wall),
+                                "frozen_ms": secs_to_ms(&t["frozen_seconds"]),
+                                "freeze_call_ms": secs_to_ms(&t["freeze_call_seconds"]),
+                                "pre_flush": t["pre_flush"],
+                            }))
+                        })?;
+                        hcp_json(&["remove", v["session"].as_str().context("start printed no session")?])?;
+                        v
+                    }
+                    "lvm" => {
+                        let origin = origin_path();
+                        let create: [&str; 11] =
+                            ["lvcreate", "-q", "-y", "-s", "-n", "snap", "-L", "64M", "--chunksize", "4k", &origin];
+                        let v = command(&mut || Ok(json!({ "wall_ms": ms(timed_lvm(&create)?) })))?;
+                        timed_lvm(&["lvremove", "-q", "-f", &format!("{VG}/snap")])?;
+                        v
+                    }
+                    "floor" => command(&mut || {
+                        let t = Instant::now();
+                        dm.suspend(ORIGIN_DM, Suspend::Lockfs)?;
+                        dm.resume(ORIGIN_DM)?;
+                        Ok(json!({ "wall_ms": ms(t.elapsed()) }))
+                    })?,
+                    _ => command(&mut || {
+                        let t = Instant::now();
+                        syncfs(Path::new(MOUNT))?;
+                        Ok(json!({ "wall_ms": ms(t.elapsed()) }))
+                    })?,
+                };
+            }
+            run[mib.to_string()] = at;
+        }
+        runs.push(run);
+    }
+    Ok(json!({ "runs": runs, "dirty_mib": dirty_mib }))
+}
+
+/// `f` under the writer with `mib` MiB of `path` left dirty before it
+/// (then part 1's quiet time: far below the kernel's 30 s expiry, and its
+/// background threshold is above 128 MiB in a 2 GiB guest, so the data
+/// stays dirty). Adds the stall, the idle gap and the system's dirty bytes
+/// as the command began to what `f` returns.
+fn dirty_command(writer: &Writer, path: &Path, mib: u64, f: &mut dyn FnMut() -> Result<Value>) -> Result<Value> {
+    dirty_file(path, mib << 20)?;
+    let mut dirty_at_command = 0;
+    let (mut value, stall, idle) = under_writer(writer, || {
+        dirty_at_command = hcp::kernel::writeback::dirty_bytes()?;
+        f()
+    })?;
+    value["stall_ms"] = json!(stall);
+    value["idle_gap_ms"] = json!(idle);
+    value["dirty_bytes_at_command"] = json!(dirty_at_command);
+    Ok(value)
+}
+
+/// Rewrites the first `bytes` of `path` through the page cache and leaves
+/// them dirty (no sync).
+fn dirty_file(path: &Path, bytes: u64) -> Result<()> {
+    let f = OpenOptions::new().write(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+    let block = vec![0x3cu8; 1 << 20];
+    for off in (0..bytes).step_by(block.len()) {
+        f.write_all_at(&block, off)?;
+    }
+    Ok(())
+}
+
+fn syncfs(dir: &Path) -> Result<()> {
+    let f = fs::File::open(dir)?;
+    // SAFETY: syncfs on a descriptor we own.
+    ensure!(
+        unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } == 0,
+        "syncfs: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
 }
 
 // ---------------------------------------------------------------- part 2

@@ -3,7 +3,7 @@
 //! `bench/results.json` (every run of every figure, the machine, the
 //! kernels and the tools) and rendered from it as `bench/RESULTS.md`.
 //!
-//! Parts 1-3 need device-mapper and run in the test VM ([`vm`]); parts 4-6
+//! Parts 1-3 (with 1b) need device-mapper and run in the test VM ([`vm`]); parts 4-6
 //! run on the host ([`host`]). A run of some parts (`--only`, VM or host
 //! parts alike) keeps the other sections of the last results.json, each
 //! marked with the run that measured it.
@@ -41,6 +41,8 @@ pub struct BenchArgs {
 pub enum Part {
     /// 1. The write stall of `hcp start`/`remove` against LVM and a bare suspend (VM).
     Switch,
+    /// 1b. The same with 32 and 128 MiB of dirty page cache, and `syncfs` alone (VM).
+    Dirty,
     /// 2. fio throughput and latency under an hcp session and an LVM snapshot (VM).
     Write,
     /// 3. `hcp list` and `hcp stats` wall time with 1 and 16 sessions (VM).
@@ -54,12 +56,14 @@ pub enum Part {
 }
 
 impl Part {
-    const ALL: [Part; 6] = [Part::Switch, Part::Write, Part::Commands, Part::Tracing, Part::Capacity, Part::Memory];
+    const ALL: [Part; 7] =
+        [Part::Switch, Part::Dirty, Part::Write, Part::Commands, Part::Tracing, Part::Capacity, Part::Memory];
 
     /// The part's name on the command line, and in the guest.
     fn name(self) -> &'static str {
         match self {
             Part::Switch => "switch",
+            Part::Dirty => "dirty",
             Part::Write => "write",
             Part::Commands => "commands",
             Part::Tracing => "tracing",
@@ -78,6 +82,7 @@ impl Part {
     fn section_prefix(self) -> &'static str {
         match self {
             Part::Switch => "switch_cost",
+            Part::Dirty => "dirty_switch",
             Part::Write => "write_cost",
             Part::Commands => "command_latency",
             Part::Tracing => "tracing_overhead",
@@ -437,6 +442,7 @@ mod tests {
     #[test]
     fn sections_keep_the_order_of_the_parts() {
         let mut ids = vec![
+            "dirty_switch/6.1",
             "memory",
             "command_latency/6.1",
             "tracer_capacity",
@@ -449,6 +455,7 @@ mod tests {
             ids,
             vec![
                 "switch_cost/6.1",
+                "dirty_switch/6.1",
                 "write_cost/x/6.1",
                 "command_latency/6.1",
                 "tracing_overhead",
