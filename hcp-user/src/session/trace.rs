@@ -23,9 +23,17 @@ use crate::tracer::pins;
 /// Starts tracing `devices` (attaching the programs if no session is
 /// traced yet); returns the devices newly traced, to undo on failure.
 pub(super) fn attach(devices: &[(DevNum, Role, PathBuf)]) -> Result<Vec<DevNum>> {
-    pins::ensure_attached().map_err(|e| Error::system(format!("attaching hcp's tracing: {e:#}")))?;
+    pins::ensure_attached(Some(&layout_cache()))
+        .map_err(|e| Error::system(format!("attaching hcp's tracing: {e:#}")))?;
     let list: Vec<DevNum> = devices.iter().map(|(d, _, _)| *d).collect();
     pins::add_devices(&list).map_err(|e| Error::system(format!("tracing the session's devices: {e:#}")))
+}
+
+/// Where the running kernel's layout is kept between commands (see
+/// [`crate::tracer::layout::KernelLayout::find`]): under /run, which a
+/// reboot, the usual way to change kernels, empties.
+fn layout_cache() -> PathBuf {
+    crate::state::dirs::run_dir().join("kernel-layout")
 }
 
 /// The origin's write latency over `baseline` (None for zero).
@@ -64,12 +72,14 @@ pub(super) fn counters_now(devices: &[DevNum]) -> Result<CountersRecord> {
 /// The tracer of the switch: this process's freeze and suspend calls and,
 /// for a mounted origin (`fs_dev`, its device), the write stalls they cause.
 /// Attached for the switch only: syscall tracepoints slow every system
-/// call of the machine while attached.
+/// call of the machine while attached. The programs pinned with the block
+/// programs are attached if there (see [`pins`]), else loaded anew.
 pub(super) fn switch_tracer(fs_dev: Option<DevNum>) -> Result<FreezeTracer> {
-    let attached = match fs_dev {
-        Some(dev) => FreezeTracer::attach_with_stalls(dev),
-        None => FreezeTracer::attach(),
-    };
+    let attached = FreezeTracer::attach_pinned(fs_dev).and_then(|pinned| match (pinned, fs_dev) {
+        (Some(tracer), _) => Ok(tracer),
+        (None, Some(dev)) => FreezeTracer::attach_with_stalls(dev),
+        (None, None) => FreezeTracer::attach(),
+    });
     attached.map_err(|e| Error::system(format!("attaching the freeze tracer: {e:#}")))
 }
 

@@ -25,10 +25,11 @@ pub struct BlockIoTracer {
 impl BlockIoTracer {
     /// Starts counting I/O of `devices` (each given by its device number).
     pub fn attach(devices: &[DevNum]) -> Result<BlockIoTracer> {
-        let mut ebpf = object::load(object::Purpose::BlockIo)?;
+        let layout = object::kernel_layout()?;
+        let mut ebpf = object::load_with(object::Purpose::BlockIo, hcp_common::bio::IN_FLIGHT_SLOTS, &layout)?;
         let mut counts = PerCpuHashMap::try_from(ebpf.take_map("DEV_IO").context("eBPF object lacks map DEV_IO")?)?;
         add_devices(&mut counts, devices)?;
-        object::attach_block_programs(&mut ebpf)?;
+        object::attach_block_programs(&mut ebpf, &layout)?;
         let remaps = PerCpuHashMap::try_from(ebpf.take_map("DEV_REMAP").context("eBPF object lacks map DEV_REMAP")?)?;
         Ok(BlockIoTracer { _ebpf: ebpf, counts, remaps })
     }

@@ -55,10 +55,11 @@ struct Type {
     /// The size in bytes (INT, STRUCT, UNION, ENUM*, FLOAT) or the referenced
     /// type id (PTR, TYPEDEF, the modifiers).
     size_or_type: u32,
-    /// INT: the encoding word. ARRAY: the element type id. STRUCT, UNION:
-    /// the index of the first member in `KernelBtf::members`.
+    /// INT: the encoding word. ARRAY: the element type id. STRUCT, UNION,
+    /// ENUM, ENUM64: where its members (enumerators) start in the blob,
+    /// read only when looked at.
     extra: u32,
-    /// ARRAY: the element count. STRUCT, UNION: the member count.
+    /// ARRAY: the element count. STRUCT, UNION, ENUM*: the member count.
     count: u32,
 }
 
@@ -81,12 +82,22 @@ struct Found {
 
 /// The kernel's types, parsed once; look members up with
 /// [`KernelBtf::member_offset`] and [`KernelBtf::member_size`].
+///
+/// The parse walks every type once, keeping a few words of each; members
+/// and enumerators stay in the blob and are read only for the types looked
+/// at (a kernel's BTF has some 100,000 types and 5 MB, and hcp looks at a
+/// dozen structs).
 pub struct KernelBtf {
-    strings: Vec<u8>,
+    /// The whole blob.
+    bytes: Vec<u8>,
+    /// Where the string section is in `bytes`.
+    strings: std::ops::Range<usize>,
     types: Vec<Type>,
-    members: Vec<Member>,
-    /// Every enumerator of every enum: (name, value).
-    enumerators: Vec<(u32, i64)>,
+    /// The ids of the named structs and unions, the only types looked up by
+    /// name for members.
+    composites: Vec<u32>,
+    /// The ids of the enums, for enumerator lookups.
+    enums: Vec<u32>,
     /// Whose BTF this is, for messages: "kernel 6.12.48-amd64".
     source: String,
 }
@@ -109,19 +120,22 @@ impl KernelBtf {
             "" => "the running kernel".to_string(),
             release => format!("kernel {release}"),
         };
-        Self::parse_from(&bytes, source).map_err(|e| e.context(VMLINUX))
+        Self::parse_from(bytes, source).map_err(|e| e.context(VMLINUX))
     }
 
     /// Parses a raw BTF blob (the contents of /sys/kernel/btf/vmlinux).
     pub fn parse(bytes: &[u8]) -> Result<KernelBtf> {
-        Self::parse_from(bytes, "the given BTF".to_string())
+        Self::parse_from(bytes.to_vec(), "the given BTF".to_string())
     }
 
     /// The byte offset of `path` ("bio.bi_iter.bi_size": a struct name, then
     /// members) from the start of the outer struct.
     pub fn member_offset(&self, path: &str) -> Result<u32> {
-        let found = self.resolve(path)?;
-        if found.bit_offset % 8 != 0 {
+        self.offset_of(path, self.resolve(path)?)
+    }
+
+    fn offset_of(&self, path: &str, found: Found) -> Result<u32> {
+        if !found.bit_offset.is_multiple_of(8) {
             return Err(Error::refused(format!(
                 "{path}: a bitfield at bit {} of {}, not on a byte boundary ({})",
                 found.bit_offset,
@@ -135,7 +149,10 @@ impl KernelBtf {
     /// The size in bytes of the member at `path`, through typedefs and
     /// qualifiers; a pointer is 8 bytes (the kernels hcp supports are 64-bit).
     pub fn member_size(&self, path: &str) -> Result<u32> {
-        let found = self.resolve(path)?;
+        self.size_of_member(path, self.resolve(path)?)
+    }
+
+    fn size_of_member(&self, path: &str, found: Found) -> Result<u32> {
         if found.bits != 0 {
             return Err(Error::refused(format!(
                 "{path}: a bitfield of {} bits in {}, not readable as whole bytes ({})",
@@ -148,10 +165,18 @@ impl KernelBtf {
             .ok_or_else(|| Error::refused(format!("{path}: a member of unknown size ({})", self.source)))
     }
 
+    /// [`Self::member_offset`] and [`Self::member_size`] of `path`, looked
+    /// up once: its byte offset and size.
+    pub fn member(&self, path: &str) -> Result<(u32, u32)> {
+        let found = self.resolve(path)?;
+        let size = self.size_of_member(path, found)?;
+        Ok((self.offset_of(path, found)?, size))
+    }
+
     /// The value of the enumerator `name` (such as `__REQ_FUA`, the bit
     /// number of a request flag), which every enum that has it must agree on.
     pub fn enum_value(&self, name: &str) -> Result<i64> {
-        let mut values = self.enumerators.iter().filter(|(n, _)| self.name(*n) == name.as_bytes()).map(|(_, v)| *v);
+        let mut values = self.enumerators().filter(|(n, _)| self.name_is(*n, name)).map(|(_, v)| v);
         let Some(value) = values.next() else {
             return Err(Error::refused(format!("no enumerator {name} ({})", self.source)));
         };
@@ -161,7 +186,48 @@ impl KernelBtf {
         Ok(value)
     }
 
-    fn parse_from(bytes: &[u8], source: String) -> Result<KernelBtf> {
+    /// The id of the (first) typedef `name`: the kernel names a raw
+    /// tracepoint's type `btf_trace_<event>`, and a `tp_btf` program is
+    /// loaded against that id (aya looks it up the same way).
+    pub fn typedef_id(&self, name: &str) -> Result<u32> {
+        (1..self.types.len() as u32)
+            .find(|&id| self.types[id as usize].kind == TYPEDEF && self.name_is(self.types[id as usize].name, name))
+            .ok_or_else(|| Error::refused(format!("no typedef {name} ({})", self.source)))
+    }
+
+    /// Every enumerator of every enum: (name, value). Signed or not
+    /// (kind_flag), the flag values hcp looks up are small and positive
+    /// either way.
+    fn enumerators(&self) -> impl Iterator<Item = (u32, i64)> + '_ {
+        self.enums.iter().flat_map(move |&id| {
+            let t = self.types[id as usize];
+            let wide = t.kind == ENUM64;
+            let stride = if wide { 12 } else { 8 };
+            (0..t.count as usize).map(move |i| {
+                let at = t.extra as usize + i * stride;
+                let name = self.word(at);
+                let value = if wide {
+                    (u64::from(self.word(at + 8)) << 32 | u64::from(self.word(at + 4))) as i64
+                } else {
+                    i64::from(self.word(at + 4) as i32)
+                };
+                (name, value)
+            })
+        })
+    }
+
+    /// Member `i` of struct or union `t` (checked at parse to be in the blob).
+    fn member_at(&self, t: &Type, i: u32) -> Member {
+        let at = t.extra as usize + i as usize * 12;
+        Member { name: self.word(at), type_id: self.word(at + 4), offset: self.word(at + 8) }
+    }
+
+    /// The word at byte `at` of the blob, which the parse checked is there.
+    fn word(&self, at: usize) -> u32 {
+        u32::from_ne_bytes(self.bytes[at..at + 4].try_into().expect("4 bytes"))
+    }
+
+    fn parse_from(bytes: Vec<u8>, source: String) -> Result<KernelBtf> {
         let bad = |what: &str| Error::system(format!("malformed BTF: {what}"));
         let word = |at: usize| bytes.get(at..at + 4).map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
         if bytes.len() < HEADER_LEN {
@@ -189,13 +255,8 @@ impl KernelBtf {
         };
         let (type_sec, str_sec) = (section(8)?, section(16)?);
 
-        let mut btf = KernelBtf {
-            strings: bytes[str_sec].to_vec(),
-            types: vec![Type::default()],
-            members: Vec::new(),
-            enumerators: Vec::new(),
-            source,
-        };
+        let mut types = vec![Type::default()];
+        let (mut composites, mut enums) = (Vec::new(), Vec::new());
         let mut w = Words { bytes: &bytes[..type_sec.end], at: type_sec.start };
         while w.at < type_sec.end {
             let (name, info, size_or_type) = (w.next()?, w.next()?, w.next()?);
@@ -215,42 +276,29 @@ impl KernelBtf {
                     t.count = w.next()?;
                     0
                 }
-                STRUCT | UNION => {
-                    t.extra = btf.members.len() as u32;
+                STRUCT | UNION | ENUM | ENUM64 => {
+                    // Read when looked at: kept as where they start.
+                    t.extra = u32::try_from(w.at).map_err(|_| bad("larger than 4 GiB"))?;
                     t.count = vlen;
-                    for _ in 0..vlen {
-                        btf.members.push(Member { name: w.next()?, type_id: w.next()?, offset: w.next()? });
+                    let id = types.len() as u32;
+                    match kind {
+                        STRUCT | UNION if name != 0 => composites.push(id),
+                        ENUM | ENUM64 => enums.push(id),
+                        _ => {}
                     }
-                    0
-                }
-                ENUM => {
-                    for _ in 0..vlen {
-                        let (name, value) = (w.next()?, w.next()?);
-                        // Signed or not (kind_flag), the flag values hcp
-                        // looks up are small and positive either way.
-                        btf.enumerators.push((name, i64::from(value as i32)));
-                    }
-                    0
-                }
-                ENUM64 => {
-                    for _ in 0..vlen {
-                        let (name, lo, hi) = (w.next()?, w.next()?, w.next()?);
-                        btf.enumerators.push((name, (u64::from(hi) << 32 | u64::from(lo)) as i64));
-                    }
-                    0
+                    let words_each = if kind == ENUM { 2 } else { 3 };
+                    words_each * vlen
                 }
                 FUNC_PROTO => 2 * vlen,
                 DATASEC => 3 * vlen,
                 VAR | DECL_TAG => 1,
                 PTR | FWD | TYPEDEF | VOLATILE | CONST | RESTRICT | FUNC | FLOAT | TYPE_TAG => 0,
-                _ => return Err(bad(&format!("unknown kind {kind} at type id {}", btf.types.len()))),
+                _ => return Err(bad(&format!("unknown kind {kind} at type id {}", types.len()))),
             };
-            for _ in 0..skip_words {
-                w.next()?;
-            }
-            btf.types.push(t);
+            w.skip(skip_words)?;
+            types.push(t);
         }
-        Ok(btf)
+        Ok(KernelBtf { strings: str_sec, bytes, types, composites, enums, source })
     }
 
     fn resolve(&self, path: &str) -> Result<Found> {
@@ -264,9 +312,8 @@ impl KernelBtf {
         // has a dozen such, e.g. `console`). Those without the path are
         // passed over; those with it must agree, or nothing is safe to read.
         let mut answer: Option<Result<Found>> = None;
-        for id in 1..self.types.len() as u32 {
-            let t = self.types[id as usize];
-            if !matches!(t.kind, STRUCT | UNION) || self.name(t.name) != outer.as_bytes() {
+        for &id in &self.composites {
+            if !self.name_is(self.types[id as usize].name, outer) {
                 continue;
             }
             let this = self.walk(id, outer, &members);
@@ -310,8 +357,7 @@ impl KernelBtf {
     /// struct and union members as C does.
     fn find_member(&self, id: u32, name: &str, depth: u32) -> Option<Found> {
         let t = self.types[id as usize];
-        let members = self.members.get(t.extra as usize..(t.extra + t.count) as usize)?;
-        for m in members {
+        for m in (0..t.count).map(|i| self.member_at(&t, i)) {
             let (mut bit_offset, mut bits) =
                 if t.kind_flag { (m.offset & 0xff_ffff, m.offset >> 24) } else { (m.offset, 0) };
             if !t.kind_flag {
@@ -329,7 +375,7 @@ impl KernelBtf {
                         return Some(Found { bit_offset: bit_offset.saturating_add(f.bit_offset), ..f });
                     }
                 }
-            } else if self.name(m.name) == name.as_bytes() {
+            } else if self.name_is(m.name, name) {
                 return Some(Found { bit_offset, bits, type_id: m.type_id });
             }
         }
@@ -374,8 +420,17 @@ impl KernelBtf {
 
     /// The NUL-terminated name at `off` in the string section.
     fn name(&self, off: u32) -> &[u8] {
-        let tail = self.strings.get(off as usize..).unwrap_or_default();
+        let strings = &self.bytes[self.strings.clone()];
+        let tail = strings.get(off as usize..).unwrap_or_default();
         &tail[..tail.iter().position(|&b| b == 0).unwrap_or(tail.len())]
+    }
+
+    /// Whether the string at `off` is `name`, without measuring the string
+    /// first (most names differ in their first bytes).
+    fn name_is(&self, off: u32, name: &str) -> bool {
+        let strings = &self.bytes[self.strings.clone()];
+        let Some(tail) = strings.get(off as usize..) else { return name.is_empty() };
+        tail.starts_with(name.as_bytes()) && tail.get(name.len()).is_none_or(|&b| b == 0)
     }
 }
 
@@ -391,6 +446,16 @@ impl Words<'_> {
         let word = word.ok_or_else(|| Error::system("malformed BTF: a type runs past the end"))?;
         self.at += 4;
         Ok(u32::from_ne_bytes(word.try_into().expect("4 bytes")))
+    }
+
+    /// Skips `words` words, checking they are there.
+    fn skip(&mut self, words: u32) -> Result<()> {
+        let end = self.at + words as usize * 4;
+        if end > self.bytes.len() {
+            return Err(Error::system("malformed BTF: a type runs past the end"));
+        }
+        self.at = end;
+        Ok(())
     }
 }
 
@@ -611,6 +676,15 @@ mod tests {
         let fua = btf.enum_value("__REQ_FUA").unwrap();
         println!("  __REQ_FUA: {fua}");
         assert!((8..32).contains(&fua), "a flag bit above the 8 operation bits of a 32-bit opf");
+    }
+
+    #[test]
+    fn typedefs_by_name() {
+        let btf = KernelBtf::parse(&sample()).unwrap();
+        assert_eq!(btf.typedef_id("u32").unwrap(), 3);
+        assert_eq!(btf.typedef_id("sector_t").unwrap(), 4);
+        assert!(btf.typedef_id("u3").unwrap_err().to_string().contains("no typedef u3"));
+        assert!(btf.typedef_id("bio").is_err(), "a struct, not a typedef");
     }
 
     #[test]

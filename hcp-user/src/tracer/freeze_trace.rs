@@ -17,14 +17,14 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf};
 use aya::programs::TracePoint;
 use aya::Ebpf;
-use hcp_common::freeze::{FreezeCall, FreezeEvent, FreezeLosses};
+use hcp_common::freeze::{FreezeCall, FreezeEvent, FreezeInFlight, FreezeLosses};
 use hcp_common::stall::WriteStall;
 use serde::{Serialize, Serializer};
 
-use super::{object, write_stall};
+use super::{object, pins, write_stall};
 use crate::kernel::devnum::DevNum;
 
 /// Records the freeze and suspend calls of every process while it lives,
@@ -32,10 +32,17 @@ use crate::kernel::devnum::DevNum;
 /// [`crate::tracer::write_stall`]); dropping it detaches the programs.
 pub struct FreezeTracer {
     // Owns the programs, and so the links.
-    _ebpf: Ebpf,
+    _programs: Programs,
     events: RingBuf<MapData>,
     losses: PerCpuArray<MapData, FreezeLosses>,
     stalls: Option<StallMaps>,
+}
+
+/// The programs a tracer attached: an object of its own, or the pinned
+/// ones (their links are the tracer's; the programs stay pinned).
+enum Programs {
+    Loaded(#[allow(dead_code)] Ebpf),
+    Pinned(#[allow(dead_code)] Vec<TracePoint>),
 }
 
 struct StallMaps {
@@ -60,23 +67,13 @@ impl FreezeTracer {
         // Fails, naming what is missing, without the syscall tracepoints'
         // formats (or, for stalls, the kernel fields the walk reads).
         let mut ebpf = object::load(object::Purpose::Switch { stalls: fs_dev.is_some() })?;
-        // Exits first: an entry seen without its exit would leave a stale
-        // in-flight record for the thread's next exit to take.
-        let mut programs = vec![("freeze_ioctl_exit", "syscalls", "sys_exit_ioctl")];
-        if fs_dev.is_some() {
-            programs.push(("write_stall_exit", "raw_syscalls", "sys_exit"));
-            programs.push(("write_stall_enter", "raw_syscalls", "sys_enter"));
-        }
-        programs.push(("freeze_ioctl_enter", "syscalls", "sys_enter_ioctl"));
-        for (program, category, event) in programs {
+        for (program, category, event) in object::switch_programs(fs_dev.is_some()) {
             let prog: &mut TracePoint = ebpf
                 .program_mut(program)
                 .with_context(|| format!("eBPF object lacks program {program}"))?
                 .try_into()?;
             prog.load().with_context(|| format!("loading program {program}"))?;
-            prog.attach(category, event).with_context(|| {
-                format!("attaching to tracepoint {category}:{event} (needs CONFIG_FTRACE_SYSCALLS)")
-            })?;
+            attach_tracepoint(prog, category, event)?;
         }
         let stalls = match fs_dev {
             Some(dev) => {
@@ -96,7 +93,47 @@ impl FreezeTracer {
         let events = RingBuf::try_from(ebpf.take_map("FREEZE_EVENTS").context("eBPF object lacks map FREEZE_EVENTS")?)?;
         let losses =
             PerCpuArray::try_from(ebpf.take_map("FREEZE_LOSSES").context("eBPF object lacks map FREEZE_LOSSES")?)?;
-        Ok(FreezeTracer { _ebpf: ebpf, events, losses, stalls })
+        Ok(FreezeTracer { _programs: Programs::Loaded(ebpf), events, losses, stalls })
+    }
+
+    /// [`Self::attach`] (with `fs_dev`: [`Self::attach_with_stalls`]) from
+    /// the programs the first traced session pinned (see
+    /// [`crate::tracer::pins`]), neither loaded nor verified again; None if
+    /// they are not pinned. Their maps are cleared first of what an earlier
+    /// switch left: only one switch at a time may use them (`hcp start`
+    /// holds hcp's lock).
+    pub fn attach_pinned(fs_dev: Option<DevNum>) -> Result<Option<FreezeTracer>> {
+        let wanted = object::switch_programs(fs_dev.is_some());
+        let mut programs = Vec::new();
+        for (program, _, _) in &wanted {
+            match pins::switch_program(program)? {
+                Some(p) => programs.push(p),
+                None => return Ok(None),
+            }
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let mut events: RingBuf<MapData> = pins::switch_map("FREEZE_EVENTS")?;
+        while events.next().is_some() {}
+        let mut losses: PerCpuArray<MapData, FreezeLosses> = pins::switch_map("FREEZE_LOSSES")?;
+        losses.set(0, PerCpuValues::try_from(vec![FreezeLosses::default(); cpus])?, 0)?;
+        let mut freeze_inflight: HashMap<MapData, u64, FreezeInFlight> = pins::switch_map("FREEZE_INFLIGHT")?;
+        clear(&mut freeze_inflight)?;
+        let stalls = match fs_dev {
+            Some(dev) => {
+                let mut target: Array<MapData, u32> = pins::switch_map("STALL_TARGET")?;
+                target.set(0, dev.to_kernel(), 0).context("setting the stall tracer's filesystem")?;
+                let mut figures: PerCpuArray<MapData, WriteStall> = pins::switch_map("WRITE_STALL")?;
+                figures.set(0, PerCpuValues::try_from(vec![WriteStall::default(); cpus])?, 0)?;
+                let mut inflight: HashMap<MapData, u64, u64> = pins::switch_map("STALL_INFLIGHT")?;
+                clear(&mut inflight)?;
+                Some(StallMaps { _target: target, figures, inflight })
+            }
+            None => None,
+        };
+        for (prog, (_, category, event)) in programs.iter_mut().zip(&wanted) {
+            attach_tracepoint(prog, category, event)?;
+        }
+        Ok(Some(FreezeTracer { _programs: Programs::Pinned(programs), events, losses, stalls }))
     }
 
     /// The write stalls so far (None without a stall target).
@@ -144,6 +181,20 @@ impl FreezeTracer {
             total
         }))
     }
+}
+
+fn attach_tracepoint(prog: &mut TracePoint, category: &str, event: &str) -> Result<()> {
+    prog.attach(category, event)
+        .with_context(|| format!("attaching to tracepoint {category}:{event} (needs CONFIG_FTRACE_SYSCALLS)"))?;
+    Ok(())
+}
+
+/// Removes every entry of a hash map.
+fn clear<V: aya::Pod>(map: &mut HashMap<MapData, u64, V>) -> Result<()> {
+    for key in map.keys().collect::<Result<Vec<u64>, _>>()? {
+        let _ = map.remove(&key);
+    }
+    Ok(())
 }
 
 /// CLOCK_MONOTONIC now, in nanoseconds: the clock of the programs'

@@ -3,6 +3,11 @@
 //! struct member offsets from BTF, and tracepoint record offsets from
 //! tracefs formats. A layout the running kernel does not match fails the
 //! load with the field named, never a program reading the wrong bytes.
+//!
+//! Finding them means reading the kernel's 5 MB of BTF, which takes most
+//! of a second under emulation; [`KernelLayout::find`] keeps what it found
+//! in a small file, keyed by the running kernel's build id and BTF size, so
+//! that it is read once per kernel.
 
 use std::path::Path;
 
@@ -13,6 +18,195 @@ use hcp_common::stall::StallLayout;
 
 use super::btf::KernelBtf;
 use super::tracefs;
+
+/// Everything the programs need to know about the running kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelLayout {
+    pub bio: BioLayout,
+    /// The BTF type id of each raw tracepoint asked for (`block_bio_queue`:
+    /// the id of `btf_trace_block_bio_queue`), which a `tp_btf` program is
+    /// loaded against.
+    pub tp_btf: Vec<(String, u32)>,
+    /// The ioctl syscall tracepoints' layout, or why there is none (a kernel
+    /// without syscall tracepoints still traces block I/O).
+    pub ioctl: std::result::Result<IoctlTpLayout, String>,
+    /// The write-stall programs' layout, or why there is none.
+    pub stall: std::result::Result<StallLayout, String>,
+}
+
+/// What the cache file starts with; a file of another format is ignored.
+const CACHE_FORMAT: &str = "hcp kernel layout 1";
+
+impl KernelLayout {
+    /// The layout of the running kernel, with the type ids of the raw
+    /// tracepoints `events`: read from `cache` when it was written for this
+    /// kernel, else found (and written there when complete).
+    pub fn find(events: &[&str], cache: Option<&Path>) -> Result<KernelLayout> {
+        let kernel = kernel_identity();
+        if let (Some(cache), Some(kernel)) = (cache, &kernel) {
+            if let Some(found) = std::fs::read_to_string(cache).ok().and_then(|t| Self::parse(&t, kernel, events)) {
+                return Ok(found);
+            }
+        }
+        let found = Self::compute(events)?;
+        if let (Some(cache), Some(kernel), true) = (cache, &kernel, found.ioctl.is_ok() && found.stall.is_ok()) {
+            // Best effort: without the file the next command finds it again.
+            let _ = write_private(cache, &found.to_text(kernel));
+        }
+        Ok(found)
+    }
+
+    /// Reads the BTF (once) and the tracepoint formats.
+    pub fn compute(events: &[&str]) -> Result<KernelLayout> {
+        let btf = KernelBtf::load()?;
+        let tp_btf = events
+            .iter()
+            .map(|e| Ok((e.to_string(), btf.typedef_id(&format!("btf_trace_{e}"))?)))
+            .collect::<Result<Vec<_>>>()?;
+        let tracefs = tracefs::root();
+        let ioctl = tracefs.as_ref().map_err(|e| format!("{e:#}")).and_then(|t| ioctl(t).map_err(|e| format!("{e:#}")));
+        let stall =
+            tracefs.as_ref().map_err(|e| format!("{e:#}")).and_then(|t| stall(t, &btf).map_err(|e| format!("{e:#}")));
+        Ok(KernelLayout { bio: bio(&btf)?, tp_btf, ioctl, stall })
+    }
+
+    /// The type id of raw tracepoint `event`'s `btf_trace_` typedef.
+    pub fn tp_btf_id(&self, event: &str) -> Option<u32> {
+        self.tp_btf.iter().find(|(e, _)| e == event).map(|(_, id)| *id)
+    }
+
+    /// The cache file's text: a field a line, by name, so that a file
+    /// written by another version of hcp never fills a field it did not mean.
+    fn to_text(&self, kernel: &str) -> String {
+        let mut out = format!("{CACHE_FORMAT}\nkernel {kernel}\n");
+        let (ioctl, stall) = (self.ioctl.clone().unwrap_or_default(), self.stall.clone().unwrap_or_default());
+        let mut bio = self.bio;
+        let mut ioctl_ = ioctl;
+        let mut stall_ = stall;
+        for (name, value) in fields(&mut bio, &mut ioctl_, &mut stall_) {
+            out += &format!("{name} {value}\n");
+        }
+        for (event, id) in &self.tp_btf {
+            out += &format!("tp_btf.{event} {id}\n");
+        }
+        out
+    }
+
+    /// The layout in a cache file's `text`, if it was written for `kernel`
+    /// and holds every field and every event.
+    fn parse(text: &str, kernel: &str, events: &[&str]) -> Option<KernelLayout> {
+        let mut lines = text.lines();
+        if lines.next()? != CACHE_FORMAT || lines.next()?.strip_prefix("kernel ")? != kernel {
+            return None;
+        }
+        let mut values = std::collections::BTreeMap::new();
+        for line in lines {
+            let (name, value) = line.split_once(' ')?;
+            values.insert(name, value.parse::<u32>().ok()?);
+        }
+        let (mut bio, mut ioctl, mut stall) = Default::default();
+        let mut expected = 0;
+        for (name, field) in fields(&mut bio, &mut ioctl, &mut stall) {
+            *field = *values.get(name)?;
+            expected += 1;
+        }
+        let mut tp_btf = Vec::new();
+        for event in events {
+            tp_btf.push((event.to_string(), *values.get(format!("tp_btf.{event}").as_str())?));
+        }
+        let tp_btf_lines = values.keys().filter(|k| k.starts_with("tp_btf.")).count();
+        (values.len() == expected + tp_btf_lines).then_some(KernelLayout {
+            bio,
+            tp_btf,
+            ioctl: Ok(ioctl),
+            stall: Ok(stall),
+        })
+    }
+}
+
+/// Every field of the cached layouts, by name.
+fn fields<'a>(
+    bio: &'a mut BioLayout,
+    ioctl: &'a mut IoctlTpLayout,
+    stall: &'a mut StallLayout,
+) -> [(&'static str, &'a mut u32); 25] {
+    [
+        ("bio.bio_bdev", &mut bio.bio_bdev),
+        ("bio.bio_opf", &mut bio.bio_opf),
+        ("bio.bio_size", &mut bio.bio_size),
+        ("bio.bdev_dev", &mut bio.bdev_dev),
+        ("bio.disk_major", &mut bio.disk_major),
+        ("bio.disk_first_minor", &mut bio.disk_first_minor),
+        ("bio.rq_part", &mut bio.rq_part),
+        ("bio.rq_cmd_flags", &mut bio.rq_cmd_flags),
+        ("bio.rq_q", &mut bio.rq_q),
+        ("bio.queue_disk", &mut bio.queue_disk),
+        ("bio.req_fua", &mut bio.req_fua),
+        ("ioctl.enter_fd", &mut ioctl.enter_fd),
+        ("ioctl.enter_cmd", &mut ioctl.enter_cmd),
+        ("ioctl.enter_arg", &mut ioctl.enter_arg),
+        ("ioctl.exit_ret", &mut ioctl.exit_ret),
+        ("stall.enter_id", &mut stall.enter_id),
+        ("stall.enter_args", &mut stall.enter_args),
+        ("stall.exit_ret", &mut stall.exit_ret),
+        ("stall.task_files", &mut stall.task_files),
+        ("stall.files_fdt", &mut stall.files_fdt),
+        ("stall.fdt_max_fds", &mut stall.fdt_max_fds),
+        ("stall.fdt_fd", &mut stall.fdt_fd),
+        ("stall.file_inode", &mut stall.file_inode),
+        ("stall.inode_sb", &mut stall.inode_sb),
+        ("stall.sb_dev", &mut stall.sb_dev),
+    ]
+}
+
+/// The running kernel's build, as precisely as it can be named: its GNU
+/// build id (`/sys/kernel/notes`), else its release and version strings,
+/// with the size of its BTF either way. None if nothing names it.
+fn kernel_identity() -> Option<String> {
+    let btf_size = std::fs::metadata("/sys/kernel/btf/vmlinux").ok()?.len();
+    let build = match std::fs::read("/sys/kernel/notes").ok().and_then(|n| gnu_build_id(&n)) {
+        Some(id) => format!("build-id {id}"),
+        None => {
+            let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string());
+            format!("release {} version {}", read("/proc/sys/kernel/osrelease")?, read("/proc/sys/kernel/version")?)
+        }
+    };
+    Some(format!("{build} btf {btf_size}"))
+}
+
+/// The GNU build id (hex) among ELF notes.
+fn gnu_build_id(notes: &[u8]) -> Option<String> {
+    const NT_GNU_BUILD_ID: u32 = 3;
+    let word = |at: usize| notes.get(at..at + 4).map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
+    let pad = |n: usize| n.div_ceil(4) * 4;
+    let mut at = 0;
+    while at + 12 <= notes.len() {
+        let (namesz, descsz, kind) = (word(at)? as usize, word(at + 4)? as usize, word(at + 8)?);
+        let name = notes.get(at + 12..at + 12 + namesz)?;
+        let desc_at = at + 12 + pad(namesz);
+        let desc = notes.get(desc_at..desc_at + descsz)?;
+        if kind == NT_GNU_BUILD_ID && name == b"GNU\0" && !desc.is_empty() {
+            return Some(desc.iter().map(|b| format!("{b:02x}")).collect());
+        }
+        at = desc_at + pad(descsz);
+    }
+    None
+}
+
+/// Writes `text` to `path` (0600, replacing it whole).
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut staging = path.as_os_str().to_owned();
+    staging.push(format!(".{}", std::process::id()));
+    let staging = std::path::PathBuf::from(staging);
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&staging)?;
+    f.write_all(text.as_bytes())?;
+    drop(f);
+    std::fs::rename(&staging, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&staging);
+    })
+}
 
 /// The offsets of the kernel struct fields the block programs read, and
 /// the request flag they test.
@@ -37,9 +231,9 @@ pub fn bio(btf: &KernelBtf) -> Result<BioLayout> {
 /// The offset of the kernel struct member `path`, checked to be `size`
 /// bytes, the width the program reads.
 fn sized_offset(btf: &KernelBtf, path: &str, size: u32) -> Result<u32> {
-    let found = btf.member_size(path)?;
+    let (offset, found) = btf.member(path)?;
     anyhow::ensure!(found == size, "kernel field {path} is {found} bytes, hcp reads {size}");
-    Ok(btf.member_offset(path)?)
+    Ok(offset)
 }
 
 /// The ioctl syscall tracepoints' record offsets the freeze programs read.
@@ -111,5 +305,81 @@ format:
         assert_eq!(layout, IoctlTpLayout { enter_fd: 16, enter_cmd: 24, enter_arg: 32, exit_ret: 16 });
         let err = ioctl_of(&exit, &exit).unwrap_err().to_string();
         assert!(err.contains("no field `fd`"), "{err}");
+    }
+
+    fn sample() -> KernelLayout {
+        let mut layout = KernelLayout {
+            bio: BioLayout::default(),
+            tp_btf: vec![("block_bio_queue".into(), 7), ("block_rq_issue".into(), 70_000)],
+            ioctl: Ok(IoctlTpLayout { enter_fd: 16, enter_cmd: 24, enter_arg: 32, exit_ret: 16 }),
+            stall: Ok(StallLayout::default()),
+        };
+        let (mut ioctl, mut stall) = (layout.ioctl.clone().unwrap(), layout.stall.clone().unwrap());
+        // Every field a value of its own, so that a swap would show.
+        for (i, (_, field)) in fields(&mut layout.bio, &mut ioctl, &mut stall).into_iter().enumerate() {
+            *field = 100 + i as u32;
+        }
+        KernelLayout { ioctl: Ok(ioctl), stall: Ok(stall), ..layout }
+    }
+
+    #[test]
+    fn the_cache_gives_back_what_was_written_for_the_same_kernel_only() {
+        let layout = sample();
+        let events = ["block_bio_queue", "block_rq_issue"];
+        let text = layout.to_text("build-id ab12 btf 5000");
+        assert_eq!(KernelLayout::parse(&text, "build-id ab12 btf 5000", &events), Some(layout.clone()));
+        assert_eq!(KernelLayout::parse(&text, "build-id ab13 btf 5000", &events), None, "another kernel");
+        assert_eq!(KernelLayout::parse(&text, "build-id ab12 btf 5000", &["block_rq_complete"]), None);
+        // A field missing, unknown, or not a number: found anew.
+        let missing: String = text.lines().filter(|l| !l.starts_with("bio.rq_q ")).map(|l| format!("{l}\n")).collect();
+        assert_eq!(KernelLayout::parse(&missing, "build-id ab12 btf 5000", &events), None);
+        let extra = format!("{text}bio.new_field 3\n");
+        assert_eq!(KernelLayout::parse(&extra, "build-id ab12 btf 5000", &events), None);
+        let bad = text.replace("bio.rq_q 108", "bio.rq_q x");
+        assert_ne!(bad, text);
+        assert_eq!(KernelLayout::parse(&bad, "build-id ab12 btf 5000", &events), None);
+        let old = text.replace(CACHE_FORMAT, "hcp kernel layout 0");
+        assert_eq!(KernelLayout::parse(&old, "build-id ab12 btf 5000", &events), None);
+    }
+
+    #[test]
+    fn finds_the_gnu_build_id_among_notes() {
+        let note = |name: &[u8], kind: u32, desc: &[u8]| {
+            let mut out = Vec::new();
+            for w in [name.len() as u32, desc.len() as u32, kind] {
+                out.extend(w.to_ne_bytes());
+            }
+            out.extend(name);
+            out.resize(out.len().div_ceil(4) * 4, 0);
+            out.extend(desc);
+            out.resize(out.len().div_ceil(4) * 4, 0);
+            out
+        };
+        let mut notes = note(b"Xen\0", 3, &[1, 2, 3]);
+        notes.extend(note(b"GNU\0", 1, &[9; 16]));
+        notes.extend(note(b"GNU\0", 3, &[0xde, 0xad, 0xbe, 0xef, 0x01]));
+        assert_eq!(gnu_build_id(&notes).as_deref(), Some("deadbeef01"));
+        assert_eq!(gnu_build_id(&notes[..notes.len() - 8]), None, "cut short");
+        assert_eq!(gnu_build_id(&[]), None);
+    }
+
+    /// The running kernel's layout, found and read back through a cache.
+    #[test]
+    fn running_kernel_through_the_cache() {
+        if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+            eprintln!("skipped: no kernel BTF");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("hcp-layout-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cache = dir.join("kernel-layout");
+        let events = ["block_bio_queue", "block_rq_complete"];
+        let found = KernelLayout::find(&events, Some(&cache)).unwrap();
+        assert!(found.tp_btf.iter().all(|(_, id)| *id > 0));
+        if found.ioctl.is_ok() && found.stall.is_ok() {
+            assert!(cache.exists(), "a complete layout is kept");
+            assert_eq!(KernelLayout::find(&events, Some(&cache)).unwrap(), found);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,8 +10,7 @@ use aya::programs::BtfTracePoint;
 use aya::{Ebpf, EbpfLoader};
 use hcp_common::bio::IN_FLIGHT_SLOTS;
 
-use super::btf::KernelBtf;
-use super::{layout, tracefs};
+use super::layout::KernelLayout;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hcp-ebpf"));
 
@@ -23,6 +22,10 @@ pub enum Purpose {
     /// The freeze programs (and with `stalls` the write-stall programs),
     /// for one switch or one test.
     Switch { stalls: bool },
+    /// Both, for the pins: the block I/O programs attached for every traced
+    /// session, the switch's loaded once and attached by each start for its
+    /// switch (those the kernel has the tracepoints for).
+    Pinned,
 }
 
 /// The block I/O programs (hcp-ebpf's `block_events`: tp_btf, one per
@@ -35,6 +38,32 @@ pub const BLOCK_PROGRAMS: [(&str, &str); 5] = [
     ("rq_complete", "block_rq_complete"),
 ];
 
+/// The switch's programs, `(program, category, event)`, in the order they
+/// are attached: exits first, since an entry seen without its exit would
+/// leave a stale in-flight record for the thread's next exit to take. The
+/// freeze programs trace every `FIFREEZE`, `FITHAW` and `DM_DEV_SUSPEND`.
+pub const FREEZE_PROGRAMS: [(&str, &str, &str); 2] =
+    [("freeze_ioctl_exit", "syscalls", "sys_exit_ioctl"), ("freeze_ioctl_enter", "syscalls", "sys_enter_ioctl")];
+/// The write-stall programs (attached between the freeze programs' exit and
+/// entry, in this order).
+pub const STALL_PROGRAMS: [(&str, &str, &str); 2] =
+    [("write_stall_exit", "raw_syscalls", "sys_exit"), ("write_stall_enter", "raw_syscalls", "sys_enter")];
+
+/// The programs a switch attaches, in order: the freeze programs, and with
+/// `stalls` the write-stall programs between their exit and their entry.
+pub fn switch_programs(stalls: bool) -> Vec<(&'static str, &'static str, &'static str)> {
+    let mut programs = vec![FREEZE_PROGRAMS[0]];
+    if stalls {
+        programs.extend(STALL_PROGRAMS);
+    }
+    programs.push(FREEZE_PROGRAMS[1]);
+    programs
+}
+
+/// The maps the switch's programs use.
+pub const SWITCH_MAP_NAMES: [&str; 6] =
+    ["FREEZE_INFLIGHT", "FREEZE_EVENTS", "FREEZE_LOSSES", "STALL_TARGET", "STALL_INFLIGHT", "WRITE_STALL"];
+
 /// The maps only the block I/O programs use.
 const BLOCK_IO_MAPS: [&str; 7] =
     ["DEV_IO", "DEV_REMAP", "IN_FLIGHT", "IO_START", "IO_START_USE", "IO_LATENCY", "IO_LOSSES"];
@@ -42,34 +71,53 @@ const BLOCK_IO_MAPS: [&str; 7] =
 /// buffer's size is in bytes, a page at least).
 const SWITCH_MAPS: [(&str, u32); 3] = [("FREEZE_INFLIGHT", 1), ("FREEZE_EVENTS", 4096), ("STALL_INFLIGHT", 1)];
 
+/// The raw tracepoints of [`BLOCK_PROGRAMS`].
+pub fn block_events() -> Vec<&'static str> {
+    BLOCK_PROGRAMS.iter().map(|(_, e)| *e).collect()
+}
+
+/// The running kernel's layout for the block programs (and the switch's,
+/// when the kernel has their tracepoints), found anew.
+pub fn kernel_layout() -> Result<KernelLayout> {
+    KernelLayout::find(&block_events(), None)
+}
+
 /// Loads every map of the object and parses its programs (nothing is loaded
 /// into the kernel's verifier or attached yet).
 pub fn load(purpose: Purpose) -> Result<Ebpf> {
-    load_with_in_flight_slots(purpose, IN_FLIGHT_SLOTS)
+    load_with(purpose, IN_FLIGHT_SLOTS, &kernel_layout()?)
 }
 
 /// [`load`], with an in-flight table of `slots` (a power of two, at most
 /// [`IN_FLIGHT_SLOTS`]): fewer make objects share slots, which tests use to
 /// drive the overflow map's path.
 pub fn load_with_in_flight_slots(purpose: Purpose, slots: u32) -> Result<Ebpf> {
+    load_with(purpose, slots, &kernel_layout()?)
+}
+
+/// [`load_with_in_flight_slots`] for a kernel `layout` found already.
+pub fn load_with(purpose: Purpose, slots: u32, layout: &KernelLayout) -> Result<Ebpf> {
     ensure!(
         slots.is_power_of_two() && slots <= IN_FLIGHT_SLOTS,
         "in-flight slots: a power of two up to {IN_FLIGHT_SLOTS}"
     );
-    let btf = KernelBtf::load()?;
-    let bio = layout::bio(&btf)?;
     // Layouts of programs this load will not attach stay zeroed: their
     // tracepoints' formats need not even exist (a kernel without syscall
     // tracepoints still traces block I/O).
+    let missing = |why: &String| anyhow::anyhow!("{why}");
     let (ioctl, stall) = match purpose {
         Purpose::BlockIo => Default::default(),
-        Purpose::Switch { stalls } => {
-            let tracefs = tracefs::root()?;
-            (layout::ioctl(&tracefs)?, if stalls { layout::stall(&tracefs, &btf)? } else { Default::default() })
-        }
+        Purpose::Switch { stalls } => (
+            layout.ioctl.clone().map_err(|e| missing(&e))?,
+            if stalls { layout.stall.clone().map_err(|e| missing(&e))? } else { Default::default() },
+        ),
+        Purpose::Pinned => (layout.ioctl.clone().unwrap_or_default(), layout.stall.clone().unwrap_or_default()),
     };
     let mut loader = EbpfLoader::new();
-    loader.override_global("BIO_LAYOUT", &bio, true);
+    // The object has no CO-RE relocations (the layouts above stand in for
+    // them): nothing to relocate against the kernel's BTF.
+    loader.btf(None);
+    loader.override_global("BIO_LAYOUT", &layout.bio, true);
     loader.override_global("IOCTL_TP_LAYOUT", &ioctl, true);
     loader.override_global("STALL_LAYOUT", &stall, true);
     let in_flight_mask = slots - 1;
@@ -86,14 +134,50 @@ pub fn load_with_in_flight_slots(purpose: Purpose, slots: u32) -> Result<Ebpf> {
                 loader.map_max_entries(map, 1);
             }
         }
+        Purpose::Pinned => {
+            loader.map_max_entries("IN_FLIGHT", slots);
+        }
     }
     loader.load(OBJECT).context("loading hcp's eBPF programs (needs root, or CAP_BPF and CAP_PERFMON)")
 }
 
+/// An aya `Btf` holding the `btf_trace_` typedefs of `layout` at the
+/// kernel's type ids, every other id a placeholder: a `tp_btf` load reads
+/// nothing of it but the id of its event's typedef (the kernel gets only
+/// that id), and parsing the kernel's own BTF again would read all 5 MB.
+pub fn tp_btf(layout: &KernelLayout) -> Result<aya::Btf> {
+    const PTR: u32 = 2;
+    const TYPEDEF: u32 = 8;
+    let mut strings = vec![0u8];
+    let mut named = std::collections::BTreeMap::new();
+    for (event, id) in &layout.tp_btf {
+        named.insert(*id, strings.len() as u32);
+        strings.extend_from_slice(format!("btf_trace_{event}").as_bytes());
+        strings.push(0);
+    }
+    let last = named.keys().next_back().copied().unwrap_or(0);
+    let mut types = Vec::with_capacity(last as usize * 12);
+    for id in 1..=last {
+        let (name, kind) = named.get(&id).map_or((0, PTR), |&name| (name, TYPEDEF));
+        for word in [name, kind << 24, 0] {
+            types.extend_from_slice(&word.to_ne_bytes());
+        }
+    }
+    let mut blob = Vec::with_capacity(24 + types.len() + strings.len());
+    blob.extend_from_slice(&0xeb9f_u16.to_ne_bytes());
+    blob.extend_from_slice(&[1, 0]);
+    for word in [24, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        blob.extend_from_slice(&u32::to_ne_bytes(word));
+    }
+    blob.extend_from_slice(&types);
+    blob.extend_from_slice(&strings);
+    aya::Btf::parse(&blob, aya::Endianness::default()).context("building the tracepoints' BTF ids")
+}
+
 /// Loads and attaches the block I/O programs of a loaded object; they
 /// detach when it drops, unless their links are taken.
-pub fn attach_block_programs(ebpf: &mut Ebpf) -> Result<()> {
-    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
+pub fn attach_block_programs(ebpf: &mut Ebpf, layout: &KernelLayout) -> Result<()> {
+    let btf = tp_btf(layout)?;
     for (program, event) in BLOCK_PROGRAMS {
         load_block_program(ebpf, program, event, &btf)?
             .attach()

@@ -7,6 +7,11 @@
 //! hcp command (stats, remove) opens the pinned maps, and removing the pins
 //! of the last traced session detaches everything. The programs are loaded
 //! once, for the first traced session; later sessions only add devices.
+//!
+//! The switch's programs (`freeze_trace`) are loaded with them and pinned
+//! unattached, with their maps, under `switch/`: each traced start attaches
+//! them for its own switch only (they trace system calls, which slows every
+//! process while attached), without loading or verifying them again.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -16,9 +21,11 @@ use anyhow::{bail, Context, Result};
 use aya::maps::{Map, MapData, PerCpuHashMap};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::ProgramInfo;
+use aya::programs::TracePoint;
 use hcp_common::bio::{BioLosses, LatKey, Level};
 use hcp_common::{DevIoStats, IoOp, LatencyHist, RemapKey, RemapStats};
 
+use super::layout::KernelLayout;
 use super::{block_io, io_latency, object};
 use crate::kernel::devnum::DevNum;
 
@@ -54,9 +61,15 @@ pub fn attached() -> bool {
     pin_dir().join("links").is_dir()
 }
 
+/// Where the switch's programs are pinned (unattached).
+pub fn switch_dir() -> PathBuf {
+    pin_dir().join("switch")
+}
+
 /// Loads and attaches the programs and pins them with their maps, unless
-/// that was done already.
-pub fn ensure_attached() -> Result<()> {
+/// that was done already. The kernel's layout is read from `layout_cache`
+/// (see [`KernelLayout::find`]) when it was written for the running kernel.
+pub fn ensure_attached(layout_cache: Option<&Path>) -> Result<()> {
     if attached() {
         return Ok(());
     }
@@ -74,12 +87,13 @@ pub fn ensure_attached() -> Result<()> {
         std::fs::create_dir_all(staging.join(sub)).with_context(|| format!("creating {}", staging.display()))?;
     }
 
-    let mut ebpf = object::load(object::Purpose::BlockIo)?;
+    let layout = KernelLayout::find(&object::block_events(), layout_cache)?;
+    let mut ebpf = object::load_with(object::Purpose::Pinned, hcp_common::bio::IN_FLIGHT_SLOTS, &layout)?;
     for name in MAPS {
         let map = ebpf.map(name).with_context(|| format!("eBPF object lacks map {name}"))?;
         map.pin(staging.join("maps").join(name)).with_context(|| format!("pinning map {name}"))?;
     }
-    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    let btf = object::tp_btf(&layout)?;
     for (program, event) in object::BLOCK_PROGRAMS {
         let prog = object::load_block_program(&mut ebpf, program, event, &btf)?;
         let id = prog.attach().with_context(|| format!("attaching to tp_btf {event}"))?;
@@ -87,9 +101,45 @@ pub fn ensure_attached() -> Result<()> {
             .pin(staging.join("links").join(program))
             .with_context(|| format!("pinning link {program}"))?;
     }
+    // Without them (a kernel without syscall tracepoints, say) each start
+    // loads its own, and says what is missing.
+    if layout.ioctl.is_ok() && pin_switch_programs(&mut ebpf, &staging.join("switch"), layout.stall.is_ok()).is_err() {
+        let _ = std::fs::remove_dir_all(staging.join("switch"));
+    }
     // Visible all at once: `attached()` never sees a half-pinned set.
     std::fs::rename(&staging, &dir).with_context(|| format!("moving pins to {}", dir.display()))?;
     Ok(())
+}
+
+/// Loads the switch's programs (the write-stall ones with `stalls`) and
+/// pins them unattached in `dir`, with their maps.
+fn pin_switch_programs(ebpf: &mut aya::Ebpf, dir: &Path, stalls: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for name in object::SWITCH_MAP_NAMES {
+        let map = ebpf.map(name).with_context(|| format!("eBPF object lacks map {name}"))?;
+        map.pin(dir.join(name)).with_context(|| format!("pinning map {name}"))?;
+    }
+    for (program, _, _) in object::switch_programs(stalls) {
+        let prog: &mut TracePoint =
+            ebpf.program_mut(program).with_context(|| format!("eBPF object lacks program {program}"))?.try_into()?;
+        prog.load().with_context(|| format!("loading program {program}"))?;
+        prog.pin(dir.join(program)).with_context(|| format!("pinning program {program}"))?;
+    }
+    Ok(())
+}
+
+/// Opens the switch's pinned program `name`, if pinned.
+pub fn switch_program(name: &str) -> Result<Option<TracePoint>> {
+    let path = switch_dir().join(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some(TracePoint::from_pin(&path).with_context(|| format!("opening pinned program {}", path.display()))?))
+}
+
+/// Opens the switch's pinned map `name`.
+pub fn switch_map<T: TryFrom<Map, Error = aya::maps::MapError>>(name: &str) -> Result<T> {
+    open_at(&switch_dir().join(name))
 }
 
 /// Starts tracing `devices`; returns those that were not traced yet. A
@@ -215,11 +265,14 @@ fn fdinfo_value(fdinfo: &str, name: &str) -> Option<u64> {
 }
 
 fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(name: &str) -> Result<T> {
-    let path = pin_dir().join("maps").join(name);
+    open_at(&pin_dir().join("maps").join(name))
+}
+
+fn open_at<T: TryFrom<Map, Error = aya::maps::MapError>>(path: &Path) -> Result<T> {
     if !path.exists() {
         bail!("no hcp tracing is attached ({} is missing): start a session with --trace", path.display());
     }
-    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    let data = MapData::from_pin(path).with_context(|| format!("opening pinned map {}", path.display()))?;
     Ok(Map::from_map_data(data)?.try_into()?)
 }
 

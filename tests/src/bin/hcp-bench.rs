@@ -663,6 +663,7 @@ fn write_case(mode: &str, w: &Workload, chunk: &str, mib: u64) -> Result<Value> 
 // ---------------------------------------------------------------- part 3
 
 fn command_latency(reps: usize, sessions: usize) -> Result<Value> {
+    let (starts, cold_traced_ms) = start_latency(reps)?;
     let start_one = || -> Result<String> {
         let (v, _) = hcp_json(&["start", "--skip-mount", "--trace", "--baseline", "0s", "-q", "8M", &origin_path()])?;
         Ok(v["session"].as_str().context("start printed no session")?.to_string())
@@ -697,7 +698,47 @@ fn command_latency(reps: usize, sessions: usize) -> Result<Value> {
         }
     }
     hcp_json(&["remove", &origin_path()])?;
-    Ok(json!({ "runs": results }))
+    Ok(json!({ "runs": results, "starts": starts, "cold_traced_ms": cold_traced_ms }))
+}
+
+/// `hcp start` plain and with `--trace --baseline 0s`, `reps` pairs (the
+/// order alternating), each traced one followed by a second traced session
+/// of the same origin (the programs pinned already); every session removed
+/// before the next pair. The figure is the start's own
+/// `timing.snapshot_seconds`: from its beginning until the snapshot was
+/// live. First one traced start with no kernel layout kept (as after a
+/// boot), not a pair.
+fn start_latency(reps: usize) -> Result<(Vec<Value>, Value)> {
+    let origin = origin_path();
+    let snapshot_ms = |traced: bool| -> Result<f64> {
+        let mut args = vec!["start", "--skip-mount", "-q", "8M"];
+        if traced {
+            args.extend(["--trace", "--baseline", "0s"]);
+        }
+        args.push(&origin);
+        let (v, _) = hcp_json(&args)?;
+        v["timing"]["snapshot_seconds"].as_f64().map(|s| s * 1e3).context("start printed no timing.snapshot_seconds")
+    };
+    let remove = || hcp_json(&["remove", &origin]).map(drop);
+    let _ = fs::remove_file("/run/hcp/kernel-layout");
+    let cold = snapshot_ms(true)?;
+    remove()?;
+    let mut runs = Vec::new();
+    for rep in 0..reps {
+        say(&format!("commands: start, pair {}", rep + 1));
+        let mut run = json!({ "rep": rep });
+        for traced in if rep % 2 == 0 { [false, true] } else { [true, false] } {
+            if traced {
+                run["traced"] = json!(snapshot_ms(true)?);
+                run["traced_second"] = json!(snapshot_ms(true)?);
+            } else {
+                run["plain"] = json!(snapshot_ms(false)?);
+            }
+            remove()?;
+        }
+        runs.push(run);
+    }
+    Ok((runs, json!(cold)))
 }
 
 fn session_count() -> Result<usize> {

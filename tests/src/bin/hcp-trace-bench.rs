@@ -107,7 +107,7 @@ impl HcpTracer {
                 pins::pin_dir().display()
             );
         }
-        pins::ensure_attached()?;
+        pins::ensure_attached(None)?;
         let tracer = HcpTracer { devices: devices.to_vec() };
         pins::add_devices(devices)?;
         Ok(tracer)

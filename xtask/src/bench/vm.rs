@@ -602,19 +602,61 @@ fn command_section(v: &Value, label: &str, release: &str, p: &Params) -> Result<
             ));
         }
     }
+    let mut targets = Vec::new();
+    if let Some(starts) = v["starts"].as_array().filter(|s| !s.is_empty()) {
+        for (key, what) in [
+            ("plain", "`hcp start`"),
+            ("traced", "`hcp start --trace --baseline 0s`, no traced session before it"),
+            ("traced_second", "`hcp start --trace --baseline 0s`, a second traced session (programs pinned already)"),
+        ] {
+            figures.push(Figure::with_runs(
+                &format!("start/snapshot_ms/{key}"),
+                &format!("{what}: until the snapshot was live (its `timing.snapshot_seconds`)"),
+                "ms",
+                column(starts, &[key]),
+            ));
+        }
+        if let Some(cold) = v["cold_traced_ms"].as_f64() {
+            figures.push(Figure::with_runs(
+                "start/snapshot_ms/traced_cold",
+                "`hcp start --trace --baseline 0s` with no kernel layout kept yet (the first after a boot), one run",
+                "ms",
+                vec![cold],
+            ));
+        }
+        let traced = Figure::with_runs(
+            "start/ratio/traced:plain",
+            "traced start / plain start, per pair",
+            "×",
+            ratios(starts, &["traced"], &["plain"]),
+        );
+        targets.push(ratio_target("traced start ≤ 1.5× plain start", &traced, 1.5, false));
+        figures.push(traced);
+        figures.push(Figure::with_runs(
+            "start/ratio/traced_second:plain",
+            "second traced session's start / plain start, per pair",
+            "×",
+            ratios(starts, &["traced_second"], &["plain"]),
+        ));
+    }
     Ok(Section {
         id: format!("command_latency/{label}"),
         title: format!("3. Command latency (Linux {label})"),
         method: format!(
-            "In the VM on Linux {release}: traced sessions of the origin (`hcp start --trace --skip-mount -q 8M`, \
-             file stores), first one, then {} in all. `hcp version` (nothing but a process start), `hcp list \
-             --json` and `hcp stats --json` of the first session, {} repetitions at each count, the order rotating; \
-             wall time from spawn to exit. A process start costs 50-150 ms under emulation, so the ratios to \
-             `hcp version` show the work beyond it.",
-            p.sessions, p.command_reps
+            "In the VM on Linux {release}, the origin of part 1 (mounted ext4 on LVM). Starts: `hcp start \
+             --skip-mount -q 8M` (a file store) plain and with `--trace --baseline 0s`, {} pairs, the order \
+             alternating, each traced start followed by a second traced session of the origin (the programs \
+             pinned already), all removed before the next pair; the figure is the start's own \
+             `timing.snapshot_seconds`, from its beginning until the snapshot was live. Before them one traced \
+             start with no kernel layout kept (`/run/hcp/kernel-layout` removed, as after a boot). Then traced \
+             sessions of the origin (`hcp start --trace --skip-mount -q 8M`, file stores), first one, then {} in \
+             all. `hcp version` (nothing but a process start), `hcp list --json` and `hcp stats --json` of the \
+             first session, {} repetitions at each count, the order rotating; wall time from spawn to exit. A \
+             process start costs 50-150 ms under emulation, so the ratios to `hcp version` show the work beyond it.",
+            p.command_reps, p.sessions, p.command_reps
         ),
         figures,
-        targets: Vec::new(),
+        targets,
     })
 }
 
@@ -699,5 +741,28 @@ mod tests {
         let s = &sections_from(&raw, "6.12", "k", &params()).unwrap()[0];
         assert_eq!(s.figure("16/ratio/list:version").unwrap().runs, vec![3.0]);
         assert_eq!(s.figure("1/wall_ms/stats").unwrap().runs, vec![200.0]);
+        assert!(s.targets.is_empty(), "no starts measured, no target");
+        assert!(s.figure("start/ratio/traced:plain").is_none());
+    }
+
+    #[test]
+    fn start_figures_and_the_traced_start_target() {
+        let start =
+            |plain: f64, traced: f64, second: f64| json!({"plain": plain, "traced": traced, "traced_second": second});
+        let raw = json!({"kernel": "k", "commands": {
+            "runs": [{"sessions": 1, "version": 100.0, "list": 150.0, "stats": 200.0}],
+            "starts": [start(200.0, 400.0, 220.0), start(250.0, 300.0, 250.0), start(300.0, 420.0, 330.0)],
+            "cold_traced_ms": 900.0,
+        }});
+        let s = &sections_from(&raw, "6.1", "k", &params()).unwrap()[0];
+        assert_eq!(s.figure("start/snapshot_ms/traced").unwrap().runs, vec![400.0, 300.0, 420.0]);
+        assert_eq!(s.figure("start/snapshot_ms/traced_cold").unwrap().runs, vec![900.0]);
+        // Per pair: 2.0, 1.2, 1.4; the median 1.4 meets the 1.5 bound.
+        assert_eq!(s.figure("start/ratio/traced:plain").unwrap().runs, vec![2.0, 1.2, 1.4]);
+        assert_eq!(s.figure("start/ratio/traced_second:plain").unwrap().runs, vec![1.1, 1.0, 1.1]);
+        assert_eq!(s.targets.len(), 1);
+        assert_eq!(s.targets[0].what, "traced start ≤ 1.5× plain start");
+        assert!(s.targets[0].met, "{}", s.targets[0].measured);
+        assert!(s.targets[0].measured.starts_with("1.40×"), "{}", s.targets[0].measured);
     }
 }
