@@ -989,6 +989,87 @@ fn a_live_sqlite_database_in_wal_mode_is_snapshotted_at_a_commit() {
     hcp_json(&["remove", started["session"].as_str().unwrap()]);
 }
 
+/// A mounted ext4 volume whose writes each take `write_delay_ms` (dm's
+/// `delay` target over a loop device): writing back its dirty data takes
+/// seconds. Unmounted and removed when dropped.
+struct SlowVolume {
+    name: String,
+    mount: PathBuf,
+    _loop: LoopDevice,
+}
+
+impl SlowVolume {
+    fn new(name: &str, mib: u64, write_delay_ms: u32) -> SlowVolume {
+        let lo = LoopDevice::new(mib << 20);
+        // Made before the delay, which would make mkfs take minutes.
+        Fs::Ext4.mkfs(&lo.path);
+        let dev = lo.devnum();
+        let line = hcp::kernel::dm::table::TableLine {
+            start: 0,
+            length: mib << 11,
+            target_type: "delay".into(),
+            params: format!("{dev} 0 0 {dev} 0 {write_delay_ms}"),
+        };
+        Dm::open().unwrap().create(name, &format!("TEST-{name}"), &[line]).expect("create a dm-delay volume");
+        let mount = temp_dir(&format!("{name}-mnt"));
+        run("mount", &[&format!("/dev/mapper/{name}"), mount.to_str().unwrap()]);
+        SlowVolume { name: name.to_string(), mount, _loop: lo }
+    }
+
+    fn path(&self) -> String {
+        format!("/dev/mapper/{}", self.name)
+    }
+}
+
+impl Drop for SlowVolume {
+    fn drop(&mut self) {
+        let _ = hcp(&["remove", &self.path()]);
+        let _ = std::process::Command::new("umount").arg(&self.mount).status();
+        let _ = Dm::open().map(|dm| dm.remove(&self.name));
+    }
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn ctrl_c_during_the_pre_flush_undoes_the_start_with_nothing_frozen() {
+    use std::os::unix::process::ExitStatusExt;
+    require_root();
+    let _serial = serial();
+    let vol = SlowVolume::new("t-slow", 64, 300);
+    let dir = vol.mount.clone();
+    let files = write_files(&dir, "before");
+    let before = SystemState::take();
+    // Dirty data for the pre-flush to write back, 300 ms a write.
+    fs::write(dir.join("dirty.bin"), dirty_contents(1, 16 << 20)).unwrap();
+
+    let child = std::process::Command::new(hcp_bin())
+        .args(["start", "--skip-mount", &vol.path()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Signalled once it is inside syncfs (x86_64 system call 306): the
+    // pre-flush, since nothing else in a start calls it.
+    let syscall = format!("/proc/{}/syscall", child.id());
+    let waited = std::time::Instant::now();
+    while !fs::read_to_string(&syscall).is_ok_and(|s| s.starts_with("306 ")) {
+        assert!(waited.elapsed() < Duration::from_secs(60), "hcp start never called syncfs");
+        thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGINT), "ended by the signal, after its undo: {stderr}");
+    assert!(stderr.contains("SIGINT during the pre-flush"), "{stderr}");
+    assert_eq!(SystemState::take(), before, "everything undone: {stderr}");
+    assert!(hcp_json(&["recover"]).as_array().unwrap().is_empty(), "nothing for recover");
+    // Never frozen: a write and its sync go through.
+    fs::write(dir.join("after.bin"), b"after").unwrap();
+    run("sync", &["-f", dir.join("after.bin").to_str().unwrap()]);
+    assert_files(&dir, &files);
+}
+
 #[test]
 #[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
 fn ctrl_c_stops_a_start_cleanly_and_waits_out_a_switch() {

@@ -101,11 +101,13 @@ pub fn pre_flush(mount_point: &Path, stop_requested: impl Fn() -> bool) -> Resul
         let wrote = before.zip(written()).map(|(b, a)| a.saturating_sub(b));
         let dirty_left = dirty_bytes().ok();
         let little = |v: Option<u64>| v.is_some_and(|v| v < ENOUGH_BYTES);
-        if little(dirty_left) || little(wrote) {
-            break (Stopped::Clean, dirty_left);
-        }
+        // Asked first: a stop request must be seen even when the pass
+        // left little to do.
         if stop_requested() {
             break (Stopped::Signal, dirty_left);
+        }
+        if little(dirty_left) || little(wrote) {
+            break (Stopped::Clean, dirty_left);
         }
         if passes >= MAX_PASSES {
             break (Stopped::PassLimit, dirty_left);
@@ -179,6 +181,7 @@ mod tests {
         assert!((1..=MAX_PASSES).contains(&flushed.passes), "{flushed:?}");
         assert!(flushed.seconds >= 0.0);
         let stopped_at_once = pre_flush(&std::env::temp_dir(), || true).unwrap();
-        assert!(stopped_at_once.passes == 1, "a stop request ends it after the pass it is in: {stopped_at_once:?}");
+        assert_eq!(stopped_at_once.passes, 1, "a stop request ends it after the pass it is in");
+        assert_eq!(stopped_at_once.stopped, Stopped::Signal, "and is reported, however little was dirty");
     }
 }

@@ -80,16 +80,21 @@ pub fn switch(
     between: impl FnOnce() -> Result<()>,
 ) -> Result<Window> {
     // Outside the window: writers keep going while it runs, and nothing is
-    // held, so neither the guard nor blocked signals are needed yet.
+    // held, so the guard is not needed yet.
     let pre_flush = mounted_at.map(|at| writeback::pre_flush(at, || pending_stop_signal().is_some())).transpose()?;
     fault::at(steps.after_pre_flush)?;
-    if steps.abandon_on_signal && pre_flush.as_ref().is_some_and(|p| p.stopped == Stopped::Signal) {
-        let signal = pending_stop_signal().unwrap_or("a signal");
+    // The last point where a start can still be abandoned with nothing
+    // held: a signal that came during the pre-flush (or just before it)
+    // stops it here.
+    if let Some(signal) = pending_stop_signal().filter(|_| steps.abandon_on_signal) {
+        let during = if pre_flush.as_ref().is_some_and(|p| p.stopped == Stopped::Signal) {
+            "during the pre-flush"
+        } else {
+            "before the freeze"
+        };
         return Err(Error::new(
             Kind::Interrupted,
-            format!(
-                "{signal} during the pre-flush: stopped before the snapshot went live; everything it made is undone"
-            ),
+            format!("{signal} {during}: stopped before the snapshot went live; everything it made is undone"),
         ));
     }
     let plan = crate::switch::guard::Plan {
