@@ -171,6 +171,12 @@ pub struct BioLosses {
     /// Kernel struct reads that failed. The device is unknown then: these
     /// are counted under device 0, which no block device has.
     pub read_errors: u64,
+    /// Requests that completed without the completion program running:
+    /// each found when the request is issued again while its last issue is
+    /// still recorded. Neither counted in `rq_completed` nor timed. The
+    /// kernel does this rarely (a few in millions on a busy loop device)
+    /// and counts no skipped run for it.
+    pub completions_unseen: u64,
 }
 
 /// The `REQ_OP_*` in the low bits of `bi_opf` or a request's `cmd_flags`

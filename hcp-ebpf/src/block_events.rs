@@ -81,6 +81,14 @@ pub fn rq_issue(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+#[btf_tracepoint(function = "block_rq_requeue")]
+pub fn rq_requeue(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct request *rq): neither completed nor counted, to be
+    // issued again (a driver out of resources, a partial completion).
+    io_latency::on_requeue(ctx.arg(0));
+    0
+}
+
 #[btf_tracepoint(function = "block_rq_complete")]
 pub fn rq_complete(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct request *rq, blk_status_t error, unsigned int nr_bytes)
