@@ -146,6 +146,9 @@ pub struct BioLayout {
     pub rq_part: u32,
     /// `struct request` -> `blk_opf_t cmd_flags`
     pub rq_cmd_flags: u32,
+    /// `struct request` -> `unsigned int __data_len` (bytes left to
+    /// complete: `blk_rq_bytes()`)
+    pub rq_data_len: u32,
     /// `struct request` -> `struct request_queue *q`
     pub rq_q: u32,
     /// `struct request_queue` -> `struct gendisk *disk`
