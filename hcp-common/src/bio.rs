@@ -146,6 +146,9 @@ pub struct BioLayout {
     pub rq_part: u32,
     /// `struct request` -> `blk_opf_t cmd_flags`
     pub rq_cmd_flags: u32,
+    /// `struct request` -> `unsigned int __data_len` (bytes left to
+    /// complete: `blk_rq_bytes()`)
+    pub rq_data_len: u32,
     /// `struct request` -> `struct request_queue *q`
     pub rq_q: u32,
     /// `struct request_queue` -> `struct gendisk *disk`
@@ -171,6 +174,12 @@ pub struct BioLosses {
     /// Kernel struct reads that failed. The device is unknown then: these
     /// are counted under device 0, which no block device has.
     pub read_errors: u64,
+    /// Requests that completed without the completion program running:
+    /// each found when the request is issued again while its last issue is
+    /// still recorded. Neither counted in `rq_completed` nor timed. The
+    /// kernel does this rarely (on Linux 6.18, up to a few tens per million
+    /// requests on a busy loop device) and counts no skipped run for it.
+    pub completions_unseen: u64,
 }
 
 /// The `REQ_OP_*` in the low bits of `bi_opf` or a request's `cmd_flags`

@@ -98,7 +98,9 @@ pub struct DevIoStats {
     /// Bios submitted to the device (`block_bio_queue`), by [`IoOp`].
     /// Fires for bio-based devices (device-mapper) and blk-mq devices alike.
     pub bio_queued: [OpCount; IO_OPS],
-    /// Requests completed by the device (`block_rq_complete`), by [`IoOp`].
+    /// Requests completed by the device (`block_rq_complete`), by [`IoOp`]:
+    /// each once, when its last bytes complete, as the kernel's statistics
+    /// count it, with the bytes of any partial completion before.
     /// Only request-based (blk-mq) devices complete requests; a dm device
     /// never shows up here.
     pub rq_completed: [OpCount; IO_OPS],

@@ -81,11 +81,24 @@ pub fn rq_issue(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+#[btf_tracepoint(function = "block_rq_requeue")]
+pub fn rq_requeue(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct request *rq): neither completed nor counted, to be
+    // issued again (a driver out of resources, a partial completion).
+    io_latency::on_requeue(ctx.arg(0));
+    0
+}
+
 #[btf_tracepoint(function = "block_rq_complete")]
 pub fn rq_complete(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct request *rq, blk_status_t error, unsigned int nr_bytes)
     let rq: u64 = ctx.arg(0);
-    let nr_bytes: u64 = ctx.arg(2);
+    let nr_bytes = ctx.arg::<u64>(2) as u32;
+    // A partial completion (a loop device's short read, requeued for the
+    // rest) is not the request's end: its bytes count, and the request
+    // once, when its last bytes complete, as the kernel's own statistics
+    // count it; its start waits for that end too.
+    let whole = nr_bytes >= kernel::request_bytes_left(rq);
     // Counted for the partition the request is for, else its disk; timed
     // only with a partition (requests without one, as some flushes, have
     // no start recorded).
@@ -96,7 +109,10 @@ pub fn rq_complete(ctx: BtfTracePointContext) -> i32 {
     };
     let traced = Traced::get(dev);
     if let Some(t) = traced {
-        t.rq_completed(kernel::request_opf(rq), nr_bytes as u32);
+        t.rq_completed(kernel::request_opf(rq), nr_bytes, whole);
+    }
+    if !whole {
+        return 0;
     }
     // Always looked for, even on a device no longer traced: a start
     // recorded before would otherwise hold its slot.

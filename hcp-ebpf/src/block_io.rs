@@ -57,13 +57,16 @@ impl Traced {
         }
     }
 
-    /// A request of the device completed `bytes`.
+    /// A request of the device completed `bytes`: all it had left
+    /// (`whole`), or a part, whose bytes count but which is no request of
+    /// its own.
     #[inline(always)]
-    pub fn rq_completed(self, opf: u32, bytes: u32) {
+    pub fn rq_completed(self, opf: u32, bytes: u32, whole: bool) {
         // SAFETY: as above.
         let stats = unsafe { &mut *self.0 };
         if let Some(c) = stats.rq_completed.get_mut(IoOp::from_opf(opf) as usize) {
-            c.add(sectors(bytes));
+            c.count += u64::from(whole);
+            c.bytes += sectors(bytes);
         }
     }
 }

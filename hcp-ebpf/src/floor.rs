@@ -27,6 +27,11 @@ pub fn floor_rq_issue(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+#[btf_tracepoint(function = "block_rq_requeue")]
+pub fn floor_rq_requeue(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
 #[btf_tracepoint(function = "block_rq_complete")]
 pub fn floor_rq_complete(_ctx: BtfTracePointContext) -> i32 {
     0

@@ -16,18 +16,26 @@
 //! only after its start event's program has run), so a slot is only ever
 //! contended by different objects, which the compare-and-swap settles.
 //!
+//! An object that starts again while its start is still recorded gets the
+//! new start, and [`record`] hands back the old one's key: a bio queued
+//! again (a split's remainder), or a request whose completion never reached
+//! its program (requeues take their start first, so a request issued again
+//! is one completed unseen), which the caller counts.
+//!
 //! Left as it is, being rarer than either alone: a request whose first
-//! start went to the hash map (its slot taken) and that is requeued and
-//! issued again into its slot, now free, completes from the slot and leaves
-//! its hash entry behind; completions then look in the hash map for ever,
-//! which costs time, not correctness.
+//! start went to the hash map (its slot taken) and that is issued again
+//! into its slot, now free, completes from the slot and leaves its hash
+//! entry behind; completions then look in the hash map for ever, which
+//! costs time, not correctness.
 
 use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_NOEXIST},
     macros::map,
     maps::{Array, HashMap},
 };
-use hcp_common::bio::{in_flight_slot, BioStart, InFlightSlot, IN_FLIGHT_SLOTS, OVERFLOW_EVER, OVERFLOW_IN_USE};
+use hcp_common::bio::{
+    in_flight_slot, BioStart, InFlightSlot, LatKey, IN_FLIGHT_SLOTS, OVERFLOW_EVER, OVERFLOW_IN_USE,
+};
 
 use crate::{atomic, kernel};
 
@@ -60,23 +68,24 @@ static IO_START_USE: Array<u64> = Array::with_max_entries(2, 0);
 /// Why a start could not be recorded.
 pub struct Full;
 
-/// Records that `object` started; `Err` when neither its slot nor the hash
-/// map had room.
+/// Records that `object` started: `Ok(Some(key))` when a start of the same
+/// object was still recorded, which the new one replaces (see the module
+/// comment); `Err` when neither its slot nor the hash map had room.
 #[inline(always)]
-pub fn record(object: u64, start: BioStart) -> Result<(), Full> {
+pub fn record(object: u64, start: BioStart) -> Result<Option<LatKey>, Full> {
     let object = kernel::object_id(object);
     if let Some(slot) = IN_FLIGHT.get_ptr_mut(slot_of(object)) {
         // SAFETY: a member of our own array's value, 8-byte aligned.
         let held = unsafe { atomic::compare_exchange(&raw mut (*slot).object, 0, object) };
-        // The same object again (a requeued request issued anew) keeps its
-        // slot and takes the new start.
         if held == 0 || held == object {
             // SAFETY: the slot is ours until `take` gives it back.
-            unsafe {
+            let replaced = unsafe {
+                let replaced = (held == object).then(|| (*slot).key);
                 (*slot).start_ns = start.start_ns;
                 (*slot).key = start.key;
-            }
-            return Ok(());
+                replaced
+            };
+            return Ok(replaced);
         }
     }
     match IO_START.insert(object, start, u64::from(BPF_NOEXIST)) {
@@ -87,11 +96,15 @@ pub fn record(object: u64, start: BioStart) -> Result<(), Full> {
                     unsafe { atomic::add(count, 1) };
                 }
             }
-            Ok(())
+            Ok(None)
         }
-        // Already there (a requeued request issued anew): the new start,
-        // not a second entry to count.
-        Err(EEXIST) => IO_START.insert(object, start, u64::from(BPF_EXIST)).map_err(|_| Full),
+        // Already there: the new start, not a second entry to count.
+        Err(EEXIST) => {
+            // SAFETY: copied out before the entry is overwritten.
+            let replaced = unsafe { IO_START.get(object) }.map(|s| s.key);
+            IO_START.insert(object, start, u64::from(BPF_EXIST)).map_err(|_| Full)?;
+            Ok(replaced)
+        }
         Err(_) => Err(Full),
     }
 }

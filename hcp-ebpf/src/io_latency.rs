@@ -45,9 +45,29 @@ pub fn on_start(object: u64, level: Level, dev: u32, opf: u32) {
     let key = LatKey { dev, level: level as u8, op: op_of_opf(opf) as u8, _pad: 0 };
     // SAFETY: a helper without preconditions.
     let start = BioStart { start_ns: unsafe { bpf_ktime_get_ns() }, key };
-    if in_flight::record(object, start).is_err() {
-        count_loss(dev, |l| l.inflight_full += 1);
+    match in_flight::record(object, start) {
+        Ok(None) => {}
+        // A request issued again while its last issue is still recorded:
+        // that one completed (the block layer reuses a request only once it
+        // is freed, and a requeue takes its start, `on_requeue`), but its
+        // completion never ran the program, which the kernel does not
+        // always run without counting a skipped run. A bio queued again is
+        // no such sign (a split's remainder is the same bio).
+        Ok(Some(old)) => {
+            if level == Level::Request {
+                count_loss(old.dev, |l| l.completions_unseen += 1);
+            }
+        }
+        Err(in_flight::Full) => count_loss(dev, |l| l.inflight_full += 1),
     }
+}
+
+/// Request `object` goes back to its queue, to be issued again: its start
+/// is dropped, so that the next issue starts afresh and is not taken for a
+/// completion unseen.
+#[inline(always)]
+pub fn on_requeue(object: u64) {
+    let _ = in_flight::take(object);
 }
 
 /// `object` completes: its latency becomes a sample. `false` when no start

@@ -28,6 +28,7 @@ static BIO_LAYOUT: BioLayout = BioLayout {
     disk_first_minor: 0,
     rq_part: 0,
     rq_cmd_flags: 0,
+    rq_data_len: 0,
     rq_q: 0,
     queue_disk: 0,
     req_fua: 0,
@@ -117,6 +118,15 @@ pub fn request_part(rq: u64) -> Option<(u32, u32)> {
 pub fn request_opf(rq: u64) -> u32 {
     // SAFETY: as in `request_part`.
     unsafe { load::<u32>(rq, layout().rq_cmd_flags) }
+}
+
+/// The bytes of a request not completed yet (`blk_rq_bytes(rq)`): at
+/// `block_rq_complete`, before the completion is applied, so a completion
+/// of fewer is partial (the driver completes or requeues the rest).
+#[inline(always)]
+pub fn request_bytes_left(rq: u64) -> u32 {
+    // SAFETY: as in `request_part`.
+    unsafe { load::<u32>(rq, layout().rq_data_len) }
 }
 
 /// The number of the disk a request is for, `disk_devt(rq->q->disk)`, as

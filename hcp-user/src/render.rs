@@ -432,11 +432,12 @@ pub fn stats(s: &hcp::figures::stats::SessionStats, json: bool) {
     }
     let l = &s.losses;
     println!(
-        "Not measured         {} starts (in-flight table full), {} samples (histogram map full), {} completions without a start, {} unreadable events, {} events the kernel skipped (all traced devices)",
+        "Not measured         {} starts (in-flight table full), {} samples (histogram map full), {} completions without a start, {} unreadable events, {} completions unseen, {} events the kernel skipped (all traced devices)",
         l.inflight_full,
         l.histogram_full,
         l.unmatched,
         l.read_errors,
+        l.completions_unseen,
         l.skipped_runs.unwrap_or(0)
     );
     if let Some(h) = &s.history {

@@ -41,10 +41,43 @@ pub struct LoopDevice {
 
 impl LoopDevice {
     pub fn new(size_bytes: u64) -> LoopDevice {
+        Self::with_options(size_bytes, &[])
+    }
+
+    /// One that reads and writes its file with direct I/O, asynchronously:
+    /// a read it gets fewer bytes for than asked (its file cut short, see
+    /// [`LoopDevice::cut_file`]) is completed in part and requeued for the
+    /// rest, the one requeue a test can provoke on a loop device.
+    pub fn direct_io(size_bytes: u64) -> LoopDevice {
+        let dev = Self::with_options(size_bytes, &["--direct-io=on"]);
+        let name = dev.path.file_name().and_then(|n| n.to_str()).expect("a loop device name");
+        let dio = fs::read_to_string(format!("/sys/block/{name}/loop/dio")).expect("the loop device's dio flag");
+        assert_eq!(dio.trim(), "1", "{} does not use direct I/O on {}", dev.path.display(), dev.backing.display());
+        dev
+    }
+
+    fn with_options(size_bytes: u64, options: &[&str]) -> LoopDevice {
         let backing = std::env::temp_dir().join(format!("hcp-test-{}-{}.img", std::process::id(), unique()));
         File::create(&backing).and_then(|f| f.set_len(size_bytes)).expect("create backing file");
-        let path = run("losetup", &["--find", "--show", backing.to_str().expect("utf-8 path")]);
+        let mut args = vec!["--find", "--show"];
+        args.extend(options);
+        args.push(backing.to_str().expect("utf-8 path"));
+        let path = run("losetup", &args);
         LoopDevice { path: PathBuf::from(path.trim()), backing }
+    }
+
+    /// Cuts `bytes` off the end of the device's file; the device keeps its
+    /// size, and reads past the file's new end come back short.
+    pub fn cut_file(&self, bytes: u64) {
+        let file = OpenOptions::new().write(true).open(&self.backing).expect("open the backing file");
+        let len = file.metadata().expect("the backing file's size").len();
+        file.set_len(len - bytes).expect("cut the backing file");
+    }
+
+    /// The kernel's I/O statistics of the device so far (`/sys/block/*/stat`).
+    pub fn stat(&self) -> BlockStat {
+        let name = self.path.file_name().and_then(|n| n.to_str()).expect("a loop device name");
+        BlockStat::parse(&fs::read_to_string(format!("/sys/block/{name}/stat")).expect("the device's stat"))
     }
 
     pub fn devnum(&self) -> DevNum {
@@ -85,6 +118,37 @@ impl Drop for LoopDevice {
     fn drop(&mut self) {
         let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
         let _ = std::fs::remove_file(&self.backing);
+    }
+}
+
+/// The requests a block device completed, by kind, from its
+/// `/sys/block/*/stat` line (Documentation/block/stat.rst: fields 1, 5, 12
+/// and 16). An empty write with a preflush (an fsync of the device) counts
+/// there twice: as a write of nothing, and as the flush request the block
+/// layer sends for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockStat {
+    pub reads: u64,
+    pub writes: u64,
+    pub discards: u64,
+    pub flushes: u64,
+}
+
+impl BlockStat {
+    pub fn parse(line: &str) -> BlockStat {
+        let f: Vec<u64> = line.split_whitespace().map(|v| v.parse().expect("a number")).collect();
+        assert!(f.len() >= 17, "a stat line of 17 fields (Linux 5.5 and later): `{line}`");
+        BlockStat { reads: f[0], writes: f[4], discards: f[11], flushes: f[15] }
+    }
+
+    /// What was completed since `before`.
+    pub fn since(&self, before: &BlockStat) -> BlockStat {
+        BlockStat {
+            reads: self.reads - before.reads,
+            writes: self.writes - before.writes,
+            discards: self.discards - before.discards,
+            flushes: self.flushes - before.flushes,
+        }
     }
 }
 
@@ -426,5 +490,27 @@ pub fn write_direct(dev: &Path, offset_mib: u64, mib: u64, byte: u8) {
     buf.fill(byte);
     for i in 0..mib {
         f.write_all_at(buf, (offset_mib + i) << 20).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BlockStat;
+
+    #[test]
+    fn block_stat_lines() {
+        // reads, merges, sectors, ticks; writes ...; in flight, io ticks,
+        // queue time; discards, merges, sectors, ticks; flushes, ticks.
+        let line = "    2470        0    36620       92   139022     3638  1272458    35545        0     1760    35916       40        0  2621480        0     2970      278\n";
+        let stat = BlockStat::parse(line);
+        assert_eq!(stat, BlockStat { reads: 2470, writes: 139022, discards: 40, flushes: 2970 });
+        let before = BlockStat { reads: 2400, writes: 139000, discards: 40, flushes: 2960 };
+        assert_eq!(stat.since(&before), BlockStat { reads: 70, writes: 22, discards: 0, flushes: 10 });
+    }
+
+    #[test]
+    #[should_panic(expected = "17 fields")]
+    fn block_stat_lines_of_old_kernels_are_refused() {
+        BlockStat::parse("1 0 8 0 2 0 16 0 0 0 0");
     }
 }

@@ -46,7 +46,12 @@ pub fn record(stats: &SessionStats, start_unix: f64, end_unix: f64) -> Interval 
         device_read_bytes,
         store_used_bytes: stats.store.as_ref().and_then(|s| s.used_bytes),
         store_size_bytes: stats.store.as_ref().map(|s| s.size_bytes),
-        lost_events: l.inflight_full + l.histogram_full + l.unmatched + l.read_errors + l.skipped_runs.unwrap_or(0),
+        lost_events: l.inflight_full
+            + l.histogram_full
+            + l.unmatched
+            + l.read_errors
+            + l.completions_unseen
+            + l.skipped_runs.unwrap_or(0),
     }
 }
 

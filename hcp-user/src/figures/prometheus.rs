@@ -35,7 +35,7 @@
 //! kind go together; the histograms add `baseline_app_write` and
 //! `real_device_write`. `reason` is a field name of `losses`:
 //! `inflight_full`, `histogram_full`, `unmatched`, `read_errors`,
-//! `skipped_runs`.
+//! `completions_unseen`, `skipped_runs`.
 //! The copy-on-write overhead ratios and the percentiles of the JSON form
 //! are left out: PromQL gets them from the histograms.
 //!
@@ -215,12 +215,13 @@ const IO_KINDS: [(&str, Kind); 4] = [
 ];
 
 /// The `reason`s of `hcp_lost_events_total`.
-fn loss_reasons(l: &Losses) -> [(&'static str, u64); 5] {
+fn loss_reasons(l: &Losses) -> [(&'static str, u64); 6] {
     [
         ("inflight_full", l.inflight_full),
         ("histogram_full", l.histogram_full),
         ("unmatched", l.unmatched),
         ("read_errors", l.read_errors),
+        ("completions_unseen", l.completions_unseen),
         ("skipped_runs", l.skipped_runs.unwrap_or(0)),
     ]
 }
@@ -611,7 +612,10 @@ pub(crate) mod tests {
         c.io.insert(dev("7:3"), io(IoOp::Write, 1, 8192));
         let key = LatKey { dev: dev("253:0").to_kernel(), level: Level::Bio as u8, op: IoOp::Write as u8, _pad: 0 };
         c.latency.push((key, hist([3_000, 40_000, 2_000_000])));
-        c.losses.insert(dev("253:0"), BioLosses { inflight_full: 2, histogram_full: 0, unmatched: 5, read_errors: 0 });
+        c.losses.insert(
+            dev("253:0"),
+            BioLosses { inflight_full: 2, histogram_full: 0, unmatched: 5, read_errors: 0, completions_unseen: 3 },
+        );
         c.skipped_runs = 7;
         c
     }
@@ -707,6 +711,7 @@ pub(crate) mod tests {
         assert_eq!(value(&samples, "hcp_suspended_seconds", &one), 0.125);
         assert_eq!(value(&samples, "hcp_lost_events_total", &[("reason", "inflight_full")]), 2.0);
         assert_eq!(value(&samples, "hcp_lost_events_total", &[("reason", "unmatched")]), 5.0);
+        assert_eq!(value(&samples, "hcp_lost_events_total", &[("reason", "completions_unseen")]), 3.0);
         assert_eq!(value(&samples, "hcp_lost_events_total", &[("reason", "skipped_runs")]), 7.0);
         assert_eq!(value(&samples, "hcp_latency_seconds_count", &kind("app_write")), 3.0);
         assert_eq!(value(&samples, "hcp_latency_seconds_sum", &kind("app_write")), 2_043_000.0 / 1e9);

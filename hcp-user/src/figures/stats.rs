@@ -215,6 +215,11 @@ pub struct Losses {
     /// Kernel reads that failed; for the session: those of any device, which
     /// cannot be attributed.
     pub read_errors: u64,
+    /// Requests that completed without the completion program running (the
+    /// kernel skips it now and then without counting a skipped run), found
+    /// when the request is issued again: in neither the request counts nor
+    /// the latency.
+    pub completions_unseen: u64,
     /// For the session only: runs of the tracing programs the kernel
     /// skipped, each an event neither counted nor timed (see
     /// `pins::Counters::skipped_runs`), on any traced device: those of
@@ -229,6 +234,7 @@ impl Losses {
         self.histogram_full += l.histogram_full;
         self.unmatched += l.unmatched;
         self.read_errors += l.read_errors;
+        self.completions_unseen += l.completions_unseen;
     }
 }
 

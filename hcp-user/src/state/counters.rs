@@ -74,6 +74,9 @@ pub struct LossRecord {
     pub histogram_full: u64,
     pub unmatched: u64,
     pub read_errors: u64,
+    /// Absent from records of older versions.
+    #[serde(default)]
+    pub completions_unseen: u64,
 }
 
 /// The record of `c`, for `devices` only.
@@ -120,6 +123,7 @@ pub fn record_counters(c: &Counters, devices: &[DevNum]) -> CountersRecord {
                 histogram_full: l.histogram_full,
                 unmatched: l.unmatched,
                 read_errors: l.read_errors,
+                completions_unseen: l.completions_unseen,
             })
             .collect(),
         skipped_runs: c.skipped_runs,
@@ -164,6 +168,7 @@ pub fn since(now: &Counters, before: &CountersRecord) -> Counters {
             l.histogram_full = l.histogram_full.saturating_sub(r.histogram_full);
             l.unmatched = l.unmatched.saturating_sub(r.unmatched);
             l.read_errors = l.read_errors.saturating_sub(r.read_errors);
+            l.completions_unseen = l.completions_unseen.saturating_sub(r.completions_unseen);
         }
     }
     out.skipped_runs = now.skipped_runs.saturating_sub(before.skipped_runs);

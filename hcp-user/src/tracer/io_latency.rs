@@ -2,12 +2,13 @@
 //! kernel by the `io_latency` programs (see `hcp_common::bio`).
 
 use anyhow::{Context, Result};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues};
 use aya::Ebpf;
 use hcp_common::bio::{BioLosses, BioStart, InFlightSlot, LatKey, Level, IN_FLIGHT_SLOTS, OVERFLOW_EVER};
-use hcp_common::{IoOp, LatencyHist};
+use hcp_common::{DevIoStats, IoOp, LatencyHist};
 
 use crate::kernel::devnum::DevNum;
 use crate::tracer::object;
@@ -17,6 +18,7 @@ use crate::tracer::object;
 pub struct IoLatencyTracer {
     // Owns the programs, and so the links.
     _ebpf: Ebpf,
+    traced: PerCpuHashMap<MapData, u32, DevIoStats>,
     latency: PerCpuHashMap<MapData, LatKey, LatencyHist>,
     losses: PerCpuHashMap<MapData, u32, BioLosses>,
     slots: Array<MapData, InFlightSlot>,
@@ -44,7 +46,7 @@ impl IoLatencyTracer {
         let slots = Array::try_from(ebpf.take_map("IN_FLIGHT").context("map IN_FLIGHT")?)?;
         let starts = HashMap::try_from(ebpf.take_map("IO_START").context("map IO_START")?)?;
         let starts_use = Array::try_from(ebpf.take_map("IO_START_USE").context("map IO_START_USE")?)?;
-        Ok(IoLatencyTracer { _ebpf: ebpf, latency, losses, slots, starts, starts_use })
+        Ok(IoLatencyTracer { _ebpf: ebpf, traced, latency, losses, slots, starts, starts_use })
     }
 
     /// How many bios and requests are recorded as in flight, in the table
@@ -62,6 +64,12 @@ impl IoLatencyTracer {
     /// another object in flight.
     pub fn overflowed(&self) -> Result<u64> {
         Ok(self.starts_use.get(&OVERFLOW_EVER, 0)?)
+    }
+
+    /// The counts of every traced device so far, summed over CPUs: those
+    /// the latency is to add up with.
+    pub fn counts(&self) -> Result<BTreeMap<DevNum, DevIoStats>> {
+        crate::tracer::block_io::read_counts(&self.traced)
     }
 
     /// Every histogram with samples so far, merged over CPUs, sorted by key.
@@ -148,6 +156,7 @@ pub fn losses(map: &PerCpuHashMap<MapData, u32, BioLosses>, dev: Option<DevNum>)
             total.histogram_full += l.histogram_full;
             total.unmatched += l.unmatched;
             total.read_errors += l.read_errors;
+            total.completions_unseen += l.completions_unseen;
             total
         })),
         Err(aya::maps::MapError::KeyNotFound) => Ok(BioLosses::default()),

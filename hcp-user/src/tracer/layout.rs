@@ -222,6 +222,7 @@ pub fn bio(btf: &KernelBtf) -> Result<BioLayout> {
         disk_first_minor: sized_offset(btf, "gendisk.first_minor", 4)?,
         rq_part: sized_offset(btf, "request.part", 8)?,
         rq_cmd_flags: sized_offset(btf, "request.cmd_flags", 4)?,
+        rq_data_len: sized_offset(btf, "request.__data_len", 4)?,
         rq_q: sized_offset(btf, "request.q", 8)?,
         queue_disk: sized_offset(btf, "request_queue.disk", 8)?,
         req_fua: 1 << fua_bit,

@@ -29,13 +29,18 @@ pub enum Purpose {
 }
 
 /// The block I/O programs (hcp-ebpf's `block_events`: tp_btf, one per
-/// event, each counting and timing) and the events they attach to.
-pub const BLOCK_PROGRAMS: [(&str, &str); 5] = [
+/// event, each counting and timing) and the events they attach to, in the
+/// order they are attached: a request's requeue and completion before its
+/// issue, so that no request issued while they attach has its start
+/// recorded with nothing yet to take it (it would be counted as a
+/// completion unseen).
+pub const BLOCK_PROGRAMS: [(&str, &str); 6] = [
     ("bio_queue", "block_bio_queue"),
     ("bio_remap", "block_bio_remap"),
     ("bio_complete", "block_bio_complete"),
-    ("rq_issue", "block_rq_issue"),
+    ("rq_requeue", "block_rq_requeue"),
     ("rq_complete", "block_rq_complete"),
+    ("rq_issue", "block_rq_issue"),
 ];
 
 /// The switch's programs, `(program, category, event)`, in the order they

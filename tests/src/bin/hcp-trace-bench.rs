@@ -29,12 +29,13 @@ use serde_json::{json, Value};
 
 /// The floor's programs (hcp-ebpf/src/floor.rs, tp_btf) and their events:
 /// those of `object::BLOCK_PROGRAMS`.
-const FLOOR: [(&str, &str); 5] = [
+const FLOOR: [(&str, &str); 6] = [
     ("floor_bio_queue", "block_bio_queue"),
     ("floor_bio_remap", "block_bio_remap"),
     ("floor_bio_complete", "block_bio_complete"),
-    ("floor_rq_issue", "block_rq_issue"),
+    ("floor_rq_requeue", "block_rq_requeue"),
     ("floor_rq_complete", "block_rq_complete"),
+    ("floor_rq_issue", "block_rq_issue"),
 ];
 
 fn main() {
@@ -162,6 +163,7 @@ fn losses_json(l: &BioLosses) -> Value {
         "histogram_full": l.histogram_full,
         "unmatched": l.unmatched,
         "read_errors": l.read_errors,
+        "completions_unseen": l.completions_unseen,
     })
 }
 

@@ -48,7 +48,7 @@ pub(super) fn memory(bins: &Bins, plan: &Plan, one: &TracedRuns, several: &Trace
         );
         let mut programs = Figure::new(
             &format!("bpf_prog_kib/{devices}dev"),
-            "kernel memory of hcp's five programs (fdinfo memlock)",
+            "kernel memory of hcp's six programs (fdinfo memlock)",
             "KiB",
         );
         for report in &runs.reports {

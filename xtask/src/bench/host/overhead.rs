@@ -1,7 +1,7 @@
 //! Part 4 of `cargo xtask bench`, tracing overhead: fio on one loop device
 //! untraced, traced by hcp, by bpftrace and by the floor, in rotating rounds.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 use super::fio::{fio, FIO_LOAD_TEXT};
 use super::runs::{measured_run, Case, TracedRuns};
@@ -86,6 +86,9 @@ pub(super) fn tracing_overhead(bins: &Bins, plan: &Plan) -> Result<(Section, Tra
                         counts.requests, run.kernel_ios[0], counts.lost, skipped
                     );
                 }
+                counts
+                    .check_against(run.kernel_ios[0], skipped)
+                    .with_context(|| format!("overhead round {}/{}, traced by hcp", round + 1, plan.rounds))?;
                 traced.reports.push(after);
             }
         }
@@ -130,11 +133,13 @@ pub(super) fn tracing_overhead(bins: &Bins, plan: &Plan) -> Result<(Section, Tra
          traced by hcp, traced by bpftrace, and the floor, the starting case rotating from round to round, \
          so every case sees the same background noise. Ratios are taken within a round; overhead = 1 - ratio. \
          hcp: its tracer as a traced session attaches it (the pinned set under /sys/fs/bpf/hcp: one tp_btf \
-         program on each of block_bio_queue, block_bio_remap, block_bio_complete, block_rq_issue and \
-         block_rq_complete, counting and timing), the device added as a session's. \
+         program on each of block_bio_queue, block_bio_remap, block_bio_complete, block_rq_issue, \
+         block_rq_complete and block_rq_requeue, counting and timing), the device added as a session's; \
+         a round fails if the requests hcp counted differ from those the kernel completed \
+         (/sys/block/*/stat) by more than the losses it reported. \
          bpftrace ({bpftrace}): request latency from block_rq_issue to block_rq_complete (classic tracepoints, \
          keyed by device and sector, filtered to the device) into a histogram per device, biolatency's job. \
-         Floor: empty programs on exactly hcp's five events with hcp's attach type (tp_btf), loaded alone. \
+         Floor: empty programs on exactly hcp's six events with hcp's attach type (tp_btf), loaded alone. \
          CPU per I/O: the busy time of all CPUs (user, nice, system, irq, softirq, steal in /proc/stat) over \
          the fio run, divided by the I/Os fio did: it includes the loop device's worker and the programs \
          wherever they run, and any other load on the machine; fio's own time misses the loop worker. ({fio})",

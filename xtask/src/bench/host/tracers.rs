@@ -115,8 +115,29 @@ impl DevCounts {
                 + n(&losses["histogram_full"])?
                 + n(&losses["unmatched"])?
                 + n(&losses["read_errors"])?
+                + n(&losses["completions_unseen"])?
                 + n(&d["record_read_errors"])?,
         })
+    }
+
+    /// Whether the requests counted add up to the `kernel`'s completed ones
+    /// (`/sys/block/*/stat`, reads, writes and discards: the load has no
+    /// flushes) but for the losses reported, the device's and `skipped`
+    /// runs of the programs: a difference no loss counter names is a hidden
+    /// loss, which fails the run.
+    pub(super) fn check_against(&self, kernel: u64, skipped: u64) -> Result<()> {
+        let reported = self.lost + skipped;
+        ensure!(
+            self.requests.abs_diff(kernel) <= reported,
+            "hcp counted {} requests where the kernel completed {} ({} {}), but reported only {} lost and {} skipped",
+            self.requests,
+            kernel,
+            self.requests.abs_diff(kernel),
+            if self.requests < kernel { "fewer" } else { "more" },
+            self.lost,
+            skipped
+        );
+        Ok(())
     }
 
     pub(super) fn since(&self, before: &DevCounts) -> DevCounts {
@@ -136,7 +157,7 @@ pub(super) fn recursion_misses(report: &Value) -> Result<u64> {
 
 pub(super) fn unattributed_losses(report: &Value) -> Result<u64> {
     let l = &report["unattributed_losses"];
-    ["inflight_full", "histogram_full", "unmatched", "read_errors"]
+    ["inflight_full", "histogram_full", "unmatched", "read_errors", "completions_unseen"]
         .iter()
         .map(|k| l[k].as_u64().with_context(|| format!("no {k} in {l}")))
         .sum()
@@ -282,21 +303,34 @@ mod tests {
         let report: Value = serde_json::from_str(
             r#"{"devices": {"7:0": {"bios_queued": 10, "requests_completed": 9, "request_latency_samples": 9,
                 "bio_latency_samples": 0, "record_read_errors": 1,
-                "losses": {"inflight_full": 2, "histogram_full": 0, "unmatched": 3, "read_errors": 0}}},
-                "unattributed_losses": {"inflight_full": 0, "histogram_full": 0, "unmatched": 0, "read_errors": 4},
+                "losses": {"inflight_full": 2, "histogram_full": 0, "unmatched": 3, "read_errors": 0, "completions_unseen": 4}}},
+                "unattributed_losses": {"inflight_full": 0, "histogram_full": 0, "unmatched": 0, "read_errors": 4, "completions_unseen": 0},
                 "bpf": {"programs": 7, "program_bytes": 8192, "recursion_misses": 3, "maps": [{"id": 1, "name": "IO_START", "memlock": 1000},
                 {"id": 2, "name": "DEV_IO", "memlock": 24}]}, "max_rss_kib": 9000}"#,
         )
         .unwrap();
         let dev = DevId { major: 7, minor: 0 };
         let counts = DevCounts::of(&report, &dev).unwrap();
-        assert_eq!(counts, DevCounts { bios: 10, requests: 9, samples: 9, lost: 6 });
+        assert_eq!(counts, DevCounts { bios: 10, requests: 9, samples: 9, lost: 10 });
         assert_eq!(counts.since(&DevCounts { bios: 4, requests: 4, samples: 3, lost: 6 }).bios, 6);
+        assert_eq!(counts.since(&DevCounts { bios: 4, requests: 4, samples: 3, lost: 6 }).lost, 4);
         assert!(DevCounts::of(&report, &DevId { major: 7, minor: 1 }).is_err(), "an untraced device");
         assert_eq!(unattributed_losses(&report).unwrap(), 4);
         assert_eq!(recursion_misses(&report).unwrap(), 3);
         let mem = BpfMemory::of(&report).unwrap();
         assert_eq!((mem.program_bytes, mem.map_bytes()), (8192, 1024));
+    }
+
+    #[test]
+    fn counts_must_add_up_to_the_kernels_but_for_reported_losses() {
+        let counts = DevCounts { bios: 100, requests: 90, samples: 90, lost: 4 };
+        assert!(DevCounts { lost: 0, ..counts }.check_against(90, 0).is_ok(), "exact");
+        assert!(counts.check_against(94, 0).is_ok(), "4 fewer, 4 lost");
+        assert!(counts.check_against(96, 2).is_ok(), "6 fewer, 4 lost and 2 skipped");
+        let err = counts.check_against(95, 0).unwrap_err().to_string();
+        assert!(err.contains("90 requests where the kernel completed 95 (5 fewer)"), "{err}");
+        assert!(err.contains("4 lost and 0 skipped"), "{err}");
+        assert!(counts.check_against(85, 0).is_err(), "5 more than the kernel's is no loss either");
     }
 
     #[test]
