@@ -129,7 +129,7 @@ fn fields<'a>(
     bio: &'a mut BioLayout,
     ioctl: &'a mut IoctlTpLayout,
     stall: &'a mut StallLayout,
-) -> [(&'static str, &'a mut u32); 25] {
+) -> [(&'static str, &'a mut u32); 26] {
     [
         ("bio.bio_bdev", &mut bio.bio_bdev),
         ("bio.bio_opf", &mut bio.bio_opf),
@@ -139,6 +139,7 @@ fn fields<'a>(
         ("bio.disk_first_minor", &mut bio.disk_first_minor),
         ("bio.rq_part", &mut bio.rq_part),
         ("bio.rq_cmd_flags", &mut bio.rq_cmd_flags),
+        ("bio.rq_data_len", &mut bio.rq_data_len),
         ("bio.rq_q", &mut bio.rq_q),
         ("bio.queue_disk", &mut bio.queue_disk),
         ("bio.req_fua", &mut bio.req_fua),
@@ -336,7 +337,10 @@ format:
         assert_eq!(KernelLayout::parse(&missing, "build-id ab12 btf 5000", &events), None);
         let extra = format!("{text}bio.new_field 3\n");
         assert_eq!(KernelLayout::parse(&extra, "build-id ab12 btf 5000", &events), None);
-        let bad = text.replace("bio.rq_q 108", "bio.rq_q x");
+        let bad: String = text
+            .lines()
+            .map(|l| if l.starts_with("bio.rq_q ") { "bio.rq_q x\n".to_string() } else { format!("{l}\n") })
+            .collect();
         assert_ne!(bad, text);
         assert_eq!(KernelLayout::parse(&bad, "build-id ab12 btf 5000", &events), None);
         let old = text.replace(CACHE_FORMAT, "hcp kernel layout 0");
@@ -362,6 +366,25 @@ format:
         assert_eq!(gnu_build_id(&notes).as_deref(), Some("deadbeef01"));
         assert_eq!(gnu_build_id(&notes[..notes.len() - 8]), None, "cut short");
         assert_eq!(gnu_build_id(&[]), None);
+    }
+
+    /// The struct literals below name every field: a field added to a
+    /// layout fails to compile here until the cache's list has it too.
+    #[test]
+    fn the_cache_lists_every_field() {
+        let (mut bio, mut ioctl, mut stall) = Default::default();
+        for (_, field) in fields(&mut bio, &mut ioctl, &mut stall) {
+            *field = 7;
+        }
+        #[rustfmt::skip]
+        let all = (
+            BioLayout { bio_bdev: 7, bio_opf: 7, bio_size: 7, bdev_dev: 7, disk_major: 7, disk_first_minor: 7,
+                rq_part: 7, rq_cmd_flags: 7, rq_data_len: 7, rq_q: 7, queue_disk: 7, req_fua: 7 },
+            IoctlTpLayout { enter_fd: 7, enter_cmd: 7, enter_arg: 7, exit_ret: 7 },
+            StallLayout { enter_id: 7, enter_args: 7, exit_ret: 7, task_files: 7, files_fdt: 7, fdt_max_fds: 7,
+                fdt_fd: 7, file_inode: 7, inode_sb: 7, sb_dev: 7 },
+        );
+        assert_eq!((bio, ioctl, stall), all);
     }
 
     /// The running kernel's layout, found and read back through a cache.
