@@ -6,7 +6,7 @@
 #       -- docs/design/rollback-probe.sh [SCENARIO...]
 #
 # SCENARIO is any of: naive lvmlike removefirst invalid others interrupt
-# speed mounted lvm (default: all). /dev/vda (1G) holds the origins, stores
+# speed mounted lvm (default: all but lvm). /dev/vda (1G) holds the origins, stores
 # are loop devices over files in /tmp (as hcp's default store), /dev/vdb
 # (256M) is LVM's for the comparison. Everything it makes is in the guest.
 # Plain dmsetup, no hcp code: the tables are hcp's (see
@@ -526,7 +526,8 @@ lvm() {
 
 dmesg -c >/dev/null
 mkdir -p /mnt/o /mnt/s
-ALL="naive lvmlike removefirst invalid others interrupt speed mounted lvm"
+# lvm is left out: in the 6.1 guest it did not finish within the VM timeout.
+ALL="naive lvmlike removefirst invalid others interrupt speed mounted"
 for s in ${@:-$ALL}; do
 	"$s"
 done
