@@ -47,13 +47,23 @@ impl LoopDevice {
     /// One that reads and writes its file with direct I/O, asynchronously:
     /// a read it gets fewer bytes for than asked (its file cut short, see
     /// [`LoopDevice::cut_file`]) is completed in part and requeued for the
-    /// rest, the one requeue a test can provoke on a loop device.
-    pub fn direct_io(size_bytes: u64) -> LoopDevice {
+    /// rest, the one requeue a test can provoke on a loop device. None
+    /// when the temporary directory's filesystem takes no direct I/O (tmpfs
+    /// before Linux 6.6, as in the test VM's overlay on 6.1).
+    pub fn direct_io(size_bytes: u64) -> Option<LoopDevice> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let probe = std::env::temp_dir().join(format!("hcp-test-{}-{}.dio", std::process::id(), unique()));
+        let opened = OpenOptions::new().create(true).write(true).custom_flags(libc::O_DIRECT).open(&probe);
+        let _ = fs::remove_file(&probe);
+        if opened.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL)) {
+            return None;
+        }
+        opened.expect("a file opened with O_DIRECT");
         let dev = Self::with_options(size_bytes, &["--direct-io=on"]);
         let name = dev.path.file_name().and_then(|n| n.to_str()).expect("a loop device name");
         let dio = fs::read_to_string(format!("/sys/block/{name}/loop/dio")).expect("the loop device's dio flag");
         assert_eq!(dio.trim(), "1", "{} does not use direct I/O on {}", dev.path.display(), dev.backing.display());
-        dev
+        Some(dev)
     }
 
     fn with_options(size_bytes: u64, options: &[&str]) -> LoopDevice {

@@ -406,7 +406,11 @@ fn a_traced_session_reports_what_it_costs() {
     std::io::Read::read_exact(&mut fs::File::open(snap).unwrap(), &mut head).unwrap();
     let after = hcp_json(&["stats", &id]);
     assert!(n(&after["snapshot_reads"]["bytes"]) >= 1 << 20, "{}", after["snapshot_reads"]);
-    assert_eq!(after["copy_out"]["read_bytes"], s["copy_out"]["read_bytes"], "snapshot reads are not copy-out");
+    // The mounted filesystem's own writeback (a journal commit) may copy
+    // out a chunk meanwhile; the 1 MiB read must not show there. (The raw
+    // origin's test below asserts equality.)
+    let copied = n(&after["copy_out"]["read_bytes"]) - n(&s["copy_out"]["read_bytes"]);
+    assert!(copied < 1 << 20, "snapshot reads are not copy-out: {} then {}", s["copy_out"], after["copy_out"]);
 
     // --follow: one JSON line per interval, each with that interval's figures.
     // The filesystem's own writeback (a journal commit, an inode update) may
@@ -628,24 +632,45 @@ fn hcp_with_fault(args: &[&str], step: &str, action: &str) -> String {
         cmd.env("HCP_SWITCH_TIMEOUT", "1.5");
     }
     let mut child = cmd.spawn().expect("run hcp");
-    let started = std::time::Instant::now();
-    // Only a hang outside a window is ended from here; anything else ends
-    // by itself (its undo can take seconds on a loaded, emulated machine).
+    // stderr is read as it comes: a hang is ended only once hcp said it
+    // reached the step, however long a loaded machine took to get there.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut pipe = std::io::BufReader::new(child.stderr.take().unwrap());
+    let reader = thread::spawn(move || {
+        let mut all = String::new();
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut pipe, &mut line).is_ok_and(|n| n > 0) {
+            if line.contains("injecting") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            line.clear();
+        }
+        all
+    });
+    // Only a hang outside a window is ended from here, once reached; anything
+    // else ends by itself (its undo can take seconds on a loaded, emulated
+    // machine).
     let killed_here = action == "hang" && !WINDOW_STEPS.contains(&step);
-    let limit = if killed_here { Duration::from_millis(1500) } else { Duration::from_secs(30) };
+    let started = std::time::Instant::now();
+    let limit = Duration::from_secs(if killed_here { 60 } else { 30 });
+    let mut reached: Option<std::time::Instant> = None;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        if started.elapsed() > limit {
-            assert!(killed_here, "{step}:{action}: hcp still running after {limit:?}");
+        if killed_here && reached.is_none() && rx.try_recv().is_ok() {
+            reached = Some(std::time::Instant::now());
+        }
+        // Hung for a while at the step, as an operator would see it.
+        if reached.is_some_and(|t| t.elapsed() > Duration::from_millis(500)) {
             child.kill().unwrap();
             break child.wait().unwrap();
         }
+        assert!(started.elapsed() < limit, "{step}:{action}: hcp still running after {limit:?}");
         thread::sleep(Duration::from_millis(20));
     };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let stderr = reader.join().unwrap();
     assert!(!status.success(), "{step}:{action}: hcp must fail: {stderr}");
     if action == "hang" && WINDOW_STEPS.contains(&step) {
         assert!(stderr.contains("deadline"), "{step}:{action}: the guard ended the hang: {stderr}");

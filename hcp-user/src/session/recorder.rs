@@ -125,7 +125,8 @@ fn record_session(id: &str) -> Result<String> {
             Some(s) if s.created_unix == session.created_unix && s.phase == Phase::Active => {}
             _ => return Ok("the session was removed".to_string()),
         }
-        let now = pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")))?;
+        let now = pins::read_for(&session.traced_devnums())
+            .map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")))?;
         let end_unix = wall_clock();
         let mut since_before = session.clone();
         if let Some(t) = since_before.trace.as_mut() {

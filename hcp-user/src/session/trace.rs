@@ -65,7 +65,7 @@ pub(super) fn baseline(origin: DevNum, baseline: Duration) -> Result<Option<Hist
 /// Every counter of `devices` now: taken as the snapshot is about to go
 /// live, the session's own figures are what is counted after it.
 pub(super) fn counters_now(devices: &[DevNum]) -> Result<CountersRecord> {
-    let now = pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")))?;
+    let now = pins::read_for(devices).map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")))?;
     Ok(crate::state::counters::record_counters(&now, devices))
 }
 
@@ -147,7 +147,8 @@ fn read_with_window(session: &Session, window: Option<Duration>) -> Result<Sessi
             session.id, session.id
         )));
     }
-    let counters = pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")))?;
+    let counters = pins::read_for(&session.traced_devnums())
+        .map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")))?;
     let stats = super::inspect::with_live_state(
         stats::compute(session, &counters, crate::clock::now_unix()),
         &Dm::open()?,
@@ -368,7 +369,8 @@ pub fn follow(target: &str, interval: Duration, mut emit: impl FnMut(&SessionSta
     read(&session)?; // traced at all?
     let devices: Vec<DevNum> = devices_of(&session).into_iter().map(|(d, _, _)| d).collect();
     let dm = Dm::open()?;
-    let read_counters = || pins::read().map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")));
+    let read_counters =
+        || pins::read_for(&devices).map_err(|e| Error::system(format!("reading hcp's tracing maps: {e:#}")));
     let mut before = crate::state::counters::record_counters(&read_counters()?, &devices);
     // A fixed schedule: line k covers up to k intervals after the first
     // read, however long each read and print took, so lines never drift.

@@ -95,6 +95,15 @@ pub struct Session {
     pub autoextend: Option<AutoextendRecord>,
 }
 
+impl Session {
+    /// The devices a traced session's record names: those its figures are
+    /// computed from.
+    pub fn traced_devnums(&self) -> Vec<crate::kernel::devnum::DevNum> {
+        let devices = self.trace.iter().flat_map(|t| &t.devices);
+        devices.filter_map(|d| d.devnum.parse().ok()).collect()
+    }
+}
+
 /// The auto-extend settings of a session and the monitor that applies them
 /// (see the `autoextend` module).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

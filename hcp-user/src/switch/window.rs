@@ -1,6 +1,6 @@
 //! The one place an origin is switched to a new table while live: write
-//! back its filesystem's dirty data, freeze it, suspend it, (activate a snapshot), resume it on the
-//! table loaded beforehand, thaw. `start` switches an origin onto
+//! back its filesystem's dirty data, freeze it, suspend it, (activate a
+//! snapshot), resume it on the table loaded beforehand, thaw. `start` switches an origin onto
 //! `snapshot-origin`; `remove` and `recover` switch it back onto its own
 //! table. Both get the same protection:
 //!

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use aya::maps::{MapData, PerCpuHashMap, PerCpuValues};
+use aya::maps::{MapData, MapError, PerCpuHashMap, PerCpuValues};
 use aya::Ebpf;
 use hcp_common::{bio::REQUEST_BASED, DevIoStats, OpCount, RemapKey, RemapStats, IO_OPS};
 
@@ -36,7 +36,7 @@ impl BlockIoTracer {
 
     /// The counts of every traced device so far, summed over CPUs.
     pub fn read(&self) -> Result<BTreeMap<DevNum, DevIoStats>> {
-        read_counts(&self.counts)
+        read_counts(&self.counts, None)
     }
 
     /// Bios passed down between traced devices, `(to, from)`, by direction.
@@ -57,22 +57,45 @@ pub fn add_devices(map: &mut PerCpuHashMap<MapData, u32, DevIoStats>, devices: &
     Ok(())
 }
 
-/// A `DEV_IO` map's counts, summed over CPUs.
-pub fn read_counts(map: &PerCpuHashMap<MapData, u32, DevIoStats>) -> Result<BTreeMap<DevNum, DevIoStats>> {
+/// A `DEV_IO` map's counts, summed over CPUs: of `only` those devices, or
+/// of every device in it.
+pub fn read_counts(
+    map: &PerCpuHashMap<MapData, u32, DevIoStats>,
+    only: Option<&[DevNum]>,
+) -> Result<BTreeMap<DevNum, DevIoStats>> {
     let mut out = BTreeMap::new();
-    for entry in map.iter() {
-        let (dev, per_cpu) = entry?;
-        let total = per_cpu.iter().fold(DevIoStats::default(), |mut total, cpu| {
-            add_ops(&mut total.bio_queued, &cpu.bio_queued);
-            add_ops(&mut total.rq_completed, &cpu.rq_completed);
-            add(&mut total.bio_fua_writes, &cpu.bio_fua_writes);
-            total.read_errors += cpu.read_errors;
-            total.flags = cpu.flags;
-            total
-        });
-        out.insert(DevNum::from_kernel(dev), total);
+    match only {
+        Some(devices) => {
+            for dev in devices {
+                match map.get(&dev.to_kernel(), 0) {
+                    Ok(per_cpu) => {
+                        out.insert(*dev, sum(per_cpu.iter()));
+                    }
+                    Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(e).with_context(|| format!("reading the counts of {dev}")),
+                }
+            }
+        }
+        None => {
+            for entry in map.iter() {
+                let (dev, per_cpu) = entry?;
+                out.insert(DevNum::from_kernel(dev), sum(per_cpu.iter()));
+            }
+        }
     }
     Ok(out)
+}
+
+/// One device's counts, summed over CPUs.
+fn sum<'a>(per_cpu: impl Iterator<Item = &'a DevIoStats>) -> DevIoStats {
+    per_cpu.fold(DevIoStats::default(), |mut total, cpu| {
+        add_ops(&mut total.bio_queued, &cpu.bio_queued);
+        add_ops(&mut total.rq_completed, &cpu.rq_completed);
+        add(&mut total.bio_fua_writes, &cpu.bio_fua_writes);
+        total.read_errors += cpu.read_errors;
+        total.flags = cpu.flags;
+        total
+    })
 }
 
 /// A `DEV_REMAP` map's counts, `(to, from)`, summed over CPUs.

@@ -69,12 +69,12 @@ impl IoLatencyTracer {
     /// The counts of every traced device so far, summed over CPUs: those
     /// the latency is to add up with.
     pub fn counts(&self) -> Result<BTreeMap<DevNum, DevIoStats>> {
-        crate::tracer::block_io::read_counts(&self.traced)
+        crate::tracer::block_io::read_counts(&self.traced, None)
     }
 
     /// Every histogram with samples so far, merged over CPUs, sorted by key.
     pub fn histograms(&self) -> Result<Vec<(LatKey, LatencyHist)>> {
-        histograms(&self.latency)
+        histograms(&self.latency, None)
     }
 
     /// What could not be measured on `dev`; `None` for what could not be
@@ -131,19 +131,39 @@ fn insert_zeroed_waiting_for_the_cache(
 }
 
 /// The histograms of an `IO_LATENCY` map with samples, merged over CPUs,
-/// sorted by key.
-pub fn histograms(map: &PerCpuHashMap<MapData, LatKey, LatencyHist>) -> Result<Vec<(LatKey, LatencyHist)>> {
-    let mut out = Vec::new();
-    for entry in map.iter() {
-        let (key, per_cpu) = entry?;
-        let hist = crate::tracer::hist::merge(per_cpu.iter().copied());
-        // Those made in advance (`add_histograms`) and still empty are no figure.
-        if hist.count > 0 {
-            out.push((key, hist));
+/// sorted by key: of `only` those devices (every level and direction, by
+/// key), or of every device in it.
+pub fn histograms(
+    map: &PerCpuHashMap<MapData, LatKey, LatencyHist>,
+    only: Option<&[DevNum]>,
+) -> Result<Vec<(LatKey, LatencyHist)>> {
+    let mut found = Vec::new();
+    match only {
+        Some(devices) => {
+            for dev in devices {
+                for level in [Level::Bio, Level::Request] {
+                    for op in IoOp::ALL {
+                        let key = LatKey { dev: dev.to_kernel(), level: level as u8, op: op as u8, _pad: 0 };
+                        match map.get(&key, 0) {
+                            Ok(per_cpu) => found.push((key, crate::tracer::hist::merge(per_cpu.iter().copied()))),
+                            Err(MapError::KeyNotFound) => {}
+                            Err(e) => return Err(e).with_context(|| format!("reading the latency of {dev}")),
+                        }
+                    }
+                }
+            }
+        }
+        None => {
+            for entry in map.iter() {
+                let (key, per_cpu) = entry?;
+                found.push((key, crate::tracer::hist::merge(per_cpu.iter().copied())));
+            }
         }
     }
-    out.sort_by_key(|(k, _)| *k);
-    Ok(out)
+    // Those made in advance (`add_histograms`) and still empty are no figure.
+    found.retain(|(_, hist)| hist.count > 0);
+    found.sort_by_key(|(k, _)| *k);
+    Ok(found)
 }
 
 /// The losses of `dev` (`None`: device 0, the unattributable) in an

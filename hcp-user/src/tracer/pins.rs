@@ -206,9 +206,23 @@ pub fn detach_all() -> Result<()> {
 
 /// Reads every counter of the traced devices.
 pub fn read() -> Result<Counters> {
-    let io = block_io::read_counts(&open("DEV_IO")?)?;
-    let remaps = block_io::read_remaps(&open("DEV_REMAP")?)?;
-    let latency = io_latency::histograms(&open("IO_LATENCY")?)?;
+    read_devices(None)
+}
+
+/// [`read`] of `devices` only (and of what no device can be named for): a
+/// few lookups instead of every traced device's maps, for the figures of
+/// one session.
+pub fn read_for(devices: &[DevNum]) -> Result<Counters> {
+    read_devices(Some(devices))
+}
+
+fn read_devices(only: Option<&[DevNum]>) -> Result<Counters> {
+    let io = block_io::read_counts(&open("DEV_IO")?, only)?;
+    let mut remaps = block_io::read_remaps(&open("DEV_REMAP")?)?;
+    if let Some(devices) = only {
+        remaps.retain(|(to, _), _| devices.contains(to));
+    }
+    let latency = io_latency::histograms(&open("IO_LATENCY")?, only)?;
     let loss_map: PerCpuHashMap<MapData, u32, BioLosses> = open("IO_LOSSES")?;
     let mut losses = BTreeMap::new();
     for dev in io.keys() {
