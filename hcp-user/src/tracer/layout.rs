@@ -79,11 +79,9 @@ impl KernelLayout {
     /// written by another version of hcp never fills a field it did not mean.
     fn to_text(&self, kernel: &str) -> String {
         let mut out = format!("{CACHE_FORMAT}\nkernel {kernel}\n");
-        let (ioctl, stall) = (self.ioctl.clone().unwrap_or_default(), self.stall.clone().unwrap_or_default());
-        let mut bio = self.bio;
-        let mut ioctl_ = ioctl;
-        let mut stall_ = stall;
-        for (name, value) in fields(&mut bio, &mut ioctl_, &mut stall_) {
+        let (mut bio, mut ioctl, mut stall) =
+            (self.bio, self.ioctl.clone().unwrap_or_default(), self.stall.clone().unwrap_or_default());
+        for (name, value) in fields(&mut bio, &mut ioctl, &mut stall) {
             out += &format!("{name} {value}\n");
         }
         for (event, id) in &self.tp_btf {

@@ -361,31 +361,21 @@ fn dirty_section(v: &Value, label: &str, release: &str, p: &Params) -> Result<Se
         let col = |case: &str, field: &str| column(runs, &[n, case, field]);
         let ratio = |a: &str, b: &str| ratios(runs, &[n, a, "stall_ms"], &[n, b, "stall_ms"]);
         let what = |w: &str| format!("{w}, with {mib} MiB dirty");
+        // One stall figure per case: (its key in the runs, its name, what ran).
+        for (case, name, ran) in [
+            ("hcp", "hcp_start", "`hcp start` ran"),
+            ("lvm", "lvcreate", "`lvcreate --snapshot` ran"),
+            ("floor", "floor", "one process suspended (with lockfs) and resumed the origin"),
+            ("syncfs", "syncfs", "`syncfs` alone ran (nothing frozen)"),
+        ] {
+            figures.push(Figure::with_runs(
+                &format!("stall_ms/{name}/{mib}M"),
+                &what(&format!("{stall} while {ran}")),
+                "ms",
+                col(case, "stall_ms"),
+            ));
+        }
         figures.extend([
-            Figure::with_runs(
-                &format!("stall_ms/hcp_start/{mib}M"),
-                &what(&format!("{stall} while `hcp start` ran")),
-                "ms",
-                col("hcp", "stall_ms"),
-            ),
-            Figure::with_runs(
-                &format!("stall_ms/lvcreate/{mib}M"),
-                &what(&format!("{stall} while `lvcreate --snapshot` ran")),
-                "ms",
-                col("lvm", "stall_ms"),
-            ),
-            Figure::with_runs(
-                &format!("stall_ms/floor/{mib}M"),
-                &what(&format!("{stall} while one process suspended (with lockfs) and resumed the origin")),
-                "ms",
-                col("floor", "stall_ms"),
-            ),
-            Figure::with_runs(
-                &format!("stall_ms/syncfs/{mib}M"),
-                &what(&format!("{stall} while `syncfs` alone ran (nothing frozen)")),
-                "ms",
-                col("syncfs", "stall_ms"),
-            ),
             Figure::with_runs(
                 &format!("ratio/hcp:lvm/{mib}M"),
                 &what("hcp start's stall / lvcreate's, per repetition"),
