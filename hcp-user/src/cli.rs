@@ -1,6 +1,6 @@
 //! Arguments, in both forms: the original hcp's flags (`hcp [-m DIR] [-o]
 //! [-c STORE] [-q QUOTA] DEVICE`, `hcp -l`, `hcp -r TARGET`, `hcp -s DEVICE`,
-//! `hcp -v`) and subcommands (`hcp start | list | remove | show | version`)
+//! `hcp -v`) and subcommands (`hcp start | list | remove | rollback | show | version`)
 //! taking the same options. Both become one [`Action`].
 
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use hcp::enroll::{EnrollOptions, UnenrollOptions};
 use hcp::error::Error;
 use hcp::session::autoextend::{Spec, StoreSize};
-use hcp::session::{RemoveOptions, StartOptions};
+use hcp::session::{RemoveOptions, RollbackOptions, StartOptions};
 use hcp::size::{ChunkSize, Quota};
 
 const AFTER_HELP: &str = "\
@@ -19,6 +19,7 @@ Examples:
   List sessions:      hcp -l                     (or: hcp list --json)
   Show a device's:    hcp -s /dev/vg0/data
   Remove a session:   hcp -r /dev/hcp1           (or an origin: all of its sessions)
+  Roll back to one:   hcp rollback /dev/hcp1     (--now if the origin is mounted)
   Clean up leftovers: hcp recover
   A mounted partition: hcp enroll --now /dev/sdc1   (once; then: hcp start /dev/sdc1)
 
@@ -35,9 +36,10 @@ Exit status:
   6  permission: hcp must run as root
   7  invalid: a session listed (-l), shown (stats) or removed had its snapshot
      invalidated because its store filled (the origin is unaffected); the
-     command itself did its work
+     command itself did its work; or a rollback to such a session (refused)
   A start stopped by Ctrl-C or SIGTERM undoes its work, then ends by that
-  signal (a shell shows 130 or 143).
+  signal (a shell shows 130 or 143). A rollback stopped so while it waits
+  leaves the merge running in the kernel (`hcp rollback` again waits).
 
 After an hcp that did not finish (killed, crashed), `hcp recover` rolls back
 half-made sessions and finishes half-removed ones; `hcp -l` shows them as
@@ -99,6 +101,25 @@ enum Command {
         /// histograms go to FILE.hlog) instead of where its start said.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+    },
+    /// Put the origin back exactly as it was at SESSION's snapshot (the
+    /// kernel's snapshot-merge), and end the session. The origin reads as
+    /// the snapshot as soon as the merge starts; the merge then runs in the
+    /// background, and cannot be undone.
+    Rollback {
+        /// The session: an hcp device (/dev/hcpN), its mount point, or an
+        /// origin that has one session.
+        session: String,
+        /// If the origin is mounted: unmount it (refused while processes
+        /// hold it), start the merge and mount it again at once, at the same
+        /// place with the same options (a short interruption, reported).
+        #[arg(long)]
+        now: bool,
+        /// Return once the merge runs (`hcp -l` shows it merging); `hcp
+        /// rollback` with the same session, or `hcp recover`, waits for it
+        /// and ends the session.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Show the hcp devices of DEVICE.
     Show { device: String },
@@ -357,6 +378,7 @@ pub enum Action {
     Start(StartOptions, bool),
     List(bool),
     Remove(RemoveOptions, bool),
+    Rollback(RollbackOptions, bool),
     Show(String, bool),
     Version(bool),
     Guard(hcp::switch::guard::Plan, i32),
@@ -375,6 +397,9 @@ impl Cli {
             Some(Command::List) => Action::List(json),
             Some(Command::Remove { target, keep_store, report }) => {
                 Action::Remove(RemoveOptions { target, keep_store, report }, json)
+            }
+            Some(Command::Rollback { session, now, no_wait }) => {
+                Action::Rollback(RollbackOptions { target: session, now, no_wait }, json)
             }
             Some(Command::Show { device }) => Action::Show(device, json),
             Some(Command::Report { target, output }) => Action::Report(target, output, json),

@@ -44,17 +44,21 @@ fn main() -> ExitCode {
     // Commands that change sessions hold Ctrl-C, SIGTERM and SIGHUP back
     // for their whole run: `start` checks for them between its steps and
     // stops there, undoing what it made; `remove` and `recover` finish (a
-    // half-removed session helps nobody), as do the enrollment commands (a
+    // half-removed session helps nobody), as does `rollback` (forward only;
+    // a signal while it waits ends the wait, not the merge), and the enrollment commands (a
     // filesystem between its unmount and its mount must be mounted again).
     // Either way the signal ends the process only once this block is
     // dropped, after hcp said what it did.
     let _signals = match &action {
-        Action::Start(..) | Action::Remove(..) | Action::Recover(..) | Action::Enroll(..) | Action::Unenroll(..) => {
-            match SignalBlock::new() {
-                Ok(block) => Some(block),
-                Err(e) => return fail(e, json),
-            }
-        }
+        Action::Start(..)
+        | Action::Remove(..)
+        | Action::Rollback(..)
+        | Action::Recover(..)
+        | Action::Enroll(..)
+        | Action::Unenroll(..) => match SignalBlock::new() {
+            Ok(block) => Some(block),
+            Err(e) => return fail(e, json),
+        },
         _ => None,
     };
     match run(action) {
@@ -109,6 +113,13 @@ fn run(action: Action) -> Result<ExitCode, Error> {
                 invalid.join(", ")
             );
             Ok(ExitCode::from(Kind::Invalid.exit_code()))
+        }
+        Action::Rollback(opts, json) => {
+            let mut display = render::MergeDisplay::new(json);
+            let done = hcp::session::rollback(&opts, &mut |p| display.show(p));
+            drop(display);
+            render::rolled_back(&done?, json);
+            Ok(ExitCode::SUCCESS)
         }
         Action::Show(device, json) => {
             render::shown(&hcp::session::show(&device)?, json);

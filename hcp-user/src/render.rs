@@ -3,7 +3,7 @@
 
 use hcp::enroll::{Activation, Enrolled, EnrolledEntry, FstabChange, Unenrolled};
 use hcp::kernel::writeback::PreFlush;
-use hcp::session::{ListEntry, Recovered, Removed, Shown, Started};
+use hcp::session::{ListEntry, MergeProgress, Recovered, Removed, RolledBack, Shown, Started};
 use hcp::size::format_bytes;
 use serde::Serialize;
 
@@ -163,7 +163,13 @@ fn list_sessions(entries: &[ListEntry]) {
             ),
             None => println!(" Store Size:            {} (the quota)", format_bytes(e.store_bytes)),
         }
-        println!(" State:                 {}", serde_json::to_value(e.state).expect("state").as_str().unwrap_or("?"));
+        let state = serde_json::to_value(e.state).expect("state").as_str().unwrap_or("?").to_string();
+        match e.merge_percent {
+            Some(pct) => {
+                println!(" State:                 {state} ({pct:.1}% of the snapshot's data back in the origin)")
+            }
+            None => println!(" State:                 {state}"),
+        }
         if let Some(problem) = &e.problem {
             println!(" Problem:               {problem}: run `hcp recover`");
         }
@@ -281,6 +287,87 @@ pub fn removed(removed: &[Removed], json: bool) {
         }
         if let Some(log) = &r.autoextend_log {
             println!("Auto-extend log kept: {}", log.display());
+        }
+    }
+}
+
+pub fn rolled_back(r: &RolledBack, json: bool) {
+    if json {
+        // One line, after the progress lines: the output is NDJSON.
+        return println!("{}", serde_json::to_string(r).expect("reports serialise"));
+    }
+    if let Some(m) = &r.remounted {
+        println!(
+            "{} was unmounted for {:.3} s and mounted again on the merge ({}): it shows the snapshot's contents.",
+            m.mount.mount_point.display(),
+            m.downtime_seconds,
+            m.mount.fs_type
+        );
+    }
+    let merged = format_bytes(r.merge_bytes);
+    if !r.finished {
+        println!(
+            "{} is being rolled back to {}: {merged} to merge, in the kernel; it reads as the snapshot already. \
+             `hcp -l` shows the progress; `hcp rollback {}` waits for it and ends the session.",
+            r.origin.display(),
+            r.session,
+            r.session
+        );
+        return;
+    }
+    let took = r.merge_seconds.map(|s| format!(" in {s:.1} s")).unwrap_or_default();
+    let restored = if r.origin_restored { "; it has its own table back" } else { "; its other sessions remain" };
+    let frozen = r.frozen_seconds.map(|f| format!(" (file system frozen {f:.3} s for it)")).unwrap_or_default();
+    println!(
+        "{} is rolled back to {}: {merged} merged back{took}{restored}{frozen}. Session {} has ended ({:.1} s in all).",
+        r.origin.display(),
+        r.session,
+        r.session,
+        r.seconds
+    );
+    if let Some(report) = &r.report {
+        println!("Final report (up to the rollback): {}", report.display());
+    }
+}
+
+/// The merge's progress as it goes: a bar on a terminal (stderr), one
+/// JSON line per status read with `--json` (stdout), else nothing.
+pub struct MergeDisplay {
+    bar: Option<indicatif::ProgressBar>,
+    json: bool,
+}
+
+impl MergeDisplay {
+    pub fn new(json: bool) -> MergeDisplay {
+        use std::io::IsTerminal;
+        let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            let style = indicatif::ProgressStyle::with_template(
+                "merging {bar:30} {percent:>3}%  {bytes}/{total_bytes} back, {binary_bytes_per_sec}, {eta} left",
+            )
+            .expect("a valid template");
+            bar.set_style(style);
+            bar
+        });
+        MergeDisplay { bar, json }
+    }
+
+    pub fn show(&mut self, p: &MergeProgress) {
+        if self.json {
+            let line = serde_json::json!({ "progress": p });
+            println!("{line}");
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_length(p.total_bytes);
+            bar.set_position(p.merged_bytes);
+        }
+    }
+}
+
+impl Drop for MergeDisplay {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
         }
     }
 }

@@ -46,6 +46,7 @@ fn stats_of_an_idle_session_match_the_schema() {
             recorder: None,
         }),
         autoextend: None,
+        rollback: None,
     };
     let stats = compute(&session, &Counters::default(), 2);
     let value = serde_json::to_value(&stats).expect("stats serialise");

@@ -129,7 +129,7 @@ fn vm_tests(kernels: &[GuestKernel], binaries: &[PathBuf]) -> Result<Vec<PathBuf
         let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         eprintln!("xtask test: VM tests on Linux {kernel}: running, output in {}", log_path.display());
         let child = Command::new(&exe)
-            .args(["vm", "--kernel", &kernel.to_string(), "--timeout", "1500", "--no-build", "--"])
+            .args(["vm", "--kernel", &kernel.to_string(), "--timeout", "2100", "--no-build", "--"])
             .args(["sh", "-c", script, "sh"])
             .args(binaries)
             .stdout(log.try_clone().context("duplicating the log")?)

@@ -547,7 +547,7 @@ fn check_enrollable(dm: &Dm, raw: &BlockDevice, records: &[Enrollment]) -> Resul
 
 /// The spec of `mount`, once nothing stands in the way of unmounting it:
 /// no process holding it, no mount beneath it.
-fn check_remountable(mount: &Mount, mounts: &MountTable, dev: DevNum) -> Result<MountSpec> {
+pub fn check_remountable(mount: &Mount, mounts: &MountTable, dev: DevNum) -> Result<MountSpec> {
     let spec = MountSpec::of(mount)?;
     let nested: Vec<String> = mounts
         .0
@@ -595,7 +595,7 @@ fn mounted_in_many(device: &Path, mounts: &[&Mount]) -> Error {
 /// filesystem is mounted from `from` again, so that it is never left
 /// unmounted. The fault steps are those after the unmount and after the
 /// switch.
-fn move_mount(
+pub fn move_mount(
     spec: &MountSpec,
     (from, to): (&Path, &Path),
     switch: &mut dyn FnMut() -> Result<()>,

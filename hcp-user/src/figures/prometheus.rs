@@ -586,6 +586,7 @@ pub(crate) mod tests {
                 recorder: None,
             }),
             autoextend: None,
+            rollback: None,
         }
     }
 

@@ -11,10 +11,12 @@ use crate::kernel::blockdev::BlockDevice;
 use crate::kernel::devnum::DevNum;
 use crate::kernel::dm::device::Dm;
 use crate::kernel::dm::status::SnapshotStatus;
-use crate::kernel::dm::table::{SnapshotOrigin, TargetParams};
+use crate::kernel::dm::table::{SnapshotMerge, SnapshotOrigin, TargetParams};
 use crate::kernel::dm::uuid::{UUID_COW, UUID_ORIGIN, UUID_REAL, UUID_SNAPSHOT};
 use crate::state::record::{Phase, Session, SessionState};
 use crate::tracer::pins;
+
+use super::rollback::merge::{self, MergeState};
 
 /// `/dev/hcpN`.
 pub fn snapshot_node(id: &str) -> PathBuf {
@@ -58,6 +60,7 @@ pub(super) fn assess(
         _ if problem.is_some() => SessionState::Incomplete,
         (Phase::Starting, _) => SessionState::Starting,
         (Phase::Removing, _) => SessionState::Removing,
+        (Phase::RollingBack, _) => SessionState::Merging,
         (Phase::Active, Some((_, SnapshotStatus::Invalid | SnapshotStatus::Overflow))) => SessionState::Invalid,
         (Phase::Active, Some((target, _))) if target == "snapshot-merge" => SessionState::Merging,
         (Phase::Active, _) => SessionState::Active,
@@ -92,6 +95,7 @@ pub(super) fn problem(dm: &Dm, s: &Session) -> Result<Option<String>> {
     match s.phase {
         Phase::Starting => return Ok(Some("its start did not finish".to_string())),
         Phase::Removing => return Ok(Some("its removal did not finish".to_string())),
+        Phase::RollingBack => return rollback_problem(dm, s),
         Phase::Active => {}
     }
     if !dm.exists(&s.id)? {
@@ -116,6 +120,36 @@ pub(super) fn problem(dm: &Dm, s: &Session) -> Result<Option<String>> {
         }
     }
     Ok(None)
+}
+
+/// What is wrong with a rollback: nothing while the kernel merges (a
+/// rollback with `--no-wait`, or one being waited for).
+fn rollback_problem(dm: &Dm, s: &Session) -> Result<Option<String>> {
+    let origin = &s.origin.dm_name;
+    let merging = dm.exists(origin)? && !dm.status(origin)?.is_empty();
+    Ok(match merging.then(|| merge::state(dm, origin)).transpose()?.flatten() {
+        Some(MergeState::Running { .. } | MergeState::Done) => None,
+        Some(MergeState::Failed(why)) => Some(format!("its rollback stopped: {why}")),
+        None => Some("its rollback did not finish (the origin is not merging yet)".to_string()),
+    })
+}
+
+/// The merge of a session being rolled back, as a percentage of the data
+/// its store held when the rollback began; None when it is not merging.
+pub(super) fn merge_percent(dm: &Dm, s: &Session) -> Result<Option<f64>> {
+    let Some(rb) = s.rollback.as_ref().filter(|_| s.phase == Phase::RollingBack) else { return Ok(None) };
+    if !dm.exists(&s.origin.dm_name)? {
+        return Ok(None);
+    }
+    Ok(match merge::state(dm, &s.origin.dm_name)? {
+        Some(MergeState::Done) => Some(100.0),
+        Some(MergeState::Running { data_sectors_left }) if rb.data_sectors > 0 => {
+            let left = data_sectors_left.min(rb.data_sectors);
+            Some((rb.data_sectors - left) as f64 * 100.0 / rb.data_sectors as f64)
+        }
+        Some(MergeState::Running { .. }) => Some(100.0),
+        _ => None,
+    })
 }
 
 /// hcp's dm devices (known by their UUIDs) that no session record accounts
@@ -187,19 +221,23 @@ impl std::fmt::Display for Orphan {
     }
 }
 
-/// Whether `origin` runs on hcp's `snapshot-origin` over `real`. Refuses
-/// a `snapshot-origin` over anything else: that is not hcp's to undo.
+/// Whether `origin` runs on hcp's `snapshot-origin` over `real`, or on the
+/// `snapshot-merge` of a rollback over it (which takes `snapshot-origin`'s
+/// place: other snapshots of the origin go on as before). Refuses either
+/// over anything else: that is not hcp's to undo.
 pub(super) fn is_switched(dm: &Dm, origin: &str, real: &str) -> Result<bool> {
     let table = dm.table(origin)?;
     let [line] = table.as_slice() else { return Ok(false) };
-    if line.target_type != "snapshot-origin" {
-        return Ok(false);
-    }
-    let over = SnapshotOrigin::from_line(line)?.origin;
+    let over = match line.target_type.as_str() {
+        SnapshotOrigin::TARGET => SnapshotOrigin::from_line(line)?.origin,
+        SnapshotMerge::TARGET => SnapshotMerge::from_line(line)?.0.origin,
+        _ => return Ok(false),
+    };
     if !dm.exists(real)? || dm.devnum(real)? != over {
         return Err(Error::refused(format!(
-            "origin {origin} runs on snapshot-origin over {over}, not over hcp's {real}: hcp leaves it alone; \
-             inspect it with `dmsetup table {origin}`"
+            "origin {origin} runs on {} over {over}, not over hcp's {real}: hcp leaves it alone; \
+             inspect it with `dmsetup table {origin}`",
+            line.target_type
         )));
     }
     Ok(true)

@@ -11,7 +11,7 @@ use crate::kernel::dm::device::Dm;
 use crate::kernel::dm::status::SnapshotStatus;
 use crate::state::record::{self, Session, SessionState};
 
-use super::inspect::{assess, is_origin_of, orphans, problem, store_bytes_now};
+use super::inspect::{assess, is_origin_of, merge_percent, orphans, problem, store_bytes_now};
 use crate::clock::format_time;
 
 /// One session as `list` reports it.
@@ -42,6 +42,9 @@ pub struct ListEntry {
     pub autoextend: Option<AutoextendEntry>,
     pub chunk_bytes: u64,
     pub state: SessionState,
+    /// While `merging` (a rollback): how much of the snapshot's data is back
+    /// in the origin.
+    pub merge_percent: Option<f64>,
     /// What is wrong with an incomplete session, and so what `hcp recover`
     /// will do about it.
     pub problem: Option<String>,
@@ -114,6 +117,7 @@ fn entry(dm: &Dm, s: &Session, in_progress: bool) -> Result<ListEntry> {
         }),
         chunk_bytes: s.chunk_bytes,
         state,
+        merge_percent: merge_percent(dm, s)?,
         problem,
     })
 }

@@ -1,4 +1,5 @@
-//! Snapshot sessions: start, remove, list and show, on dm-snapshot.
+//! Snapshot sessions: start, remove, list and show, and roll back, on
+//! dm-snapshot.
 //!
 //! A session is one snapshot of one origin:
 //!
@@ -20,6 +21,7 @@ pub mod recorder;
 mod recover;
 mod remove;
 mod report;
+mod rollback;
 mod start;
 mod trace;
 mod worker;
@@ -29,6 +31,7 @@ pub use list::{list, show, AutoextendEntry, ListEntry, Shown};
 pub use recover::{recover, Recovered};
 pub use remove::{remove, RemoveOptions, Removed};
 pub use report::report;
+pub use rollback::{rollback, MergeProgress, RollbackOptions, RolledBack};
 pub use start::{start, StartOptions, Started};
 pub use trace::{
     attach_session as trace_attach, follow as follow_stats, histogram_log_path, history, history_copy_path,

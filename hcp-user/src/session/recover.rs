@@ -6,6 +6,9 @@
 //!   session must remain. (Its record is written before anything it
 //!   describes exists, so nothing a start makes escapes it.)
 //! - A removal that did not finish is rolled forward.
+//! - A rollback, interrupted or left to run (`--no-wait`), is carried
+//!   forward: its merge started again from the store if it stopped, waited
+//!   for, and the session ended (see `rollback`).
 //! - A session with a piece missing or changed under it (its snapshot
 //!   device gone, its origin no longer on `snapshot-origin`) can no longer
 //!   be trusted: it is removed.
@@ -23,10 +26,11 @@ use crate::error::{Error, Kind, Result};
 use crate::kernel::dm::device::Dm;
 use crate::privilege::require_root;
 use crate::state::lock::Lock;
-use crate::state::record::{self};
+use crate::state::record::{self, Phase, Session};
 
 use super::inspect::{is_switched, orphans, problem, OrphanKind};
 use super::remove::{remove_one, restore_origin_table};
+use super::rollback;
 
 /// One thing `recover` found, and what it did about it.
 #[derive(Clone, Debug, Serialize)]
@@ -52,6 +56,18 @@ pub fn recover() -> Result<Vec<Recovered>> {
     let mut out = Vec::new();
     // Newest first, so an origin gets its table back with its last session.
     for session in sessions.clone().iter().rev() {
+        if session.phase == Phase::RollingBack {
+            let found = problem(&dm, session)?.unwrap_or_else(|| "rolling back, the merge running".to_string());
+            match finish_rollback(&dm, session, &sessions) {
+                Ok(restored) => {
+                    let restored = if restored { ", origin given its own table back" } else { "" };
+                    out.push(done(&session.id, found, format!("merge waited for, session ended{restored}")));
+                    sessions.retain(|s| s.id != session.id);
+                }
+                Err(e) => out.push(failed(&session.id, found, e)),
+            }
+            continue;
+        }
         let Some(found) = problem(&dm, session)? else { continue };
         match remove_one(&dm, session, &sessions, false, None) {
             Ok(removed) => {
@@ -78,6 +94,16 @@ pub fn recover() -> Result<Vec<Recovered>> {
         }
     }
     Ok(out)
+}
+
+/// A rollback goes forward only: its merge started (again, from the
+/// store, if it was interrupted), waited for, and the session ended.
+/// Returns whether the origin got its own table back.
+fn finish_rollback(dm: &Dm, session: &Session, sessions: &[Session]) -> Result<bool> {
+    rollback::carry_on(dm, session, sessions)?;
+    let data_sectors = session.rollback.as_ref().map_or(0, |rb| rb.data_sectors);
+    rollback::merge::wait(dm, &session.origin.dm_name, data_sectors, &mut |_| {})?;
+    rollback::finish(dm, session, sessions).map(|(restored, _)| restored)
 }
 
 fn remove_orphan(dm: &Dm, name: &str, kind: &OrphanKind) -> Result<String> {

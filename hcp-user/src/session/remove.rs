@@ -10,15 +10,17 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::kernel::blockdev::BlockDevice;
 use crate::kernel::dm::device::Dm;
+use crate::kernel::dm::table::TableLine;
 use crate::kernel::loopdev::LoopDevice;
 use crate::kernel::mountinfo::MountTable;
 use crate::kernel::writeback::PreFlush;
 use crate::privilege::require_root;
 use crate::state::lock::Lock;
-use crate::state::record::{self, Phase, Session, SessionState};
+use crate::state::record::{self, MountRecord, Phase, Session, SessionState};
 use crate::switch::fault;
 
 use super::inspect::{is_origin_of, is_switched, siblings};
+use super::rollback::merge::{self, MergeState};
 use crate::switch::window::{Window, RESTORE_STEPS};
 
 #[derive(Clone, Debug, Default)]
@@ -64,6 +66,14 @@ pub fn remove(opts: &RemoveOptions) -> Result<Vec<Removed>> {
     let _lock = Lock::acquire()?;
     let mut sessions = record::load_all()?;
     let targets = find_targets(&opts.target, &sessions)?;
+    // A rollback cannot be undone once it has begun; it can only finish.
+    if let Some(s) = sessions.iter().find(|s| targets.contains(&s.id) && s.phase == Phase::RollingBack) {
+        return Err(Error::refused(format!(
+            "{} is rolling back (its origin merges the snapshot back): it ends with the merge; `hcp rollback {}` \
+             waits for it and finishes",
+            s.id, s.id
+        )));
+    }
     // Removing a half-made session finishes it; others are pointed out.
     for (id, problem) in super::inspect::leftovers(&dm, &sessions)? {
         if !targets.contains(&id) {
@@ -92,7 +102,7 @@ pub fn remove(opts: &RemoveOptions) -> Result<Vec<Removed>> {
 }
 
 /// The sessions `target` names, in ascending order.
-fn find_targets(target: &str, sessions: &[Session]) -> Result<Vec<String>> {
+pub(super) fn find_targets(target: &str, sessions: &[Session]) -> Result<Vec<String>> {
     // TARGET is only ever compared with what records and the kernel say:
     // no name or path is made from it.
     if target.trim().is_empty() {
@@ -147,21 +157,7 @@ pub(super) fn remove_one(
             )));
         }
     }
-    // Our own mount is the one opener we undo; any other (a mount
-    // elsewhere, a program reading the snapshot) makes removal wait.
-    let mounts = MountTable(crate::kernel::mountinfo::read()?);
-    let our_mount = session
-        .mount
-        .as_ref()
-        .filter(|m| mounts.mount_at(&m.path).is_some_and(|mount| mount.dev == snapshot_devnum(session)));
-    if dm.exists(&session.id)? && dm.open_count(&session.id)? > i32::from(our_mount.is_some()) {
-        return Err(Error::busy(format!(
-            "{} is in use (mounted elsewhere or open by a program): close it and retry (`fuser -v {}` lists the \
-             processes)",
-            session.snapshot_path.display(),
-            session.snapshot_path.display()
-        )));
-    }
+    let our_mount = check_snapshot_unused(dm, session)?;
     // Nothing was changed yet. The monitor goes first: it must not grow the
     // store while the session is taken apart.
     crate::session::autoextend::stop(session)?;
@@ -174,21 +170,7 @@ pub(super) fn remove_one(
     }
     fault::at("remove-after-unmount")?;
     // The final figures, while every device is still there.
-    // (Tracing must never stand in the way of a removal: failures warn.)
-    let report = session.trace.as_ref().filter(|_| session.phase == Phase::Active).and_then(|_| {
-        let (path, stats) = super::trace::write_report(session, report)
-            .map_err(|e| eprintln!("hcp: warning: no final report for {}: {e}", session.id))
-            .ok()?;
-        // The report to look at, beside it (a session without a history
-        // has none).
-        if stats.analysis.is_some() {
-            let html = super::trace::html_report_path(&path);
-            if let Err(e) = super::report::live(session, &stats).and_then(|d| super::report::write(&d, &html)) {
-                eprintln!("hcp: warning: no HTML report for {}: {e}", session.id);
-            }
-        }
-        Some(path)
-    });
+    let report = final_report(session, report);
     // From here on the session only goes: a crash leaves it for `recover`
     // to finish, never to bring back.
     let mut record = session.clone();
@@ -208,16 +190,81 @@ pub(super) fn remove_one(
         dm.remove(&session.id)?;
     }
     let _ = std::fs::remove_file(&session.snapshot_path);
-    let cow = format!("{}-cow", session.id);
-    if dm.exists(&cow)? {
-        dm.remove(&cow)?;
-    }
     fault::at("remove-after-snapshot-remove")?;
     let window = if last { restore_origin(dm, session)? } else { None };
     let (frozen_seconds, pre_flush) = match window {
         Some(w) => (w.frozen.map(|d| d.as_secs_f64()), w.pre_flush),
         None => (None, None),
     };
+    let (kept_store, autoextend_log) = dispose(dm, session, keep_store, snapshot_invalidated)?;
+    Ok(Removed {
+        session: session.id.clone(),
+        origin: session.origin.path.clone(),
+        origin_restored: last,
+        kept_store,
+        frozen_seconds,
+        pre_flush,
+        report,
+        snapshot_invalidated,
+        autoextend_log,
+        seconds: begun.elapsed().as_secs_f64(),
+    })
+}
+
+/// The snapshot's mount of hcp's own, if it is there, once nothing else
+/// uses the snapshot: our own mount is the one opener hcp undoes; any other
+/// (a mount elsewhere, a program reading the snapshot) makes hcp wait.
+pub(super) fn check_snapshot_unused<'a>(dm: &Dm, session: &'a Session) -> Result<Option<&'a MountRecord>> {
+    let mounts = MountTable(crate::kernel::mountinfo::read()?);
+    let our_mount = session
+        .mount
+        .as_ref()
+        .filter(|m| mounts.mount_at(&m.path).is_some_and(|mount| mount.dev == snapshot_devnum(session)));
+    if dm.exists(&session.id)? && dm.open_count(&session.id)? > i32::from(our_mount.is_some()) {
+        return Err(Error::busy(format!(
+            "{} is in use (mounted elsewhere or open by a program): close it and retry (`fuser -v {}` lists the \
+             processes)",
+            session.snapshot_path.display(),
+            session.snapshot_path.display()
+        )));
+    }
+    Ok(our_mount)
+}
+
+/// Writes a traced session's final report (and the HTML report beside it)
+/// while every device is still there. Tracing must never stand in the way
+/// of a removal or a rollback: failures warn.
+pub(super) fn final_report(session: &Session, to: Option<&Path>) -> Option<PathBuf> {
+    session.trace.as_ref().filter(|_| session.phase == Phase::Active)?;
+    let (path, stats) = super::trace::write_report(session, to)
+        .map_err(|e| eprintln!("hcp: warning: no final report for {}: {e}", session.id))
+        .ok()?;
+    // The report to look at, beside it (a session without a history has
+    // none).
+    if stats.analysis.is_some() {
+        let html = super::trace::html_report_path(&path);
+        if let Err(e) = super::report::live(session, &stats).and_then(|d| super::report::write(&d, &html)) {
+            eprintln!("hcp: warning: no HTML report for {}: {e}", session.id);
+        }
+    }
+    Some(path)
+}
+
+/// Everything of a session that outlives its snapshot device: the store's
+/// quota device, its loop devices and file (kept with `keep_store`), its
+/// history and logs, and last its record. Returns the kept store file and
+/// the auto-extend log, kept when the snapshot had been invalidated (it
+/// tells how the store grew and filled).
+pub(super) fn dispose(
+    dm: &Dm,
+    session: &Session,
+    keep_store: bool,
+    snapshot_invalidated: bool,
+) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
+    let cow = format!("{}-cow", session.id);
+    if dm.exists(&cow)? {
+        dm.remove(&cow)?;
+    }
     if session.store.created_file || session.store.loop_device.is_some() {
         // Every loop device on the store file: the record may predate the
         // attach (a start that died there).
@@ -247,18 +294,7 @@ pub(super) fn remove_one(
         let _ = std::fs::remove_file(&a.log);
         None
     });
-    Ok(Removed {
-        session: session.id.clone(),
-        origin: session.origin.path.clone(),
-        origin_restored: last,
-        kept_store,
-        frozen_seconds,
-        pre_flush,
-        report,
-        snapshot_invalidated,
-        autoextend_log,
-        seconds: begun.elapsed().as_secs_f64(),
-    })
+    Ok((kept_store, autoextend_log))
 }
 
 fn snapshot_devnum(session: &Session) -> crate::kernel::devnum::DevNum {
@@ -271,7 +307,7 @@ fn snapshot_devnum(session: &Session) -> crate::kernel::devnum::DevNum {
 /// plain device. Whatever of that is already done is skipped, so a start
 /// that died before the switch, or a remove that died inside it, ends the
 /// same way. Returns the switch, if there was one.
-fn restore_origin(dm: &Dm, session: &Session) -> Result<Option<Window>> {
+pub(super) fn restore_origin(dm: &Dm, session: &Session) -> Result<Option<Window>> {
     let origin = &session.origin.dm_name;
     if session.origin.wrapped {
         if dm.exists(origin)? {
@@ -299,11 +335,24 @@ pub(super) fn restore_origin_table(dm: &Dm, origin: &str, real: &str) -> Result<
         let _ = dm.clear_inactive(origin);
         return Ok(None);
     }
+    // Half merged, the origin's data is neither the snapshot's nor its own:
+    // only the merge may go on from there.
+    if let Some(MergeState::Running { .. } | MergeState::Failed(_)) = merge::state(dm, origin)? {
+        return Err(Error::refused(format!(
+            "{origin} is merging a snapshot back (a rollback): giving it its own table now would leave its data \
+             half merged; `hcp recover` finishes the rollback"
+        )));
+    }
     let table = dm.table(real)?;
-    dm.load(origin, &table)?;
+    switch_origin_onto(dm, origin, &table).map(Some)
+}
+
+/// Switches the live `origin` onto `table` (loaded first), its filesystem,
+/// if mounted, written back and frozen around the switch.
+pub(super) fn switch_origin_onto(dm: &Dm, origin: &str, table: &[TableLine]) -> Result<Window> {
+    dm.load(origin, table)?;
     fault::at("remove-after-origin-reload")?;
     let mounts = MountTable(crate::kernel::mountinfo::read()?);
     let mounted_at = mounts.mounts_of(dm.devnum(origin)?).first().map(|m| m.mount_point.clone());
-    let window = crate::switch::window::switch(dm, origin, mounted_at.as_deref(), true, &RESTORE_STEPS, || Ok(()))?;
-    Ok(Some(window))
+    crate::switch::window::switch(dm, origin, mounted_at.as_deref(), true, &RESTORE_STEPS, || Ok(()))
 }

@@ -44,6 +44,11 @@ pub enum Phase {
     Starting,
     Active,
     Removing,
+    /// Its origin is being put back to the snapshot (`hcp rollback`): from
+    /// this phase on the session only goes forward, through the merge, to
+    /// its end; `rollback` below says how.
+    #[serde(rename = "rolling-back")]
+    RollingBack,
 }
 
 /// A session's state as `list` reports it.
@@ -93,6 +98,10 @@ pub struct Session {
     /// the format version stays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoextend: Option<AutoextendRecord>,
+    /// Set with the phase `rolling-back`: what the rest of the rollback
+    /// needs once the snapshot device is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackRecord>,
 }
 
 impl Session {
@@ -116,6 +125,22 @@ pub struct AutoextendRecord {
     pub pid: Option<i32>,
     /// Where the monitor writes what it does.
     pub log: PathBuf,
+}
+
+/// A rollback under way (see `session::rollback`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RollbackRecord {
+    /// The origin's table during the merge, the snapshot's own line with
+    /// its target renamed: `0 <len> snapshot-merge <real> <store> P <chunk>`.
+    /// Loading it again continues an interrupted merge from the store.
+    pub merge_table: String,
+    /// Sectors of origin data the store held when the rollback began: the
+    /// merge's progress is measured against it.
+    pub data_sectors: u64,
+    /// When the rollback began (seconds since the Unix epoch).
+    pub started_unix: f64,
+    /// The snapshot device has been removed: there is no way back.
+    pub snapshot_removed: bool,
 }
 
 /// What a traced session needs to report later.
@@ -383,7 +408,26 @@ mod tests {
                 pid: Some(4242),
                 log: "/run/hcp/autoextend/hcp1.log".into(),
             }),
+            rollback: None,
         }
+    }
+
+    #[test]
+    fn a_rollback_round_trips_with_its_phase() {
+        let mut s = sample("hcp2");
+        s.phase = Phase::RollingBack;
+        s.rollback = Some(RollbackRecord {
+            merge_table: "0 262144 snapshot-merge 254:1 7:3 P 8".into(),
+            data_sectors: 131_072,
+            started_unix: 1_800_000_100.5,
+            snapshot_removed: true,
+        });
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains("\"phase\":\"rolling-back\""), "{text}");
+        assert_eq!(serde_json::from_str::<Session>(&text).unwrap(), s);
+        // Records written before rollbacks existed have no such field.
+        let old = serde_json::to_string(&sample("hcp3")).unwrap();
+        assert!(!old.contains("rollback"), "{old}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Fault injection, a testing aid: `HCP_FAULT=STEP:ACTION` makes hcp fail on
-//! purpose at one step of `start`, `remove`, `enroll` or `unenroll`, to
+//! purpose at one step of `start`, `remove`, `rollback`, `enroll` or `unenroll`, to
 //! prove that no failure anywhere leaves a filesystem frozen, a device
 //! suspended, a filesystem unmounted or the origin's data changed.
 //!
@@ -19,6 +19,16 @@
 //! `remove-after-store-detach`. The origin steps come only with an
 //! origin's last session.
 //!
+//! Steps of `rollback`, in order: `rollback-after-record` (marked as
+//! rolling back, nothing else changed), `rollback-after-unmount` (the
+//! snapshot unmounted, with `--now` the origin too),
+//! `rollback-after-snapshot-remove` (the snapshot device gone, the merge
+//! table loaded, inactive), `rollback-after-suspend`, `rollback-after-resume`
+//! (the merge runs; with `--now` the origin not yet mounted again),
+//! `rollback-before-finish` (the merge done, the origin not yet given its
+//! table back); the end of a rollback then passes `remove`'s origin and
+//! store steps.
+//!
 //! Steps of `enroll --now`: `enroll-after-unmount` (the filesystem is
 //! unmounted, nothing made), `enroll-after-create` (the mapping exists, not
 //! yet mounted); of `unenroll --now`: `unenroll-after-unmount`,
@@ -36,7 +46,7 @@ use std::sync::OnceLock;
 use crate::error::{Error, Result};
 
 /// Every step a fault can be injected at: `start`'s, then `remove`'s.
-pub const STEPS: [&str; 21] = [
+pub const STEPS: [&str; 27] = [
     "after-snapshot-create",
     "after-origin-reload",
     "after-prepare",
@@ -58,6 +68,12 @@ pub const STEPS: [&str; 21] = [
     "enroll-after-create",
     "unenroll-after-unmount",
     "unenroll-after-remove",
+    "rollback-after-record",
+    "rollback-after-unmount",
+    "rollback-after-snapshot-remove",
+    "rollback-after-suspend",
+    "rollback-after-resume",
+    "rollback-before-finish",
 ];
 
 /// What an injected fault does.

@@ -206,13 +206,25 @@ fn remount(r: &Remount) {
     if table.is_ok_and(|t| t.mount_at(&r.mount_point).is_some_and(|m| devs.contains(&m.dev))) {
         return;
     }
+    // A device that another guard is still resuming refuses mounts while
+    // it is suspended (the kernel's "blockdev is frozen", EBUSY): tried
+    // again for a while before giving up.
+    let give_up = Instant::now() + Duration::from_secs(5);
     let mut failed = Vec::new();
-    for from in &r.from {
-        match crate::kernel::mount::mount(from, &r.mount_point, &r.fs_type, r.flags, &r.data) {
-            Ok(()) => return eprintln!("hcp guard: mounted {} at {}", from.display(), r.mount_point.display()),
-            Err(e) => failed.push(e.message().to_string()),
+    loop {
+        failed.clear();
+        for from in &r.from {
+            match crate::kernel::mount::mount(from, &r.mount_point, &r.fs_type, r.flags, &r.data) {
+                Ok(()) => return eprintln!("hcp guard: mounted {} at {}", from.display(), r.mount_point.display()),
+                Err(e) => failed.push(e),
+            }
         }
+        if Instant::now() > give_up || !failed.iter().any(|e| e.kind == crate::error::Kind::Busy) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
+    let failed: Vec<&str> = failed.iter().map(|e| e.message()).collect();
     eprintln!(
         "hcp guard: {}; mount it by hand: mount -t {} -o {} {} {}",
         failed.join("; "),

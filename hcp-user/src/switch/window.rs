@@ -55,6 +55,18 @@ pub const RESTORE_STEPS: Steps = Steps {
     before_thaw: "remove-before-thaw",
 };
 
+/// Starting a rollback's merge: nothing is mounted, so there is no
+/// pre-flush or freeze, and nothing to abandon (the snapshot device is
+/// gone by then).
+pub const ROLLBACK_STEPS: Steps = Steps {
+    after_pre_flush: "rollback-after-snapshot-remove",
+    abandon_on_signal: false,
+    after_freeze: "rollback-after-snapshot-remove",
+    after_suspend: "rollback-after-suspend",
+    before_resume: "rollback-after-suspend",
+    before_thaw: "rollback-after-resume",
+};
+
 /// How long each part of a switch took, on hcp's monotonic clock.
 pub struct Window {
     /// The writeback before the freeze; None when nothing was mounted.

@@ -7,10 +7,10 @@
 //! userland: `hcp` beside this binary, `lvm`, `fio`, `mkfs.ext4`.
 //!
 //! ```text
-//! hcp-bench --disk /dev/vda --out FILE [--parts switch,dirty,write,commands]
+//! hcp-bench --disk /dev/vda --out FILE [--parts switch,dirty,write,commands,merge]
 //!           [--reps 7] [--dirty-mib 0,32,128] [--write-reps 3] [--write-mib 8]
 //!           [--chunks 4K,16K,64K]
-//!           [--command-reps 5] [--sessions 16]
+//!           [--command-reps 5] [--sessions 16] [--merge-reps 3] [--merge-mib 16]
 //! ```
 //!
 //! The disk becomes an LVM volume group `bench` with an ext4 volume
@@ -60,13 +60,17 @@ struct Args {
     dirty_mib: Vec<u64>,
     command_reps: usize,
     sessions: usize,
+    merge_reps: usize,
+    /// The merge part: MiB of scattered 4 KiB blocks rewritten under the
+    /// snapshot before each merge.
+    merge_mib: u64,
 }
 
 fn parse_args() -> Result<Args> {
     let mut a = Args {
         disk: PathBuf::from("/dev/vda"),
         out: PathBuf::new(),
-        parts: vec!["switch".into(), "dirty".into(), "write".into(), "commands".into()],
+        parts: vec!["switch".into(), "dirty".into(), "write".into(), "commands".into(), "merge".into()],
         reps: 7,
         write_reps: 3,
         write_mib: 8,
@@ -74,6 +78,8 @@ fn parse_args() -> Result<Args> {
         dirty_mib: vec![0, 32, 128],
         command_reps: 5,
         sessions: 16,
+        merge_reps: 3,
+        merge_mib: 16,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -90,11 +96,17 @@ fn parse_args() -> Result<Args> {
             "--dirty-mib" => a.dirty_mib = list().iter().map(|m| m.parse()).collect::<Result<_, _>>()?,
             "--command-reps" => a.command_reps = value.parse()?,
             "--sessions" => a.sessions = value.parse()?,
+            "--merge-reps" => a.merge_reps = value.parse()?,
+            "--merge-mib" => a.merge_mib = value.parse()?,
             _ => bail!("unknown option {flag}"),
         }
     }
     ensure!(!a.out.as_os_str().is_empty(), "--out FILE is required");
-    ensure!(a.sessions >= 1 && a.reps >= 1 && a.write_reps >= 1 && a.command_reps >= 1, "counts must be at least 1");
+    ensure!(
+        a.sessions >= 1 && a.reps >= 1 && a.write_reps >= 1 && a.command_reps >= 1 && a.merge_reps >= 1,
+        "counts must be at least 1"
+    );
+    ensure!(a.merge_mib >= 1 && a.merge_mib <= ORIGIN_MIB / 2, "--merge-mib: from 1 to half the origin");
     Ok(a)
 }
 
@@ -119,7 +131,8 @@ fn run() -> Result<()> {
             "write" => write_cost(args.write_reps, args.write_mib, &args.chunks),
             "dirty" => dirty_cost(args.reps, &args.dirty_mib),
             "commands" => command_latency(args.command_reps, args.sessions),
-            _ => bail!("unknown part {part}: switch, dirty, write or commands"),
+            "merge" => merge_speed(args.merge_reps, args.merge_mib),
+            _ => bail!("unknown part {part}: switch, dirty, write, commands or merge"),
         };
         // Whatever a failed part left must not disturb the next one.
         cleanup();
@@ -739,6 +752,113 @@ fn start_latency(reps: usize) -> Result<(Vec<Value>, Value)> {
         runs.push(run);
     }
     Ok((runs, json!(cold)))
+}
+
+// ---------------------------------------------------------------- part 3b
+
+/// Rolling back: `hcp rollback` against `lvconvert --merge`, the same
+/// kernel target under both, on the same changes. Per repetition, in
+/// alternating order: a snapshot of the unmounted origin with 4 KiB chunks,
+/// `mib` MiB of its 4 KiB blocks rewritten with direct I/O in a scattered
+/// order (the same blocks and order every time: each becomes a chunk of its
+/// own, merged one by one), then the command. The origin's status is read
+/// every 20 ms, for when the kernel reported the merge done; the command's
+/// wall time includes the rest (hcp: its checks and the end of the
+/// session; LVM: its polling, every second). Every merge is checked: the
+/// origin's sha256 afterwards must be its sha256 at the snapshot.
+fn merge_speed(reps: usize, mib: u64) -> Result<Value> {
+    // `lvconvert --merge` of an open origin only schedules the merge for
+    // its next activation, and hcp refuses a mounted origin without --now.
+    sh("/usr/bin/umount", &[MOUNT])?;
+    let result = merge_reps(reps, mib);
+    sh("/usr/bin/mount", &[&origin_path(), MOUNT])?;
+    result
+}
+
+fn merge_reps(reps: usize, mib: u64) -> Result<Value> {
+    let mut runs = Vec::new();
+    for rep in 0..reps {
+        let order = if rep % 2 == 0 { ["hcp", "lvm"] } else { ["lvm", "hcp"] };
+        say(&format!("merge: repetition {}/{reps}: {}", rep + 1, order.join(", ")));
+        let mut run = json!({ "rep": rep, "order": order });
+        for mode in order {
+            run[mode] = merge_case(mode, mib).with_context(|| format!("the {mode} merge"))?;
+        }
+        runs.push(run);
+    }
+    Ok(json!({ "runs": runs, "merge_mib": mib, "chunk": "4K" }))
+}
+
+fn merge_case(mode: &str, mib: u64) -> Result<Value> {
+    let origin = origin_path();
+    let sha = || -> Result<String> {
+        let out = sh("/usr/bin/sha256sum", &[&origin])?;
+        Ok(out.split_whitespace().next().context("sha256sum printed nothing")?.to_string())
+    };
+    let at_snapshot = sha()?;
+    let mut cmd = if mode == "hcp" {
+        let (started, _) = hcp_json(&["start", "--skip-mount", "--chunk-size", "4K", "-c", &store_path(), &origin])?;
+        let session = started["session"].as_str().context("start printed no session")?.to_string();
+        let mut cmd = Command::new(hcp_bin());
+        cmd.args(["rollback", "--json", &session]);
+        cmd
+    } else {
+        let size = format!("{STORE_MIB}M");
+        lvm(&["lvcreate", "-q", "-y", "-s", "-n", "snap", "-L", &size, "--chunksize", "4K", &origin])?;
+        let mut cmd = Command::new("/usr/sbin/lvm");
+        cmd.args(["lvconvert", "--config", LVM_CONFIG, "--merge", "--interval", "1", &format!("{VG}/snap")]);
+        cmd.env("LVM_SUPPRESS_FD_WARNINGS", "1");
+        cmd
+    };
+    let blocks = scatter(Path::new(&origin), mib)?;
+    let dm = Dm::open()?;
+    let t = Instant::now();
+    let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn()?;
+    let mut merged = None;
+    let status = loop {
+        if merged.is_none() && merge_done(&dm)? {
+            merged = Some(t.elapsed());
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let wall = t.elapsed();
+    let out = child.wait_with_output()?;
+    ensure!(status.success(), "{mode} failed ({status}): {}", stderr(&out));
+    let merged = merged.context("the merge was never seen done")?;
+    ensure!(sha()? == at_snapshot, "{mode}: the origin is not as it was at the snapshot after the merge");
+    Ok(json!({ "merge_s": merged.as_secs_f64(), "wall_s": wall.as_secs_f64(), "blocks": blocks }))
+}
+
+/// Rewrites `mib` MiB of the device's 4 KiB blocks with direct I/O, in an
+/// order that never writes two neighbours in a row; returns how many.
+fn scatter(dev: &Path, mib: u64) -> Result<u64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(dev)?;
+    let mut raw = vec![0xa5u8; 8192];
+    let skip = raw.as_ptr().align_offset(4096);
+    let buf = &mut raw[skip..skip + 4096];
+    let count = (ORIGIN_MIB << 20) / 4096;
+    let blocks = (mib << 20) / 4096;
+    for i in 0..blocks {
+        // A stride coprime with the count visits distinct blocks.
+        f.write_all_at(buf, (i * 7919) % count * 4096)?;
+    }
+    f.sync_all()?;
+    Ok(blocks)
+}
+
+/// Whether the origin runs a `snapshot-merge` that has merged everything.
+fn merge_done(dm: &Dm) -> Result<bool> {
+    let status = dm.status(ORIGIN_DM)?;
+    Ok(match status.as_slice() {
+        [(target, text)] if target == "snapshot-merge" => {
+            text.parse::<hcp::kernel::dm::status::SnapshotStatus>().is_ok_and(|s| s.merge_done())
+        }
+        _ => false,
+    })
 }
 
 fn session_count() -> Result<usize> {

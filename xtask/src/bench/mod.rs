@@ -47,6 +47,8 @@ pub enum Part {
     Write,
     /// 3. `hcp list` and `hcp stats` wall time with 1 and 16 sessions (VM).
     Commands,
+    /// 3b. `hcp rollback` against `lvconvert --merge` on the same changes (VM).
+    Merge,
     /// 4. fio IOPS untraced, traced by hcp, by bpftrace and by the floor (host).
     Tracing,
     /// 5. Block events per second hcp's tracer handles, and what it loses (host).
@@ -56,8 +58,16 @@ pub enum Part {
 }
 
 impl Part {
-    const ALL: [Part; 7] =
-        [Part::Switch, Part::Dirty, Part::Write, Part::Commands, Part::Tracing, Part::Capacity, Part::Memory];
+    const ALL: [Part; 8] = [
+        Part::Switch,
+        Part::Dirty,
+        Part::Write,
+        Part::Commands,
+        Part::Merge,
+        Part::Tracing,
+        Part::Capacity,
+        Part::Memory,
+    ];
 
     /// The part's name on the command line, and in the guest.
     fn name(self) -> &'static str {
@@ -66,6 +76,7 @@ impl Part {
             Part::Dirty => "dirty",
             Part::Write => "write",
             Part::Commands => "commands",
+            Part::Merge => "merge",
             Part::Tracing => "tracing",
             Part::Capacity => "capacity",
             Part::Memory => "memory",
@@ -85,6 +96,7 @@ impl Part {
             Part::Dirty => "dirty_switch",
             Part::Write => "write_cost",
             Part::Commands => "command_latency",
+            Part::Merge => "merge_speed",
             Part::Tracing => "tracing_overhead",
             Part::Capacity => "tracer_capacity",
             Part::Memory => "memory",

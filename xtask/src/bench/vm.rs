@@ -30,6 +30,10 @@ pub struct Params {
     /// Part 3: repetitions of each command at each session count.
     pub command_reps: usize,
     pub sessions: usize,
+    /// Part 3b: repetitions of each merge, and the MiB of scattered blocks
+    /// it merges back.
+    pub merge_reps: usize,
+    pub merge_mib: u64,
 }
 
 impl Params {
@@ -43,6 +47,8 @@ impl Params {
                 chunks: vec!["16K"],
                 command_reps: 3,
                 sessions: 16,
+                merge_reps: 1,
+                merge_mib: 4,
             }
         } else {
             Params {
@@ -53,6 +59,8 @@ impl Params {
                 chunks: vec!["4K", "16K", "64K"],
                 command_reps: 5,
                 sessions: 16,
+                merge_reps: 3,
+                merge_mib: 16,
             }
         }
     }
@@ -105,6 +113,8 @@ fn guest_run(kernel: GuestKernel, parts: &[&str], p: &Params) -> Result<Value> {
         ("--chunks", p.chunks.join(",")),
         ("--command-reps", p.command_reps.to_string()),
         ("--sessions", p.sessions.to_string()),
+        ("--merge-reps", p.merge_reps.to_string()),
+        ("--merge-mib", p.merge_mib.to_string()),
     ] {
         cmd.push(flag.into());
         cmd.push(value);
@@ -143,6 +153,9 @@ pub fn sections_from(raw: &Value, label: &str, release: &str, p: &Params) -> Res
     }
     if raw.get("commands").is_some() {
         sections.push(command_section(&raw["commands"], label, release, p)?);
+    }
+    if raw.get("merge").is_some() {
+        sections.push(merge_section(&raw["merge"], label, release, p)?);
     }
     Ok(sections)
 }
@@ -650,10 +663,89 @@ fn command_section(v: &Value, label: &str, release: &str, p: &Params) -> Result<
     })
 }
 
+/// Part 3b: rolling back, hcp against LVM on the same kernel target.
+fn merge_section(v: &Value, label: &str, release: &str, p: &Params) -> Result<Section> {
+    let runs = runs_of(v)?;
+    let mib = v["merge_mib"].as_f64().unwrap_or(p.merge_mib as f64);
+    let mut figures = Vec::new();
+    for (tool, shown) in [("hcp", "`hcp rollback`"), ("lvm", "`lvconvert --merge --interval 1`")] {
+        figures.push(Figure::with_runs(
+            &format!("merge_s/{tool}"),
+            &format!("{shown}: from its start until the kernel reported the merge done"),
+            "s",
+            column(runs, &[tool, "merge_s"]),
+        ));
+        figures.push(Figure::with_runs(
+            &format!("wall_s/{tool}"),
+            &format!("{shown}: from spawn to exit (the merge, and the end of the snapshot)"),
+            "s",
+            column(runs, &[tool, "wall_s"]),
+        ));
+        figures.push(Figure::with_runs(
+            &format!("throughput_mib_s/{tool}"),
+            &format!("{shown}: MiB merged back per second of its merge time"),
+            "MiB/s",
+            column(runs, &[tool, "merge_s"]).into_iter().filter(|s| *s > 0.0).map(|s| mib / s).collect(),
+        ));
+    }
+    let merge = Figure::with_runs(
+        "ratio/merge_s/hcp:lvm",
+        "hcp's merge time / LVM's, per repetition",
+        "×",
+        ratios(runs, &["hcp", "merge_s"], &["lvm", "merge_s"]),
+    );
+    let wall = Figure::with_runs(
+        "ratio/wall_s/hcp:lvm",
+        "hcp's command / LVM's, spawn to exit, per repetition",
+        "×",
+        ratios(runs, &["hcp", "wall_s"], &["lvm", "wall_s"]),
+    );
+    let targets = vec![
+        ratio_target("hcp rollback's merge time ≤ 1.1 × lvconvert --merge's", &merge, 1.1, false),
+        ratio_target("hcp rollback, spawn to exit ≤ lvconvert --merge's", &wall, 1.0, false),
+    ];
+    figures.extend([merge, wall]);
+    Ok(Section {
+        id: format!("merge_speed/{label}"),
+        title: format!("3b. Rolling back: merge speed (Linux {label})"),
+        method: format!(
+            "In the VM on Linux {release}, the origin of part 1 unmounted (an open origin's `lvconvert --merge` \
+             waits for its next activation). {} repetitions, hcp and LVM in alternating order: a snapshot with \
+             4 KiB chunks (`hcp start --skip-mount --chunk-size 4K -c /dev/bench/hcpstore`; `lvcreate -s -L \
+             160M --chunksize 4K`), then {} MiB of the origin's 4 KiB blocks rewritten with direct I/O in a \
+             scattered order (the same blocks and order every time: each is a chunk of its own, merged one by \
+             one, the slowest case), then `hcp rollback` or `lvconvert --merge --interval 1`. The bench reads \
+             the origin's dm status every 20 ms for when the kernel reported the merge done (both run the \
+             kernel's `snapshot-merge`), and times each command from spawn to exit. Every merge is checked: the \
+             origin's sha256 afterwards equals its sha256 at the snapshot.",
+            p.merge_reps, p.merge_mib
+        ),
+        figures,
+        targets,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn merge_figures_pair_hcp_and_lvm_of_one_repetition() {
+        let case = |merge: f64, wall: f64| json!({"merge_s": merge, "wall_s": wall, "blocks": 4096});
+        let raw = json!({"kernel": "k", "merge": {"merge_mib": 16, "runs": [
+            {"hcp": case(4.0, 4.5), "lvm": case(4.0, 5.0)},
+            {"hcp": case(5.0, 5.5), "lvm": case(4.0, 5.0)},
+        ]}});
+        let s = &sections_from(&raw, "6.1", "k", &params()).unwrap()[0];
+        assert_eq!(s.id, "merge_speed/6.1");
+        assert_eq!(s.figure("ratio/merge_s/hcp:lvm").unwrap().runs, vec![1.0, 1.25]);
+        assert_eq!(s.figure("throughput_mib_s/hcp").unwrap().runs, vec![4.0, 3.2]);
+        assert_eq!(s.figure("ratio/wall_s/hcp:lvm").unwrap().runs, vec![0.9, 1.1]);
+        // Medians 1.125 and 1.0: the first target missed, the second met.
+        assert!(!s.targets[0].met, "{}", s.targets[0].measured);
+        assert!(s.targets[1].met, "{}", s.targets[1].measured);
+    }
 
     fn params() -> Params {
         Params { chunks: vec!["4K"], ..Params::new(true) }

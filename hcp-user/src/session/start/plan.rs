@@ -15,7 +15,7 @@ use crate::kernel::mountinfo::MountTable;
 use crate::session::autoextend;
 use crate::size::{format_bytes, Quota};
 use crate::state::dirs::{DEFAULT_MOUNT_DIR, DEFAULT_STORE_DIR};
-use crate::state::record::{self, Session};
+use crate::state::record::{self, Phase, Session};
 
 use super::options::StartOptions;
 
@@ -231,6 +231,14 @@ fn live_plan(
     let table = dm.table(name)?;
     let wrapped = origin.dm.as_ref().is_some_and(|d| d.uuid.starts_with(UUID_ORIGIN));
     let real_name = format!("{name}-real");
+    if let Some(s) = sessions.iter().find(|s| s.origin.dm_name == name && s.phase == Phase::RollingBack) {
+        return Err(Error::busy(format!(
+            "{} is being rolled back to {}: snapshot it once the rollback is over (`hcp rollback {}` waits for it)",
+            origin.display_path().display(),
+            s.id,
+            s.id
+        )));
+    }
     if wrapped || sessions.iter().any(|s| s.origin.dm_name == name) {
         // Already an origin of hcp's: further snapshots share its real device.
         let [line] = table.as_slice() else {

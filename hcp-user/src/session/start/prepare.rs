@@ -118,6 +118,7 @@ fn new_record(opts: &StartOptions, plan: &Plan) -> Session {
             pid: None,
             log: autoextend::log_path(id),
         }),
+        rollback: None,
     }
 }
 
