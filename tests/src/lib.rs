@@ -459,15 +459,17 @@ impl SystemState {
             names
         };
         let records = names_in("/run/hcp/sessions").into_iter().map(|n| n["/run/hcp/sessions/".len()..].to_string());
-        // The history directory stays once made; what is in it counts.
+        // The history and rollback directories stay once made; what is in
+        // them counts.
         let mut files = [
             names_in("/var/lib/hcp"),
             names_in("/var/lib/hcp/history"),
+            names_in("/var/lib/hcp/rollbacks"),
             names_in("/var/hcp"),
             names_in("/etc/hcp/enrolled"),
         ]
         .concat();
-        files.retain(|f| f != "/var/lib/hcp/history");
+        files.retain(|f| f != "/var/lib/hcp/history" && f != "/var/lib/hcp/rollbacks");
         SystemState { dm: names, loops, mounts, records: records.collect(), files }
     }
 }

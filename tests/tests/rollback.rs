@@ -132,6 +132,8 @@ fn assert_session_gone(vol: &Volume, table: &str, before: &SystemState) {
     for helper in ["__autoextend", "__record", "__guard"] {
         assert!(!helper_running(helper, None), "an hcp {helper} process outlived the rollback");
     }
+    let kept = fs::read_dir("/var/lib/hcp/rollbacks").map(|d| d.count()).unwrap_or(0);
+    assert_eq!(kept, 0, "the rollback's record kept for a reboot is gone");
 }
 
 /// With `traced`, the session is traced (its final report must be
@@ -427,6 +429,68 @@ fn rollback_with_no_wait_merges_in_the_background_and_a_second_call_finishes() {
     rollback_json(&[&older]);
     assert_eq!(sha256(&vol.path()), older_hash);
     assert_session_gone(&vol, &table, &before);
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn a_rollback_interrupted_by_a_reboot_is_finished_by_recover() {
+    require_root();
+    let _serial = serial();
+    let name = "t-rb-boot";
+    let vol = Volume::new(name, 64);
+    run(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", vol.path().display()),
+            "bs=1M",
+            "count=64",
+            "oflag=direct",
+            "status=none",
+        ],
+    );
+    let table = vol.table();
+    let before = SystemState::take();
+    let (id, snapshot) = unmounted_with_changes(&vol, 4000);
+    let record: Value = serde_json::from_slice(&fs::read(format!("/run/hcp/sessions/{id}.json")).unwrap()).unwrap();
+    let store = record["store"]["path"].as_str().unwrap().to_string();
+    let mut child = std::process::Command::new(hcp_bin())
+        .args(["rollback", "--json", &id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().expect("a progress line").unwrap()).unwrap();
+    assert!(first["progress"]["percent"].as_f64().unwrap() < 100.0, "killed while merging ({first})");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // What a reboot leaves: the origin activated on its own table (as LVM
+    // would) over half-merged data, none of hcp's devices, an empty /run.
+    run("dmsetup", &["load", name, "--table", &table]);
+    run("dmsetup", &["suspend", name]);
+    run("dmsetup", &["resume", name]);
+    run("dmsetup", &["remove", &format!("{name}-real")]);
+    let loops = run("losetup", &["-j", &store]);
+    for lo in loops.lines().filter_map(|l| l.split(':').next()) {
+        run("losetup", &["-d", lo]);
+    }
+    fs::remove_file(format!("/run/hcp/sessions/{id}.json")).unwrap();
+    assert_ne!(sha256(&vol.path()), snapshot, "the reboot left the origin half merged");
+
+    // Said loudly, and nothing may snapshot the half-merged origin.
+    let listed = hcp(&["list"]);
+    assert!(listed.stderr.contains("half merged") && listed.stderr.contains("hcp recover"), "{}", listed.stderr);
+    let out = hcp(&["start", "--skip-mount", vol.path().to_str().unwrap()]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(out.stderr.contains("half merged"), "{}", out.stderr);
+
+    let recovered = hcp_json(&["recover"]);
+    let items = recovered.as_array().unwrap();
+    assert!(items.iter().all(|r| r["ok"] == true) && items.len() >= 2, "{recovered}");
+    assert_eq!(sha256(&vol.path()), snapshot, "the origin is the snapshot, byte for byte");
+    assert_session_gone(&vol, &table, &before);
+    assert_eq!(SystemState::take(), before);
 }
 
 /// Steps a hang in is ended by the guard (inside the merge's switch).

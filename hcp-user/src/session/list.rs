@@ -77,6 +77,14 @@ pub fn list() -> Result<Vec<ListEntry>> {
     for orphan in orphans(&dm, &sessions)? {
         eprintln!("hcp: {orphan}: run `hcp recover`");
     }
+    for r in record::interrupted_rollbacks(&sessions)? {
+        eprintln!(
+            "hcp: warning: {} was being rolled back to {} when the machine went down: its data is half merged \
+             (neither the snapshot's nor the later one); run `hcp recover` before using it",
+            r.origin.path.display(),
+            r.id
+        );
+    }
     Ok(entries)
 }
 

@@ -8,7 +8,9 @@
 //! - A removal that did not finish is rolled forward.
 //! - A rollback, interrupted or left to run (`--no-wait`), is carried
 //!   forward: its merge started again from the store if it stopped, waited
-//!   for, and the session ended (see `rollback`).
+//!   for, and the session ended (see `rollback`); one a reboot interrupted
+//!   (its record kept under `/var/lib/hcp`, its origin half merged) is
+//!   loaded again first.
 //! - A session with a piece missing or changed under it (its snapshot
 //!   device gone, its origin no longer on `snapshot-origin`) can no longer
 //!   be trusted: it is removed.
@@ -54,6 +56,20 @@ pub fn recover() -> Result<Vec<Recovered>> {
     let _lock = Lock::acquire()?;
     let mut sessions = record::load_all()?;
     let mut out = Vec::new();
+    // Rollbacks a reboot interrupted: their merges loaded again, then
+    // finished below with the others.
+    for kept in record::interrupted_rollbacks(&sessions)? {
+        let found =
+            format!("a rollback of {} interrupted by a reboot, its data half merged", kept.origin.path.display());
+        match rollback::restart_after_reboot(&dm, &kept) {
+            Ok(session) => {
+                out.push(done(&kept.id, found, "merge loaded again: the kernel continues it from the store".into()));
+                sessions.push(session);
+            }
+            Err(e) => out.push(failed(&kept.id, found, e)),
+        }
+    }
+    sessions.sort_by_key(|s| record::session_number(&s.id));
     // Newest first, so an origin gets its table back with its last session.
     for session in sessions.clone().iter().rev() {
         if session.phase == Phase::RollingBack {

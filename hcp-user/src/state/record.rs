@@ -348,6 +348,49 @@ pub fn delete(id: &str) -> Result<()> {
     }
 }
 
+/// Where a rollback's record is kept beside `/run`: `/run` goes with a
+/// reboot, and a merge the reboot interrupted must still be found and
+/// finished, its origin being half merged until then. A copy of the
+/// session's record as the rollback began, deleted once the origin has its
+/// table back.
+fn rollbacks_dir() -> PathBuf {
+    Path::new(super::dirs::DEFAULT_STORE_DIR).join("rollbacks")
+}
+
+/// Keeps `session`'s record (phase `rolling-back`) where it survives a
+/// reboot.
+pub fn save_rollback(session: &Session) -> Result<()> {
+    ensure_private_dir(Path::new(super::dirs::DEFAULT_STORE_DIR))?;
+    save_in(&rollbacks_dir(), ROOT, session)
+}
+
+/// Every rollback kept by [`save_rollback`], by session number.
+pub fn load_rollbacks() -> Result<Vec<Session>> {
+    if !check_private_dir(Path::new(super::dirs::DEFAULT_STORE_DIR))? {
+        return Ok(Vec::new());
+    }
+    load_all_in(&rollbacks_dir(), ROOT)
+}
+
+pub fn delete_rollback(id: &str) -> Result<()> {
+    if !is_session_id(id) {
+        return Err(Error::system(format!("refusing to delete a rollback record for {id:?}, not an hcp session")));
+    }
+    let path = rollbacks_dir().join(format!("{id}.json"));
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing rollback record {}", path.display()), e)),
+    }
+}
+
+/// Rollbacks a reboot interrupted: kept, with no session record of the
+/// same session in `/run` (same name and start time).
+pub fn interrupted_rollbacks(sessions: &[Session]) -> Result<Vec<Session>> {
+    let same = |a: &Session, b: &Session| a.id == b.id && a.created_unix == b.created_unix;
+    Ok(load_rollbacks()?.into_iter().filter(|r| !sessions.iter().any(|s| same(s, r))).collect())
+}
+
 /// `hcp7` -> 7 (records of other names sort last).
 pub fn session_number(id: &str) -> u32 {
     id.strip_prefix("hcp").and_then(|n| n.parse().ok()).unwrap_or(u32::MAX)

@@ -123,9 +123,18 @@ pub fn wait(
 ) -> Result<Duration> {
     let began = Instant::now();
     let mut merged_at_start = None;
+    let mut total_sectors = total_sectors;
     loop {
         let left = match state(dm, origin)? {
-            Some(MergeState::Running { data_sectors_left }) => data_sectors_left.min(total_sectors),
+            Some(MergeState::Running { data_sectors_left }) => {
+                // The snapshot's own unmount may have added a few chunks
+                // since the total was taken: it is at least what is left at
+                // the first read.
+                if merged_at_start.is_none() {
+                    total_sectors = total_sectors.max(data_sectors_left);
+                }
+                data_sectors_left.min(total_sectors)
+            }
             Some(MergeState::Done) => 0,
             Some(MergeState::Failed(why)) => return Err(Error::system(format!("rolling back {origin}: {why}"))),
             None => return Err(Error::system(format!("{origin} stopped merging before the merge was done"))),

@@ -39,6 +39,7 @@ use crate::error::{Error, Kind, Result};
 use crate::kernel::devnum::DevNum;
 use crate::kernel::dm::device::{node_path, Dm};
 use crate::kernel::dm::table::{Persistence, Snapshot, SnapshotMerge, SnapshotOrigin, TableLine, TargetParams};
+use crate::kernel::loopdev::{AttachOptions, LoopDevice};
 use crate::kernel::mountinfo::MountTable;
 use crate::privilege::require_root;
 use crate::state::lock::Lock;
@@ -133,6 +134,7 @@ pub fn rollback(opts: &RollbackOptions, on_progress: &mut dyn FnMut(&MergeProgre
         snapshot_removed: false,
     });
     record::save(&record)?;
+    record::save_rollback(&record)?;
     fault::at("rollback-after-record")?;
     let mut done = carry_on(&dm, &record, &sessions)?;
     done.report = report;
@@ -395,8 +397,108 @@ pub(super) fn finish(dm: &Dm, session: &Session, sessions: &[Session]) -> Result
     } else {
         None
     };
+    // The origin has its table back: from here on nothing is half merged,
+    // whatever happens to the machine.
+    record::delete_rollback(&session.id)?;
     dispose(dm, session, false, false)?;
     Ok((last, window.and_then(|w| w.frozen).map(|d| d.as_secs_f64())))
+}
+
+/// A rollback a reboot interrupted: its record kept under `/var/lib/hcp`,
+/// its devices gone with the boot, and its origin back on its own table
+/// (activated by LVM, say) over half-merged data. Attaches the store again,
+/// slides `-real` under the origin again (or makes hcp's wrapper again) and
+/// loads the merge, which the kernel continues from the store; returns the
+/// session, recorded in `/run` again, for [`carry_on`] and [`finish`].
+/// Refused while anything has the origin's data mounted.
+pub(super) fn restart_after_reboot(dm: &Dm, kept: &Session) -> Result<Session> {
+    let mut session = kept.clone();
+    let Some(rb) = session.rollback.clone() else {
+        return Err(Error::system(format!("the kept rollback record of {} lacks its rollback", kept.id)));
+    };
+    let old: TableLine = rb.merge_table.parse()?;
+    let params = SnapshotMerge::from_line(&old)?.0;
+    let origin = session.origin.dm_name.clone();
+    let mounts = MountTable(crate::kernel::mountinfo::read()?);
+    let half_merged = |dev: DevNum, shown: &Path| -> Result<()> {
+        match mounts.mounts_of(dev).first() {
+            Some(m) => Err(Error::refused(format!(
+                "{} is mounted at {} over half-merged data (a rollback to {} was interrupted by the reboot): \
+                 unmount it, then run `hcp recover` to finish the rollback",
+                shown.display(),
+                m.mount_point.display(),
+                kept.id
+            ))),
+            None => Ok(()),
+        }
+    };
+    let real = if session.origin.wrapped {
+        let raw = crate::kernel::blockdev::BlockDevice::resolve(&session.origin.real)?;
+        half_merged(raw.devnum, Path::new(&session.origin.real))?;
+        raw.devnum
+    } else {
+        if !dm.exists(&origin)? {
+            return Err(Error::not_found(format!(
+                "{origin}, being rolled back to {} when the machine went down, is not there: activate it (for \
+                 LVM: vgchange -ay; an enrolled partition: hcp activate), then run `hcp recover` again",
+                kept.id
+            )));
+        }
+        half_merged(dm.devnum(&origin)?, &session.origin.path)?;
+        let real = &session.origin.real;
+        if !dm.exists(real)? {
+            let table = dm.table(&origin)?;
+            if let Some(l) = table.iter().find(|l| l.target_type.starts_with("snapshot")) {
+                return Err(Error::system(format!(
+                    "{origin} runs on `{}` after the reboot, not on its own table: inspect it (`dmsetup table \
+                     {origin}`)",
+                    l.target_type
+                )));
+            }
+            let uuid = crate::kernel::dm::uuid::truncate(&format!("{}{origin}", crate::kernel::dm::uuid::UUID_REAL));
+            dm.create(real, &uuid, &table)?;
+        }
+        dm.devnum(real)?
+    };
+    let cow = attach_store(&mut session)?;
+    let line = SnapshotMerge(Snapshot { origin: real, cow, ..params }).table_line(old.length);
+    session.rollback = Some(RollbackRecord { merge_table: line.to_string(), snapshot_removed: true, ..rb });
+    // In /run again: from here on an interruption is one of this boot.
+    record::save(&session)?;
+    if session.origin.wrapped {
+        let raw = crate::kernel::blockdev::BlockDevice::resolve(&session.origin.real)?;
+        let uuid =
+            crate::kernel::dm::uuid::truncate(&format!("{}{}", crate::kernel::dm::uuid::UUID_ORIGIN, raw.kernel_name));
+        dm.create(&origin, &uuid, std::slice::from_ref(&line))?;
+    } else {
+        merge::switch_to_merge(dm, &origin, &line)?;
+    }
+    Ok(session)
+}
+
+/// The device of a kept session's store: a file store attached through a
+/// loop device again (recorded in `session`), else the block device itself
+/// (a quota's limit device is not needed: a merge only shrinks the store).
+fn attach_store(session: &mut Session) -> Result<DevNum> {
+    let store = &session.store.path;
+    if !store.exists() {
+        return Err(Error::system(format!(
+            "the store {} of the rollback to {} is gone: the origin's data stays half merged and only a backup can \
+             bring it back",
+            store.display(),
+            session.id
+        )));
+    }
+    if !(session.store.created_file || session.store.loop_device.is_some()) {
+        return DevNum::of_block_device(store).map_err(|e| Error::system(format!("{e:#}")));
+    }
+    let lo = match LoopDevice::find_by_backing_file(store)?.into_iter().next() {
+        Some(lo) => lo,
+        None => LoopDevice::attach(store, AttachOptions { read_only: false, direct_io: true, autoclear: false })
+            .map_err(|e| Error::system(format!("attaching store {}: {e:#}", store.display())))?,
+    };
+    session.store.loop_device = Some(lo.path.clone());
+    lo.devnum()
 }
 
 /// The device holding the origin's data: `-real`, or the raw device under

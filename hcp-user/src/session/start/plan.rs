@@ -75,7 +75,20 @@ pub(super) fn plan(dm: &Dm, opts: &StartOptions) -> Result<Plan> {
         }
         eprintln!("hcp: warning: session {id} is incomplete ({problem}): run `hcp recover`");
     }
-    let id = next_id(dm, &sessions)?;
+    // A rollback a reboot interrupted left this origin half merged: only
+    // `recover` may touch it. Its session's name stays taken until then.
+    let kept = record::load_rollbacks()?;
+    let interrupted = record::interrupted_rollbacks(&sessions)?;
+    if let Some(r) = interrupted.iter().find(|r| r.origin.dm_name == origin.origin_name()) {
+        return Err(Error::refused(format!(
+            "{} was being rolled back to {} when the machine went down: its data is half merged; run `hcp recover` \
+             to finish the rollback first",
+            r.origin.path.display(),
+            r.id
+        )));
+    }
+    let taken: Vec<Session> = sessions.iter().chain(&kept).cloned().collect();
+    let id = next_id(dm, &taken)?;
     let quota = opts.quota.unwrap_or(DEFAULT_QUOTA).resolve(origin_dev.size_bytes);
     let min_store = MIN_STORE_BYTES.max(16 * opts.chunk.bytes());
     if quota < min_store {
