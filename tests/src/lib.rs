@@ -489,6 +489,68 @@ pub fn helper_running(kind: &str, id: Option<&str>) -> bool {
     })
 }
 
+/// Runs hcp with `HCP_FAULT=step:action`, as a failed run would end: a
+/// hang at a step outside `guarded` (the steps whose hang the guard ends:
+/// nothing held) is killed after a while, as an operator would. Returns
+/// stderr.
+pub fn hcp_with_fault(guarded: &[&str], args: &[&str], step: &str, action: &str) -> String {
+    let mut cmd = std::process::Command::new(hcp_bin());
+    cmd.args(args)
+        .env("HCP_FAULT", format!("{step}:{action}"))
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    if action == "hang" {
+        // Only here: the guard would cut short hcp's own undo otherwise.
+        cmd.env("HCP_SWITCH_TIMEOUT", "1.5");
+    }
+    let mut child = cmd.spawn().expect("run hcp");
+    // stderr is read as it comes: a hang is ended only once hcp said it
+    // reached the step, however long a loaded machine took to get there.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut pipe = std::io::BufReader::new(child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut pipe, &mut line).is_ok_and(|n| n > 0) {
+            if line.contains("injecting") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            line.clear();
+        }
+        all
+    });
+    // Only a hang outside a window is ended from here, once reached; anything
+    // else ends by itself (its undo can take seconds on a loaded, emulated
+    // machine).
+    let killed_here = action == "hang" && !guarded.contains(&step);
+    let started = std::time::Instant::now();
+    let limit = std::time::Duration::from_secs(if killed_here { 60 } else { 30 });
+    let mut reached: Option<std::time::Instant> = None;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if killed_here && reached.is_none() && rx.try_recv().is_ok() {
+            reached = Some(std::time::Instant::now());
+        }
+        // Hung for a while at the step, as an operator would see it.
+        if reached.is_some_and(|t| t.elapsed() > std::time::Duration::from_millis(500)) {
+            child.kill().unwrap();
+            break child.wait().unwrap();
+        }
+        assert!(started.elapsed() < limit, "{step}:{action}: hcp still running after {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let stderr = reader.join().unwrap();
+    assert!(!status.success(), "{step}:{action}: hcp must fail: {stderr}");
+    if action == "hang" && guarded.contains(&step) {
+        assert!(stderr.contains("deadline"), "{step}:{action}: the guard ended the hang: {stderr}");
+    }
+    stderr
+}
+
 /// Writes `mib` MiB of `byte` at `offset_mib` MiB into `dev`, with O_DIRECT
 /// (1 MiB a write), so that every byte reaches the device at once.
 pub fn write_direct(dev: &Path, offset_mib: u64, mib: u64, byte: u8) {

@@ -15,8 +15,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hcp_tests::{
-    assert_files, hcp, hcp_bin, hcp_json, hcp_json_exit, helper_running, open_direct, pwrite_all, require_root, run,
-    serial, temp_dir, write_files, AlignedBuf, Fs, SystemState, Volume,
+    assert_files, hcp, hcp_bin, hcp_json, hcp_json_exit, hcp_with_fault, helper_running, open_direct, pwrite_all,
+    require_root, run, serial, temp_dir, write_files, AlignedBuf, Fs, SystemState, Volume,
 };
 use serde_json::Value;
 
@@ -335,28 +335,20 @@ fn unmounted_with_changes(vol: &Volume, blocks: u64) -> (String, String) {
     (id, snapshot)
 }
 
-#[test]
-#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
-fn a_rollback_killed_while_merging_is_finished_by_recover() {
-    require_root();
-    let _serial = serial();
-    let vol = Volume::new("t-rb-kill", 64);
-    run(
-        "dd",
-        &[
-            "if=/dev/urandom",
-            &format!("of={}", vol.path().display()),
-            "bs=1M",
-            "count=64",
-            "oflag=direct",
-            "status=none",
-        ],
-    );
-    let table = vol.table();
-    let before = SystemState::take();
-    let (id, snapshot) = unmounted_with_changes(&vol, 4000);
+/// A 64 MiB volume of random data, no filesystem: changes to it are written
+/// to the device directly.
+fn random_volume(name: &str) -> Volume {
+    let vol = Volume::new(name, 64);
+    let of = format!("of={}", vol.path().display());
+    run("dd", &["if=/dev/urandom", &of, "bs=1M", "count=64", "oflag=direct", "status=none"]);
+    vol
+}
+
+/// Starts `hcp rollback ID` and kills it (SIGKILL) at its first progress
+/// line, the merge running.
+fn kill_while_merging(id: &str) {
     let mut child = std::process::Command::new(hcp_bin())
-        .args(["rollback", "--json", &id])
+        .args(["rollback", "--json", id])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -367,6 +359,18 @@ fn a_rollback_killed_while_merging_is_finished_by_recover() {
     assert!(percent < 100.0, "killed while merging ({first}): give the merge more to do");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn a_rollback_killed_while_merging_is_finished_by_recover() {
+    require_root();
+    let _serial = serial();
+    let vol = random_volume("t-rb-kill");
+    let table = vol.table();
+    let before = SystemState::take();
+    let (id, snapshot) = unmounted_with_changes(&vol, 4000);
+    kill_while_merging(&id);
     assert!(!suspended("t-rb-kill"));
     let listed = hcp_json(&["list"]);
     let session = listed_session(&listed, &id);
@@ -390,18 +394,7 @@ fn a_rollback_killed_while_merging_is_finished_by_recover() {
 fn rollback_with_no_wait_merges_in_the_background_and_a_second_call_finishes() {
     require_root();
     let _serial = serial();
-    let vol = Volume::new("t-rb-nowait", 64);
-    run(
-        "dd",
-        &[
-            "if=/dev/urandom",
-            &format!("of={}", vol.path().display()),
-            "bs=1M",
-            "count=64",
-            "oflag=direct",
-            "status=none",
-        ],
-    );
+    let vol = random_volume("t-rb-nowait");
     let table = vol.table();
     let before = SystemState::take();
     // An older session, then the one rolled back to, then more changes.
@@ -437,34 +430,13 @@ fn a_rollback_interrupted_by_a_reboot_is_finished_by_recover() {
     require_root();
     let _serial = serial();
     let name = "t-rb-boot";
-    let vol = Volume::new(name, 64);
-    run(
-        "dd",
-        &[
-            "if=/dev/urandom",
-            &format!("of={}", vol.path().display()),
-            "bs=1M",
-            "count=64",
-            "oflag=direct",
-            "status=none",
-        ],
-    );
+    let vol = random_volume(name);
     let table = vol.table();
     let before = SystemState::take();
     let (id, snapshot) = unmounted_with_changes(&vol, 4000);
     let record: Value = serde_json::from_slice(&fs::read(format!("/run/hcp/sessions/{id}.json")).unwrap()).unwrap();
     let store = record["store"]["path"].as_str().unwrap().to_string();
-    let mut child = std::process::Command::new(hcp_bin())
-        .args(["rollback", "--json", &id])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first: Value = serde_json::from_str(&lines.next().expect("a progress line").unwrap()).unwrap();
-    assert!(first["progress"]["percent"].as_f64().unwrap() < 100.0, "killed while merging ({first})");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_while_merging(&id);
     // What a reboot leaves: the origin activated on its own table (as LVM
     // would) over half-merged data, none of hcp's devices, an empty /run.
     run("dmsetup", &["load", name, "--table", &table]);
@@ -495,55 +467,6 @@ fn a_rollback_interrupted_by_a_reboot_is_finished_by_recover() {
 
 /// Steps a hang in is ended by the guard (inside the merge's switch).
 const GUARDED_STEPS: [&str; 1] = ["rollback-after-suspend"];
-
-/// Runs `hcp rollback` with `HCP_FAULT=step:action` as a failed run would
-/// end; a hang outside the guard's reach is killed once hcp reached it.
-fn rollback_with_fault(args: &[&str], step: &str, action: &str) -> String {
-    let mut cmd = std::process::Command::new(hcp_bin());
-    cmd.args(args)
-        .env("HCP_FAULT", format!("{step}:{action}"))
-        .env("RUST_BACKTRACE", "0")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    if action == "hang" {
-        cmd.env("HCP_SWITCH_TIMEOUT", "1.5");
-    }
-    let mut child = cmd.spawn().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut pipe = BufReader::new(child.stderr.take().unwrap());
-    let reader = thread::spawn(move || {
-        let mut all = String::new();
-        let mut line = String::new();
-        while pipe.read_line(&mut line).is_ok_and(|n| n > 0) {
-            if line.contains("injecting") {
-                let _ = tx.send(());
-            }
-            all.push_str(&line);
-            line.clear();
-        }
-        all
-    });
-    let killed_here = action == "hang" && !GUARDED_STEPS.contains(&step);
-    let started = Instant::now();
-    let mut reached: Option<Instant> = None;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if killed_here && reached.is_none() && rx.try_recv().is_ok() {
-            reached = Some(Instant::now());
-        }
-        if reached.is_some_and(|t| t.elapsed() > Duration::from_millis(500)) {
-            child.kill().unwrap();
-            break child.wait().unwrap();
-        }
-        assert!(started.elapsed() < Duration::from_secs(90), "{step}:{action}: hcp still running");
-        thread::sleep(Duration::from_millis(20));
-    };
-    let stderr = reader.join().unwrap();
-    assert!(!status.success(), "{step}:{action}: hcp must fail: {stderr}");
-    stderr
-}
 
 /// The fault actions this kernel runs. All four on every kernel take
 /// minutes of CI per kernel, so each kernel takes one undone inside hcp and
@@ -583,7 +506,7 @@ fn a_failed_rollback_never_leaves_the_origin_half_merged() {
             let case = format!("{step}:{action}");
             let (id, _) = start(&vol, &["-o"]);
             change_origin(&dir);
-            let stderr = rollback_with_fault(&["rollback", "--now", &id], step, action);
+            let stderr = hcp_with_fault(&GUARDED_STEPS, &["rollback", "--now", &id], step, action);
             // A guard may be finishing its restore as hcp's exit is seen.
             let deadline = Instant::now() + Duration::from_secs(3);
             while suspended(name) && Instant::now() < deadline {

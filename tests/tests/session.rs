@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use hcp::kernel::dm::device::Dm;
 use hcp_tests::{
-    assert_files, assert_matches_stats_schema, hcp, hcp_bin, hcp_json, hcp_json_exit, helper_running, require_root,
-    run, serial, temp_dir, write_direct, write_files, Fs, LoopDevice, SystemState, Volume,
+    assert_files, assert_matches_stats_schema, hcp, hcp_bin, hcp_json, hcp_json_exit, hcp_with_fault, helper_running,
+    require_root, run, serial, temp_dir, write_direct, write_files, Fs, LoopDevice, SystemState, Volume,
 };
 use serde_json::Value;
 
@@ -617,67 +617,6 @@ const WINDOW_STEPS: [&str; 7] = [
     "remove-before-thaw",
 ];
 
-/// Runs hcp with `HCP_FAULT=step:action`, as a failed run would end: a
-/// hang outside a window (nothing held) is killed after a while, as an
-/// operator would. Returns stderr.
-fn hcp_with_fault(args: &[&str], step: &str, action: &str) -> String {
-    let mut cmd = std::process::Command::new(hcp_bin());
-    cmd.args(args)
-        .env("HCP_FAULT", format!("{step}:{action}"))
-        .env("RUST_BACKTRACE", "0")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    if action == "hang" {
-        // Only here: the guard would cut short hcp's own undo otherwise.
-        cmd.env("HCP_SWITCH_TIMEOUT", "1.5");
-    }
-    let mut child = cmd.spawn().expect("run hcp");
-    // stderr is read as it comes: a hang is ended only once hcp said it
-    // reached the step, however long a loaded machine took to get there.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut pipe = std::io::BufReader::new(child.stderr.take().unwrap());
-    let reader = thread::spawn(move || {
-        let mut all = String::new();
-        let mut line = String::new();
-        while std::io::BufRead::read_line(&mut pipe, &mut line).is_ok_and(|n| n > 0) {
-            if line.contains("injecting") {
-                let _ = tx.send(());
-            }
-            all.push_str(&line);
-            line.clear();
-        }
-        all
-    });
-    // Only a hang outside a window is ended from here, once reached; anything
-    // else ends by itself (its undo can take seconds on a loaded, emulated
-    // machine).
-    let killed_here = action == "hang" && !WINDOW_STEPS.contains(&step);
-    let started = std::time::Instant::now();
-    let limit = Duration::from_secs(if killed_here { 60 } else { 30 });
-    let mut reached: Option<std::time::Instant> = None;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if killed_here && reached.is_none() && rx.try_recv().is_ok() {
-            reached = Some(std::time::Instant::now());
-        }
-        // Hung for a while at the step, as an operator would see it.
-        if reached.is_some_and(|t| t.elapsed() > Duration::from_millis(500)) {
-            child.kill().unwrap();
-            break child.wait().unwrap();
-        }
-        assert!(started.elapsed() < limit, "{step}:{action}: hcp still running after {limit:?}");
-        thread::sleep(Duration::from_millis(20));
-    };
-    let stderr = reader.join().unwrap();
-    assert!(!status.success(), "{step}:{action}: hcp must fail: {stderr}");
-    if action == "hang" && WINDOW_STEPS.contains(&step) {
-        assert!(stderr.contains("deadline"), "{step}:{action}: the guard ended the hang: {stderr}");
-    }
-    stderr
-}
-
 /// What every failure must leave: the origin running and writable within
 /// 2 s, its files intact; after `hcp recover` (run unless `clean`, when
 /// hcp must have undone everything itself), the system as `before`.
@@ -737,7 +676,12 @@ fn a_failed_start_never_leaves_the_origin_frozen_suspended_or_changed() {
             let case = format!("{step}:{action}");
             let started = std::time::Instant::now();
             // With a growing store, so that its monitor must go too.
-            let stderr = hcp_with_fault(&["start", "--skip-mount", "--autoextend=80%:20%", &vol_path], step, action);
+            let stderr = hcp_with_fault(
+                &WINDOW_STEPS,
+                &["start", "--skip-mount", "--autoextend=80%:20%", &vol_path],
+                step,
+                action,
+            );
             let ended = started.elapsed();
             // An error or a panic is undone in-process, whatever the step;
             // a killed hcp leaves a session `list` calls incomplete.
@@ -777,7 +721,7 @@ fn a_failed_remove_is_finished_by_recover() {
             let mount = PathBuf::from(started["mount_point"].as_str().expect("mounted"));
             assert_files(&mount, &files);
             let id = started["session"].as_str().unwrap().to_string();
-            let stderr = hcp_with_fault(&["remove", &id], step, action);
+            let stderr = hcp_with_fault(&WINDOW_STEPS, &["remove", &id], step, action);
             if *step == "remove-after-unmount" {
                 // Failed before the session was marked as going: it is still
                 // complete (unmounted), and `remove` takes it from there.
