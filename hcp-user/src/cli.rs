@@ -121,6 +121,12 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// The origin's extents written since SESSION's snapshot, from its
+    /// exception store: what an incremental backup must copy.
+    Changes {
+        /// The session (/dev/hcpN).
+        session: String,
+    },
     /// Show the hcp devices of DEVICE.
     Show { device: String },
     /// Write the report to look at: one HTML file (offline, no JavaScript)
@@ -379,6 +385,7 @@ pub enum Action {
     List(bool),
     Remove(RemoveOptions, bool),
     Rollback(RollbackOptions, bool),
+    Changes(String, bool),
     Show(String, bool),
     Version(bool),
     Guard(hcp::switch::guard::Plan, i32),
@@ -401,6 +408,7 @@ impl Cli {
             Some(Command::Rollback { session, now, no_wait }) => {
                 Action::Rollback(RollbackOptions { target: session, now, no_wait }, json)
             }
+            Some(Command::Changes { session }) => Action::Changes(session, json),
             Some(Command::Show { device }) => Action::Show(device, json),
             Some(Command::Report { target, output }) => Action::Report(target, output, json),
             Some(Command::Stats { session, follow, interval, prometheus, hdr_log, history, since, until, window }) => {

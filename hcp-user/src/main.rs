@@ -36,7 +36,12 @@ fn main() -> ExitCode {
     // println!. Not the others: an early end there would leave work undone.
     if matches!(
         action,
-        Action::List(..) | Action::Show(..) | Action::Stats(..) | Action::History(..) | Action::Version(..)
+        Action::List(..)
+            | Action::Show(..)
+            | Action::Changes(..)
+            | Action::Stats(..)
+            | Action::History(..)
+            | Action::Version(..)
     ) {
         // SAFETY: restoring the default action of a signal Rust ignores.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
@@ -119,6 +124,10 @@ fn run(action: Action) -> Result<ExitCode, Error> {
             let done = hcp::session::rollback(&opts, &mut |p| display.show(p));
             drop(display);
             render::rolled_back(&done?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Action::Changes(session, json) => {
+            render::changes(&hcp::session::changes(&session)?, json);
             Ok(ExitCode::SUCCESS)
         }
         Action::Show(device, json) => {

@@ -3,7 +3,7 @@
 
 use hcp::enroll::{Activation, Enrolled, EnrolledEntry, FstabChange, Unenrolled};
 use hcp::kernel::writeback::PreFlush;
-use hcp::session::{ListEntry, MergeProgress, Recovered, Removed, RolledBack, Shown, Started};
+use hcp::session::{Changes, ListEntry, MergeProgress, Recovered, Removed, RolledBack, Shown, Started};
 use hcp::size::format_bytes;
 use serde::Serialize;
 
@@ -369,6 +369,35 @@ impl Drop for MergeDisplay {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+    }
+}
+
+pub fn changes(c: &Changes, json: bool) {
+    if json {
+        return print_json(c);
+    }
+    println!(
+        "{} since {} ({}): {} in {} chunk{} of {}, {} extent{}:",
+        c.origin.display(),
+        c.since,
+        c.session,
+        format_bytes(c.changed_bytes),
+        c.changed_chunks,
+        if c.changed_chunks == 1 { "" } else { "s" },
+        format_bytes(c.chunk_bytes),
+        c.extents.len(),
+        if c.extents.len() == 1 { "" } else { "s" }
+    );
+    for e in &c.extents {
+        println!("  offset {:>14}  length {:>12}  ({})", e.offset, e.length, format_bytes(e.length));
+    }
+    if c.in_flight_chunks > 0 {
+        println!(
+            "{} more chunk{} allocated by writes still in flight, not yet in the list: run it again once the origin \
+             is quiet.",
+            c.in_flight_chunks,
+            if c.in_flight_chunks == 1 { "" } else { "s" }
+        );
     }
 }
 

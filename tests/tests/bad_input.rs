@@ -212,6 +212,7 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
         case(&["rollback", "--now"], 2, "required arguments were not provided", "see hcp --help"),
         case(&["show", plain_dev], 3, "has no hcp sessions", "give an origin that has some"),
         case(&["stats", "hcp999"], 3, "no hcp session hcp999", "give an hcp device"),
+        case(&["changes", "/dev/hcp999"], 3, "no hcp session /dev/hcp999", "give an hcp device"),
         case(&["trace", "attach", "../../x"], 3, "no hcp session ../../x", "give an hcp device"),
         // Option combinations.
         case(&["start"], 2, "give the DEVICE to snapshot", "see hcp --help"),

@@ -15,6 +15,7 @@
 //! `<real>`, wrapped in an origin dm device `hcp-<kernel name>` of hcp's own.
 
 pub mod autoextend;
+mod changes;
 mod inspect;
 mod list;
 pub mod recorder;
@@ -26,6 +27,7 @@ mod start;
 mod trace;
 mod worker;
 
+pub use changes::{changes, Changes, Extent};
 pub use inspect::snapshot_node;
 pub use list::{list, show, AutoextendEntry, ListEntry, Shown};
 pub use recover::{recover, Recovered};

@@ -1,0 +1,138 @@
+//! `hcp changes` end to end: the extents it reads from a session's
+//! exception store, against writes at known offsets and against a chunk by
+//! chunk comparison of the origin with its snapshot (these run in the VM,
+//! through `cargo xtask test`, on every guest kernel).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+
+use hcp_tests::{
+    hcp_json, open_direct, pread_exact, pwrite_all, require_root, run, serial, write_files, AlignedBuf, Fs, Volume,
+};
+use serde_json::Value;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+fn start(vol: &Volume, chunk: &str) -> String {
+    let started =
+        hcp_json(&["start", "--skip-mount", "--chunk-size", chunk, "-q", "16M", vol.path().to_str().unwrap()]);
+    started["session"].as_str().unwrap().to_string()
+}
+
+fn extents(changes: &Value) -> Vec<(u64, u64)> {
+    let list = changes["extents"].as_array().unwrap_or_else(|| panic!("no extents: {changes}"));
+    list.iter().map(|e| (e["offset"].as_u64().unwrap(), e["length"].as_u64().unwrap())).collect()
+}
+
+/// Writes `len` bytes of `byte` at `offset` of `dev`, with direct I/O.
+fn write_at(dev: &Path, offset: u64, len: u64, byte: u8) {
+    let f = open_direct(dev);
+    pwrite_all(&f, &AlignedBuf::new(len as usize, byte), offset);
+    f.sync_all().unwrap();
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn changes_lists_exactly_the_chunks_written_at_known_offsets() {
+    require_root();
+    let _serial = serial();
+    let vol = Volume::new("t-chg-known", 64);
+    let dev = vol.path();
+    for (chunk, chunk_bytes) in [("4K", 4 * KIB), ("16K", 16 * KIB)] {
+        let id = start(&vol, chunk);
+        let none = hcp_json(&["changes", &id]);
+        assert_eq!((none["changed_chunks"].as_u64(), extents(&none).len()), (Some(0), 0), "{none}");
+        write_at(&dev, 0, 4 * KIB, 1);
+        write_at(&dev, MIB, 8 * KIB, 2);
+        // Adjacent to the last: one extent with it.
+        write_at(&dev, MIB + 8 * KIB, 4 * KIB, 3);
+        write_at(&dev, 10 * MIB, 64 * KIB, 4);
+        // A second write to a changed chunk is not copied again.
+        write_at(&dev, 0, 4 * KIB, 5);
+        // Inside a 16 KiB chunk, off its start: the whole chunk is listed.
+        write_at(&dev, 40 * MIB + 20 * KIB, 4 * KIB, 6);
+        let changes = hcp_json(&["changes", &id]);
+        let round = |offset: u64, len: u64| {
+            let start = offset / chunk_bytes * chunk_bytes;
+            (start, (offset + len).div_ceil(chunk_bytes) * chunk_bytes - start)
+        };
+        let expected = vec![
+            round(0, 4 * KIB),
+            round(MIB, 12 * KIB),
+            round(10 * MIB, 64 * KIB),
+            round(40 * MIB + 20 * KIB, 4 * KIB),
+        ];
+        assert_eq!(extents(&changes), expected, "chunk {chunk}: {changes}");
+        let bytes: u64 = expected.iter().map(|(_, l)| l).sum();
+        assert_eq!(changes["changed_bytes"].as_u64(), Some(bytes), "{changes}");
+        assert_eq!(changes["changed_chunks"].as_u64(), Some(bytes / chunk_bytes), "{changes}");
+        assert_eq!(changes["in_flight_chunks"].as_u64(), Some(0), "a quiet origin: {changes}");
+        assert_eq!(changes["allocated_chunks"], changes["changed_chunks"], "{changes}");
+        hcp_json(&["remove", &id]);
+    }
+}
+
+/// The chunks in which two devices differ, read with direct I/O, a MiB at
+/// a time.
+fn differing_chunks(a: &Path, b: &Path, size: u64, chunk_bytes: u64) -> BTreeSet<u64> {
+    let (fa, fb) = (open_direct(a), open_direct(b));
+    let (mut ba, mut bb) = (AlignedBuf::new(MIB as usize, 0), AlignedBuf::new(MIB as usize, 0));
+    let mut out = BTreeSet::new();
+    for m in 0..size / MIB {
+        pread_exact(&fa, &mut ba, m * MIB);
+        pread_exact(&fb, &mut bb, m * MIB);
+        let pairs = ba.bytes().chunks(chunk_bytes as usize).zip(bb.bytes().chunks(chunk_bytes as usize));
+        for (i, (x, y)) in pairs.enumerate() {
+            if x != y {
+                out.insert(m * MIB / chunk_bytes + i as u64);
+            }
+        }
+    }
+    out
+}
+
+fn filesystem_changes_cover_every_differing_chunk(fs_type: Fs) {
+    require_root();
+    let _serial = serial();
+    let mut vol = Volume::new(&format!("t-chg-fs-{fs_type:?}").to_lowercase(), 320);
+    let dir = vol.mount(fs_type);
+    write_files(&dir, "before");
+    let id = start(&vol, "4K");
+    write_files(&dir, "after");
+    fs::write(dir.join("before-2.bin"), vec![0xabu8; 200 * 1024]).unwrap();
+    fs::remove_file(dir.join("before-3.bin")).unwrap();
+    run("sync", &[]);
+    // Frozen: nothing is written while the list is read and the devices
+    // compared.
+    run("fsfreeze", &["-f", dir.to_str().unwrap()]);
+    let changes = hcp_json(&["changes", &id]);
+    let snapshot = Path::new("/dev").join(&id);
+    let differ = differing_chunks(&vol.path(), &snapshot, 320 * MIB, 4 * KIB);
+    run("fsfreeze", &["-u", dir.to_str().unwrap()]);
+    let listed: BTreeSet<u64> = extents(&changes)
+        .into_iter()
+        .flat_map(|(offset, length)| (offset / (4 * KIB))..((offset + length) / (4 * KIB)))
+        .collect();
+    assert!(!differ.is_empty());
+    let missing: Vec<&u64> = differ.difference(&listed).collect();
+    assert!(missing.is_empty(), "chunks that differ but are not listed: {missing:?} ({changes})");
+    // Nothing beyond what the store holds.
+    assert_eq!(changes["in_flight_chunks"].as_u64(), Some(0), "{changes}");
+    assert_eq!(changes["changed_chunks"].as_u64(), Some(listed.len() as u64), "{changes}");
+    assert_eq!(changes["allocated_chunks"], changes["changed_chunks"], "{changes}");
+    hcp_json(&["remove", &id]);
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn ext4_changes_cover_every_chunk_that_differs_from_the_snapshot() {
+    filesystem_changes_cover_every_differing_chunk(Fs::Ext4);
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn xfs_changes_cover_every_chunk_that_differs_from_the_snapshot() {
+    filesystem_changes_cover_every_differing_chunk(Fs::Xfs);
+}
