@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use hcp::enroll::{EnrollOptions, UnenrollOptions};
 use hcp::error::Error;
 use hcp::session::autoextend::{Spec, StoreSize};
-use hcp::session::{RemoveOptions, RollbackOptions, StartOptions};
+use hcp::session::{ExportOptions, RemoveOptions, RollbackOptions, StartOptions};
 use hcp::size::{ChunkSize, Quota};
 
 const AFTER_HELP: &str = "\
@@ -20,6 +20,7 @@ Examples:
   Show a device's:    hcp -s /dev/vg0/data
   Remove a session:   hcp -r /dev/hcp1           (or an origin: all of its sessions)
   Roll back to one:   hcp rollback /dev/hcp1     (--now if the origin is mounted)
+  Back it up:         hcp export /dev/hcp1 --to - | zstd > data.img.zst
   Clean up leftovers: hcp recover
   A mounted partition: hcp enroll --now /dev/sdc1   (once; then: hcp start /dev/sdc1)
 
@@ -126,6 +127,16 @@ enum Command {
     Changes {
         /// The session (/dev/hcpN).
         session: String,
+    },
+    /// Write SESSION's snapshot as a raw image to FILE (blocks of zeros left
+    /// as holes) or to standard output (`--to -`), with a progress bar on a
+    /// terminal. A file is named FILE.partial until it is complete.
+    Export {
+        /// The session (/dev/hcpN).
+        session: String,
+        /// The image file (new), or `-` for standard output.
+        #[arg(long, value_name = "FILE|-")]
+        to: PathBuf,
     },
     /// Show the hcp devices of DEVICE.
     Show { device: String },
@@ -386,6 +397,7 @@ pub enum Action {
     Remove(RemoveOptions, bool),
     Rollback(RollbackOptions, bool),
     Changes(String, bool),
+    Export(ExportOptions, bool),
     Show(String, bool),
     Version(bool),
     Guard(hcp::switch::guard::Plan, i32),
@@ -409,6 +421,7 @@ impl Cli {
                 Action::Rollback(RollbackOptions { target: session, now, no_wait }, json)
             }
             Some(Command::Changes { session }) => Action::Changes(session, json),
+            Some(Command::Export { session, to }) => Action::Export(ExportOptions { target: session, to }, json),
             Some(Command::Show { device }) => Action::Show(device, json),
             Some(Command::Report { target, output }) => Action::Report(target, output, json),
             Some(Command::Stats { session, follow, interval, prometheus, hdr_log, history, since, until, window }) => {

@@ -120,14 +120,27 @@ fn run(action: Action) -> Result<ExitCode, Error> {
             Ok(ExitCode::from(Kind::Invalid.exit_code()))
         }
         Action::Rollback(opts, json) => {
-            let mut display = render::MergeDisplay::new(json);
-            let done = hcp::session::rollback(&opts, &mut |p| display.show(p));
-            drop(display);
+            let mut bar = render::Progress::new(json, "merging");
+            let done = hcp::session::rollback(&opts, &mut |p| {
+                if json {
+                    render::merge_progress_line(p);
+                }
+                bar.show(p.merged_bytes, p.total_bytes);
+            });
+            drop(bar);
             render::rolled_back(&done?, json);
             Ok(ExitCode::SUCCESS)
         }
         Action::Changes(session, json) => {
             render::changes(&hcp::session::changes(&session)?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Action::Export(opts, json) => {
+            let to_stdout = opts.to.as_os_str() == "-";
+            let mut bar = render::Progress::new(json, "exporting");
+            let done = hcp::session::export(&opts, &mut |done, total| bar.show(done, total));
+            drop(bar);
+            render::exported(&done?, json, to_stdout);
             Ok(ExitCode::SUCCESS)
         }
         Action::Show(device, json) => {

@@ -3,7 +3,7 @@
 
 use hcp::enroll::{Activation, Enrolled, EnrolledEntry, FstabChange, Unenrolled};
 use hcp::kernel::writeback::PreFlush;
-use hcp::session::{Changes, ListEntry, MergeProgress, Recovered, Removed, RolledBack, Shown, Started};
+use hcp::session::{Changes, Exported, ListEntry, MergeProgress, Recovered, Removed, RolledBack, Shown, Started};
 use hcp::size::format_bytes;
 use serde::Serialize;
 
@@ -330,45 +330,71 @@ pub fn rolled_back(r: &RolledBack, json: bool) {
     }
 }
 
-/// The merge's progress as it goes: a bar on a terminal (stderr), one
-/// JSON line per status read with `--json` (stdout), else nothing.
-pub struct MergeDisplay {
+/// A progress bar on standard error when it is a terminal (and not
+/// `--json`): percent, bytes done, rate and time left.
+pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
-    json: bool,
 }
 
-impl MergeDisplay {
-    pub fn new(json: bool) -> MergeDisplay {
+impl Progress {
+    /// `verb` says what is going on: `merging`, `exporting`.
+    pub fn new(json: bool, verb: &str) -> Progress {
         use std::io::IsTerminal;
         let bar = (!json && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(0);
-            let style = indicatif::ProgressStyle::with_template(
-                "merging {bar:30} {percent:>3}%  {bytes}/{total_bytes} back, {binary_bytes_per_sec}, {eta} left",
-            )
-            .expect("a valid template");
-            bar.set_style(style);
+            let template = format!(
+                "{verb} {{bar:30}} {{percent:>3}}%  {{bytes}}/{{total_bytes}}, {{binary_bytes_per_sec}}, {{eta}} left"
+            );
+            bar.set_style(indicatif::ProgressStyle::with_template(&template).expect("a valid template"));
             bar
         });
-        MergeDisplay { bar, json }
+        Progress { bar }
     }
 
-    pub fn show(&mut self, p: &MergeProgress) {
-        if self.json {
-            let line = serde_json::json!({ "progress": p });
-            println!("{line}");
-        }
+    pub fn show(&mut self, done: u64, total: u64) {
         if let Some(bar) = &self.bar {
-            bar.set_length(p.total_bytes);
-            bar.set_position(p.merged_bytes);
+            bar.set_length(total);
+            bar.set_position(done);
         }
     }
 }
 
-impl Drop for MergeDisplay {
+impl Drop for Progress {
     fn drop(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// A merge's progress with `--json`: one line per status read.
+pub fn merge_progress_line(p: &MergeProgress) {
+    println!("{}", serde_json::json!({ "progress": p }));
+}
+
+pub fn exported(e: &Exported, json: bool, to_stdout: bool) {
+    // With the image on standard output, the summary goes to standard error.
+    let text = if json {
+        serde_json::to_string_pretty(e).expect("reports serialise")
+    } else {
+        format!(
+            "{} exported to {}: {} in {:.1} s ({:.1} MiB/s){}.",
+            e.session,
+            e.to.as_ref().map_or("standard output".to_string(), |p| p.display().to_string()),
+            format_bytes(e.bytes),
+            e.seconds,
+            e.mib_per_second,
+            if e.hole_bytes > 0 {
+                format!(", {} of zeros left as holes", format_bytes(e.hole_bytes))
+            } else {
+                String::new()
+            }
+        )
+    };
+    if to_stdout {
+        eprintln!("{text}");
+    } else {
+        println!("{text}");
     }
 }
 

@@ -16,6 +16,7 @@
 
 pub mod autoextend;
 mod changes;
+mod export;
 mod inspect;
 mod list;
 pub mod recorder;
@@ -28,6 +29,7 @@ mod trace;
 mod worker;
 
 pub use changes::{changes, Changes, Extent};
+pub use export::{export, partial_path, ExportOptions, Exported};
 pub use inspect::snapshot_node;
 pub use list::{list, show, AutoextendEntry, ListEntry, Shown};
 pub use recover::{recover, Recovered};

@@ -17,11 +17,11 @@
 //! allocated but not yet committed (writes in flight) are not in it; the
 //! caller compares the count with the target's status to say how many.
 
-use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::kernel::direct_io::{self, AlignedBuf};
 
 /// "SnAp", little-endian.
 pub const MAGIC: u32 = 0x7041_6e53;
@@ -122,16 +122,11 @@ pub fn read_with(chunk_bytes: u64, mut read_chunk: impl FnMut(u64) -> Result<Opt
     Ok(Contents { header: Some(header), exceptions, areas })
 }
 
-/// Reads the store on device `dev`, bypassing the page cache (the kernel
+/// Reads the store on device `dev`, below the page cache (the kernel
 /// writes the store below it).
 pub fn read(dev: &Path, chunk_bytes: u64) -> Result<Contents> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(dev)
-        .map_err(|e| Error::io(format!("opening the store {}", dev.display()), e))?;
-    let size = device_bytes(&file).map_err(|e| Error::io(format!("sizing the store {}", dev.display()), e))?;
-    let mut buf = AlignedChunk::new(chunk_bytes as usize);
+    let (file, size) = direct_io::open_for_reading(dev)?;
+    let mut buf = AlignedBuf::new(chunk_bytes as usize);
     read_with(chunk_bytes, |index| {
         let at = index * chunk_bytes;
         if at + chunk_bytes > size {
@@ -141,32 +136,6 @@ pub fn read(dev: &Path, chunk_bytes: u64) -> Result<Contents> {
             .map_err(|e| Error::io(format!("reading the store {} at {at}", dev.display()), e))?;
         Ok(Some(buf.bytes_mut().to_vec()))
     })
-}
-
-/// A block device's size (or a file's).
-fn device_bytes(file: &File) -> std::io::Result<u64> {
-    use std::io::{Seek, SeekFrom};
-    let mut f = file;
-    f.seek(SeekFrom::End(0))
-}
-
-/// A buffer aligned for direct I/O.
-struct AlignedChunk {
-    raw: Vec<u8>,
-    skip: usize,
-    len: usize,
-}
-
-impl AlignedChunk {
-    fn new(len: usize) -> AlignedChunk {
-        let raw = vec![0u8; len + 4096];
-        let skip = raw.as_ptr().align_offset(4096);
-        AlignedChunk { raw, skip, len }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.raw[self.skip..self.skip + self.len]
-    }
 }
 
 /// The origin's byte ranges `(offset, length)` of `chunks` (origin chunk

@@ -1,14 +1,16 @@
-//! `hcp changes` end to end: the extents it reads from a session's
-//! exception store, against writes at known offsets and against a chunk by
-//! chunk comparison of the origin with its snapshot (these run in the VM,
-//! through `cargo xtask test`, on every guest kernel).
+//! Backups from a snapshot, end to end (these run in the VM, through `cargo
+//! xtask test`, on every guest kernel): `hcp changes`, the extents it reads
+//! from a session's exception store, against writes at known offsets and
+//! against a chunk by chunk comparison of the origin with its snapshot;
+//! `hcp export`, the image against the snapshot device.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
 use hcp_tests::{
-    hcp_json, open_direct, pread_exact, pwrite_all, require_root, run, serial, write_files, AlignedBuf, Fs, Volume,
+    hcp, hcp_bin, hcp_json, open_direct, pread_exact, pwrite_all, require_root, run, serial, temp_dir, write_direct,
+    write_files, AlignedBuf, Fs, Volume,
 };
 use serde_json::Value;
 
@@ -135,4 +137,101 @@ fn ext4_changes_cover_every_chunk_that_differs_from_the_snapshot() {
 #[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
 fn xfs_changes_cover_every_chunk_that_differs_from_the_snapshot() {
     filesystem_changes_cover_every_differing_chunk(Fs::Xfs);
+}
+
+fn sha256(path: &Path) -> String {
+    run("sha256sum", &[path.to_str().unwrap()]).split_whitespace().next().unwrap().to_string()
+}
+
+/// A full export of a snapshot taken, and read, while a writer keeps
+/// changing the origin: the image is the snapshot device, byte for byte, to
+/// a file (with holes) and to standard output, and its filesystem is clean.
+fn full_export_under_a_writer(fs_type: Fs) {
+    require_root();
+    let _serial = serial();
+    let mut vol = Volume::new(&format!("t-exp-{fs_type:?}").to_lowercase(), 320);
+    let dir = vol.mount(fs_type);
+    write_files(&dir, "before");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), dir.join("stream.log"));
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all(&[0x77; 4096]).unwrap();
+                f.sync_data().unwrap();
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let id = start(&vol, "16K");
+    let snapshot = Path::new("/dev").join(&id);
+    let image = temp_dir("export").join("snapshot.img");
+    let done = hcp_json(&["export", &id, "--to", image.to_str().unwrap()]);
+    assert_eq!(done["bytes"].as_u64(), Some(320 * MIB), "{done}");
+    assert!(done["hole_bytes"].as_u64().unwrap() > 0, "an almost empty filesystem leaves holes: {done}");
+    assert_eq!(fs::metadata(&image).unwrap().len(), 320 * MIB);
+    assert!(!hcp::session::partial_path(&image).exists());
+    let piped = run("sh", &["-c", &format!("{} export {id} --to - | sha256sum", hcp_bin().display())]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let expected = sha256(&snapshot);
+    assert_eq!(sha256(&image), expected, "the image is the snapshot device");
+    assert_eq!(piped.split_whitespace().next(), Some(expected.as_str()), "standard output too");
+    // Not over an existing file.
+    let again = hcp(&["export", &id, "--to", image.to_str().unwrap()]);
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert!(again.stderr.contains("exists already"), "{}", again.stderr);
+    hcp_json(&["remove", &id]);
+    fs_type.fsck(&image);
+    fs::remove_file(&image).unwrap();
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn a_full_ext4_export_under_a_writer_is_the_snapshot() {
+    full_export_under_a_writer(Fs::Ext4);
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn a_full_xfs_export_under_a_writer_is_the_snapshot() {
+    full_export_under_a_writer(Fs::Xfs);
+}
+
+/// A snapshot invalidated in the middle of an export: the export fails;
+/// one invalid before it makes nothing.
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn an_export_of_an_invalidated_snapshot_fails_and_makes_no_image() {
+    require_root();
+    let _serial = serial();
+    let vol = Volume::new("t-exp-invalid", 64);
+    let started = hcp_json(&["start", "--skip-mount", "-q", "2M", vol.path().to_str().unwrap()]);
+    let id = started["session"].as_str().unwrap().to_string();
+    // Reading slowly from the pipe holds the export after its first block.
+    let mut child = std::process::Command::new(hcp_bin())
+        .args(["export", &id, "--to", "-"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = vec![0u8; 1 << 20];
+    std::io::Read::read_exact(&mut out, &mut first).unwrap();
+    write_direct(&vol.path(), 0, 8, 0x42);
+    std::io::copy(&mut out, &mut std::io::sink()).unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "an export across an invalidation fails: {stderr}");
+    assert!(stderr.contains("invalid"), "{stderr}");
+    // Invalid before: refused, no file made.
+    let image = temp_dir("export-invalid").join("x.img");
+    let out = hcp(&["export", &id, "--to", image.to_str().unwrap()]);
+    assert_eq!(out.code, 7, "{}", out.stderr);
+    assert!(!image.exists() && !hcp::session::partial_path(&image).exists());
+    let removed = hcp(&["remove", &id]);
+    assert_eq!(removed.code, 7, "{}", removed.stderr);
 }
