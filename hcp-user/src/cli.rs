@@ -21,6 +21,7 @@ Examples:
   Remove a session:   hcp -r /dev/hcp1           (or an origin: all of its sessions)
   Roll back to one:   hcp rollback /dev/hcp1     (--now if the origin is mounted)
   Back it up:         hcp export /dev/hcp1 --to - | zstd > data.img.zst
+  Then incrementally: hcp export /dev/hcp2 --changed-since hcp1 --to d.delta; hcp apply d.delta data.img
   Clean up leftovers: hcp recover
   A mounted partition: hcp enroll --now /dev/sdc1   (once; then: hcp start /dev/sdc1)
 
@@ -137,6 +138,20 @@ enum Command {
         /// The image file (new), or `-` for standard output.
         #[arg(long, value_name = "FILE|-")]
         to: PathBuf,
+        /// Write a delta instead: the chunks changed since OLDER's snapshot
+        /// (an older session of the same origin, kept until this one
+        /// exists), read from SESSION's, for `hcp apply`.
+        #[arg(long, value_name = "OLDER")]
+        changed_since: Option<String>,
+    },
+    /// Bring IMAGE, a full image of a delta's base (`hcp export --to`), to
+    /// the delta's point in time, in place. Checks the whole image against
+    /// the delta before it writes; safe to run again after an interruption.
+    Apply {
+        /// The delta (`hcp export --changed-since`).
+        delta: PathBuf,
+        /// The image to bring forward.
+        image: PathBuf,
     },
     /// Show the hcp devices of DEVICE.
     Show { device: String },
@@ -398,6 +413,7 @@ pub enum Action {
     Rollback(RollbackOptions, bool),
     Changes(String, bool),
     Export(ExportOptions, bool),
+    Apply(PathBuf, PathBuf, bool),
     Show(String, bool),
     Version(bool),
     Guard(hcp::switch::guard::Plan, i32),
@@ -421,7 +437,10 @@ impl Cli {
                 Action::Rollback(RollbackOptions { target: session, now, no_wait }, json)
             }
             Some(Command::Changes { session }) => Action::Changes(session, json),
-            Some(Command::Export { session, to }) => Action::Export(ExportOptions { target: session, to }, json),
+            Some(Command::Export { session, to, changed_since }) => {
+                Action::Export(ExportOptions { target: session, to, changed_since }, json)
+            }
+            Some(Command::Apply { delta, image }) => Action::Apply(delta, image, json),
             Some(Command::Show { device }) => Action::Show(device, json),
             Some(Command::Report { target, output }) => Action::Report(target, output, json),
             Some(Command::Stats { session, follow, interval, prometheus, hdr_log, history, since, until, window }) => {

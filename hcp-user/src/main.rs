@@ -143,6 +143,13 @@ fn run(action: Action) -> Result<ExitCode, Error> {
             render::exported(&done?, json, to_stdout);
             Ok(ExitCode::SUCCESS)
         }
+        Action::Apply(delta, image, json) => {
+            let mut bar = render::Progress::new(json, "applying");
+            let done = hcp::session::apply(&delta, &image, &mut |done, total| bar.show(done, total));
+            drop(bar);
+            render::applied(&done?, json);
+            Ok(ExitCode::SUCCESS)
+        }
         Action::Show(device, json) => {
             render::shown(&hcp::session::show(&device)?, json);
             Ok(ExitCode::SUCCESS)

@@ -3,7 +3,9 @@
 
 use hcp::enroll::{Activation, Enrolled, EnrolledEntry, FstabChange, Unenrolled};
 use hcp::kernel::writeback::PreFlush;
-use hcp::session::{Changes, Exported, ListEntry, MergeProgress, Recovered, Removed, RolledBack, Shown, Started};
+use hcp::session::{
+    Applied, Changes, Exported, ListEntry, MergeProgress, Recovered, Removed, RolledBack, Shown, Started,
+};
 use hcp::size::format_bytes;
 use serde::Serialize;
 
@@ -377,8 +379,14 @@ pub fn exported(e: &Exported, json: bool, to_stdout: bool) {
     let text = if json {
         serde_json::to_string_pretty(e).expect("reports serialise")
     } else {
+        let what = match (&e.base, e.changed_bytes) {
+            (Some(base), Some(changed)) => {
+                format!("the delta since {} ({}, {} of changed chunks)", base.session, base.time, format_bytes(changed))
+            }
+            _ => "the image".to_string(),
+        };
         format!(
-            "{} exported to {}: {} in {:.1} s ({:.1} MiB/s){}.",
+            "{} exported ({what}) to {}: {} in {:.1} s ({:.1} MiB/s){}.",
             e.session,
             e.to.as_ref().map_or("standard output".to_string(), |p| p.display().to_string()),
             format_bytes(e.bytes),
@@ -396,6 +404,24 @@ pub fn exported(e: &Exported, json: bool, to_stdout: bool) {
     } else {
         println!("{text}");
     }
+}
+
+pub fn applied(a: &Applied, json: bool) {
+    if json {
+        return print_json(a);
+    }
+    let resumed = if a.resumed { " (finishing an interrupted run)" } else { "" };
+    println!(
+        "{} now holds {} at {}{resumed}: {} of {} frames written ({}), {} applied before; {:.1} s.",
+        a.image.display(),
+        a.target.session,
+        a.target.time,
+        a.written_frames,
+        a.frames,
+        format_bytes(a.bytes_written),
+        a.already_applied_frames,
+        a.seconds
+    );
 }
 
 pub fn changes(c: &Changes, json: bool) {

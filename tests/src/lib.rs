@@ -352,6 +352,15 @@ impl Volume {
         Volume { name: name.to_string(), loop_dev, mount: None }
     }
 
+    /// One full of random data, no filesystem: changes to it are written
+    /// to the device directly.
+    pub fn random(name: &str, mib: u64) -> Volume {
+        let vol = Volume::new(name, mib);
+        let of = format!("of={}", vol.path().display());
+        run("dd", &["if=/dev/urandom", &of, "bs=1M", &format!("count={mib}"), "oflag=direct", "status=none"]);
+        vol
+    }
+
     pub fn path(&self) -> PathBuf {
         PathBuf::from(format!("/dev/mapper/{}", self.name))
     }

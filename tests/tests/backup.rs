@@ -235,3 +235,85 @@ fn an_export_of_an_invalidated_snapshot_fails_and_makes_no_image() {
     let removed = hcp(&["remove", &id]);
     assert_eq!(removed.code, 7, "{}", removed.stderr);
 }
+
+/// Full at T1, writes, a second session at T2, more writes, the delta
+/// from T1 to T2 applied to the full image: the image is the second
+/// snapshot. A wrong base is refused untouched; an apply killed midway and
+/// run again ends the same; a finished one run again changes nothing.
+#[test]
+#[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
+fn an_incremental_chain_brings_a_full_image_to_the_newer_snapshot() {
+    require_root();
+    let _serial = serial();
+    let vol = Volume::random("t-inc", 64);
+    let dev = vol.path();
+    let session = |what: &str| {
+        let started = hcp_json(&["start", "--skip-mount", "--chunk-size", "4K", "-q", "32M", dev.to_str().unwrap()]);
+        let id = started["session"].as_str().unwrap().to_string();
+        eprintln!("{what}: {id}");
+        id
+    };
+    let dir = temp_dir("incremental");
+    let full = dir.join("full.img");
+    let older = session("T1");
+    hcp_json(&["export", &older, "--to", full.to_str().unwrap()]);
+    // Between the two: 6 MiB in one run (two frames) and scattered blocks.
+    write_direct(&dev, 20, 6, 0x11);
+    for i in 0..40u64 {
+        write_at(&dev, (i * 7919 % 16384) * 4 * KIB, 4 * KIB, i as u8);
+    }
+    let newer = session("T2");
+    // After the second: more writes, some over the same places.
+    write_direct(&dev, 22, 2, 0x22);
+    write_direct(&dev, 40, 1, 0x33);
+    let expected = sha256(&Path::new("/dev").join(&newer));
+
+    let delta = dir.join("t1-t2.delta");
+    let made = hcp_json(&["export", &newer, "--changed-since", &older, "--to", delta.to_str().unwrap()]);
+    assert_eq!(made["base"]["session"], older.as_str(), "{made}");
+    let changed = made["changed_bytes"].as_u64().unwrap();
+    assert!(changed >= 6 * MIB + 40 * 4 * KIB, "{made}");
+    let size = fs::metadata(&delta).unwrap().len();
+    assert_eq!(made["bytes"].as_u64(), Some(size), "{made}");
+    assert!(size <= changed + changed / 100, "a delta of {size} bytes for {changed} bytes of chunks: over 1%");
+
+    // A wrong base of the right size: refused, untouched.
+    let wrong = dir.join("zeros.img");
+    fs::File::create(&wrong).unwrap().set_len(64 * MIB).unwrap();
+    let wrong_before = sha256(&wrong);
+    let out = hcp(&["apply", delta.to_str().unwrap(), wrong.to_str().unwrap()]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(out.stderr.contains("is not this delta's base"), "{}", out.stderr);
+    assert_eq!(sha256(&wrong), wrong_before, "nothing changed");
+    assert!(!hcp::session::apply_marker_path(&wrong).exists());
+    // The wrong size.
+    fs::File::create(&wrong).unwrap().set_len(MIB).unwrap();
+    assert_eq!(hcp(&["apply", delta.to_str().unwrap(), wrong.to_str().unwrap()]).code, 2);
+
+    // Killed after its first frame, then run again.
+    let copy = dir.join("copy.img");
+    fs::copy(&full, &copy).unwrap();
+    let killed = std::process::Command::new(hcp_bin())
+        .args(["apply", delta.to_str().unwrap(), copy.to_str().unwrap()])
+        .env("HCP_FAULT", "apply-after-frame:kill")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    assert!(hcp::session::apply_marker_path(&copy).exists(), "the frame being written is named");
+    assert_ne!(sha256(&copy), expected);
+    let resumed = hcp_json(&["apply", delta.to_str().unwrap(), copy.to_str().unwrap()]);
+    assert_eq!(resumed["resumed"], true, "{resumed}");
+    assert!(resumed["already_applied_frames"].as_u64().unwrap() >= 1, "{resumed}");
+    assert_eq!(sha256(&copy), expected, "the killed and resumed apply ends as the newer snapshot");
+    assert!(!hcp::session::apply_marker_path(&copy).exists());
+
+    let applied = hcp_json(&["apply", delta.to_str().unwrap(), full.to_str().unwrap()]);
+    assert_eq!(applied["resumed"], false, "{applied}");
+    assert_eq!(sha256(&full), expected, "the image is the newer snapshot");
+    let again = hcp_json(&["apply", delta.to_str().unwrap(), full.to_str().unwrap()]);
+    assert_eq!(again["written_frames"], 0, "applied already: nothing to write: {again}");
+    assert_eq!(sha256(&full), expected);
+    hcp_json(&["remove", &newer]);
+    hcp_json(&["remove", &older]);
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -335,15 +335,6 @@ fn unmounted_with_changes(vol: &Volume, blocks: u64) -> (String, String) {
     (id, snapshot)
 }
 
-/// A 64 MiB volume of random data, no filesystem: changes to it are written
-/// to the device directly.
-fn random_volume(name: &str) -> Volume {
-    let vol = Volume::new(name, 64);
-    let of = format!("of={}", vol.path().display());
-    run("dd", &["if=/dev/urandom", &of, "bs=1M", "count=64", "oflag=direct", "status=none"]);
-    vol
-}
-
 /// Starts `hcp rollback ID` and kills it (SIGKILL) at its first progress
 /// line, the merge running.
 fn kill_while_merging(id: &str) {
@@ -366,7 +357,7 @@ fn kill_while_merging(id: &str) {
 fn a_rollback_killed_while_merging_is_finished_by_recover() {
     require_root();
     let _serial = serial();
-    let vol = random_volume("t-rb-kill");
+    let vol = Volume::random("t-rb-kill", 64);
     let table = vol.table();
     let before = SystemState::take();
     let (id, snapshot) = unmounted_with_changes(&vol, 4000);
@@ -394,7 +385,7 @@ fn a_rollback_killed_while_merging_is_finished_by_recover() {
 fn rollback_with_no_wait_merges_in_the_background_and_a_second_call_finishes() {
     require_root();
     let _serial = serial();
-    let vol = random_volume("t-rb-nowait");
+    let vol = Volume::random("t-rb-nowait", 64);
     let table = vol.table();
     let before = SystemState::take();
     // An older session, then the one rolled back to, then more changes.
@@ -430,7 +421,7 @@ fn a_rollback_interrupted_by_a_reboot_is_finished_by_recover() {
     require_root();
     let _serial = serial();
     let name = "t-rb-boot";
-    let vol = random_volume(name);
+    let vol = Volume::random(name, 64);
     let table = vol.table();
     let before = SystemState::take();
     let (id, snapshot) = unmounted_with_changes(&vol, 4000);

@@ -1,5 +1,6 @@
 //! `hcp export SESSION --to FILE|-`: the snapshot's contents as a raw
-//! image, streamed a block at a time. To a file, blocks of zeros become
+//! image, streamed a block at a time; with `--changed-since OLDER`, a delta
+//! (see `delta`) instead. To a file, blocks of zeros become
 //! holes (the image takes the room of the data only); to standard output
 //! every byte is written (`| zstd | ssh ...`).
 //!
@@ -23,6 +24,7 @@ use crate::kernel::dm::device::Dm;
 use crate::privilege::require_root;
 use crate::state::record::{self, Phase, Session, SessionState};
 
+use super::delta::format::PointInTime;
 use super::inspect::state_of;
 
 /// Bytes read and written at a time.
@@ -34,6 +36,9 @@ pub struct ExportOptions {
     pub target: String,
     /// The image file, or `-` for standard output.
     pub to: PathBuf,
+    /// An older session of the same origin: write a delta from its point
+    /// in time instead of a full image (see `delta`).
+    pub changed_since: Option<String>,
 }
 
 /// What `hcp export` did.
@@ -42,8 +47,13 @@ pub struct Exported {
     pub session: String,
     /// The image file; null for standard output.
     pub to: Option<PathBuf>,
-    /// The snapshot's size: the image's.
+    /// What was written: the snapshot's size for an image (holes
+    /// included), the file's for a delta.
     pub bytes: u64,
+    /// A delta's: the point in time it starts from, and the bytes of data
+    /// it carries (the chunks changed since).
+    pub base: Option<PointInTime>,
+    pub changed_bytes: Option<u64>,
     /// Of those, left as holes in the file (blocks of zeros); 0 to
     /// standard output.
     pub hole_bytes: u64,
@@ -74,7 +84,29 @@ pub fn export(opts: &ExportOptions, on_progress: &mut dyn FnMut(u64, u64)) -> Re
     let sessions = record::load_all()?;
     let session = super::trace::find(&sessions, &opts.target)?;
     check_valid(&dm, session)?;
+    let older = opts.changed_since.as_deref().map(|t| super::trace::find(&sessions, t)).transpose()?;
+    if let Some(older) = older {
+        check_valid(&dm, older)?;
+    }
     let mut out = Output::open(opts)?;
+    if let Some(older) = older {
+        let (header, bytes) = super::delta::write(out.stream(), session, older, on_progress)?;
+        // Both valid to the end, or the delta is not what it says.
+        check_valid(&dm, older)?;
+        check_valid(&dm, session)?;
+        let to = out.finish(bytes)?;
+        let seconds = begun.elapsed().as_secs_f64();
+        return Ok(Exported {
+            session: session.id.clone(),
+            to,
+            bytes,
+            base: Some(header.base),
+            changed_bytes: Some(header.data_bytes),
+            hole_bytes: 0,
+            seconds,
+            mib_per_second: bytes as f64 / (1 << 20) as f64 / seconds.max(1e-9),
+        });
+    }
     let (source, bytes) = direct_io::open_for_reading(&session.snapshot_path)?;
     let mut buf = AlignedBuf::new(BLOCK);
     let mut hole_bytes = 0;
@@ -99,6 +131,8 @@ pub fn export(opts: &ExportOptions, on_progress: &mut dyn FnMut(u64, u64)) -> Re
         session: session.id.clone(),
         to,
         bytes,
+        base: None,
+        changed_bytes: None,
         hole_bytes,
         seconds,
         mib_per_second: bytes as f64 / (1 << 20) as f64 / seconds.max(1e-9),
@@ -162,6 +196,14 @@ impl Output {
             .open(&partial)
             .map_err(|e| Error::io(format!("creating {}", partial.display()), e))?;
         Ok(Output::File { file, partial, to })
+    }
+
+    /// The output as a stream, from its start.
+    fn stream(&mut self) -> &mut dyn Write {
+        match self {
+            Output::Stdout(out) => out,
+            Output::File { file, .. } => file,
+        }
     }
 
     /// Writes `block` at `at`; returns the bytes left as a hole.

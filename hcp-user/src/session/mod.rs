@@ -16,6 +16,7 @@
 
 pub mod autoextend;
 mod changes;
+mod delta;
 mod export;
 mod inspect;
 mod list;
@@ -29,6 +30,7 @@ mod trace;
 mod worker;
 
 pub use changes::{changes, Changes, Extent};
+pub use delta::apply::{apply, marker_path as apply_marker_path, Applied};
 pub use export::{export, partial_path, ExportOptions, Exported};
 pub use inspect::snapshot_node;
 pub use list::{list, show, AutoextendEntry, ListEntry, Shown};

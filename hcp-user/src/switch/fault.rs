@@ -29,6 +29,9 @@
 //! table back); the end of a rollback then passes `remove`'s origin and
 //! store steps.
 //!
+//! Step of `apply`: `apply-after-frame` (a frame of the delta written and
+//! synced, the next not begun).
+//!
 //! Steps of `enroll --now`: `enroll-after-unmount` (the filesystem is
 //! unmounted, nothing made), `enroll-after-create` (the mapping exists, not
 //! yet mounted); of `unenroll --now`: `unenroll-after-unmount`,
@@ -46,7 +49,7 @@ use std::sync::OnceLock;
 use crate::error::{Error, Result};
 
 /// Every step a fault can be injected at: `start`'s, then `remove`'s.
-pub const STEPS: [&str; 27] = [
+pub const STEPS: [&str; 28] = [
     "after-snapshot-create",
     "after-origin-reload",
     "after-prepare",
@@ -74,6 +77,7 @@ pub const STEPS: [&str; 27] = [
     "rollback-after-suspend",
     "rollback-after-resume",
     "rollback-before-finish",
+    "apply-after-frame",
 ];
 
 /// What an injected fault does.
