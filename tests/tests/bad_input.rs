@@ -213,6 +213,8 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
         case(&["show", plain_dev], 3, "has no hcp sessions", "give an origin that has some"),
         case(&["stats", "hcp999"], 3, "no hcp session hcp999", "give an hcp device"),
         case(&["changes", "/dev/hcp999"], 3, "no hcp session /dev/hcp999", "give an hcp device"),
+        case(&["export", "hcp999", "--to", "/tmp/hcp-x.img"], 3, "no hcp session hcp999", "give an hcp device"),
+        case(&["apply", "/nonexistent-hcp/d", "/nonexistent-hcp/i"], 2, "does not exist", "give a delta"),
         case(&["trace", "attach", "../../x"], 3, "no hcp session ../../x", "give an hcp device"),
         // Option combinations.
         case(&["start"], 2, "give the DEVICE to snapshot", "see hcp --help"),

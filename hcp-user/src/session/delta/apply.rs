@@ -69,7 +69,13 @@ enum State {
 
 pub fn apply(delta_path: &Path, image_path: &Path, on_progress: &mut dyn FnMut(u64, u64)) -> Result<Applied> {
     let begun = Instant::now();
-    let delta = File::open(delta_path).map_err(|e| Error::io(format!("opening {}", delta_path.display()), e))?;
+    let delta = File::open(delta_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::usage(format!(
+            "DELTA {} does not exist: give a delta `hcp export --changed-since` made",
+            delta_path.display()
+        )),
+        _ => Error::io(format!("opening {}", delta_path.display()), e),
+    })?;
     let mut delta = BufReader::with_capacity(1 << 20, delta);
     let header = format::read_header(&mut delta)?;
     let image = open_image(image_path, &header)?;
@@ -138,7 +144,12 @@ pub fn apply(delta_path: &Path, image_path: &Path, on_progress: &mut dyn FnMut(u
 
 /// The image, opened for writing, once its size is the delta's device's.
 fn open_image(path: &Path, header: &Header) -> Result<File> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(format!("IMAGE {}", path.display()), e))?;
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            Error::usage(format!("IMAGE {} does not exist: give the image of the delta's base", path.display()))
+        }
+        _ => Error::io(format!("IMAGE {}", path.display()), e),
+    })?;
     if !meta.is_file() {
         return Err(Error::usage(format!(
             "IMAGE {}: give an image file (as `hcp export --to FILE` makes)",
