@@ -7,10 +7,11 @@
 //! userland: `hcp` beside this binary, `lvm`, `fio`, `mkfs.ext4`.
 //!
 //! ```text
-//! hcp-bench --disk /dev/vda --out FILE [--parts switch,dirty,write,commands,merge]
+//! hcp-bench --disk /dev/vda --out FILE [--parts switch,dirty,write,commands,merge,export]
 //!           [--reps 7] [--dirty-mib 0,32,128] [--write-reps 3] [--write-mib 8]
 //!           [--chunks 4K,16K,64K]
 //!           [--command-reps 5] [--sessions 16] [--merge-reps 3] [--merge-mib 16]
+//!           [--export-reps 3] [--export-mib 16]
 //! ```
 //!
 //! The disk becomes an LVM volume group `bench` with an ext4 volume
@@ -64,13 +65,24 @@ struct Args {
     /// The merge part: MiB of scattered 4 KiB blocks rewritten under the
     /// snapshot before each merge.
     merge_mib: u64,
+    export_reps: usize,
+    /// The export part: MiB of scattered 4 KiB blocks changed between the
+    /// two sessions of the incremental.
+    export_mib: u64,
 }
 
 fn parse_args() -> Result<Args> {
     let mut a = Args {
         disk: PathBuf::from("/dev/vda"),
         out: PathBuf::new(),
-        parts: vec!["switch".into(), "dirty".into(), "write".into(), "commands".into(), "merge".into()],
+        parts: vec![
+            "switch".into(),
+            "dirty".into(),
+            "write".into(),
+            "commands".into(),
+            "merge".into(),
+            "export".into(),
+        ],
         reps: 7,
         write_reps: 3,
         write_mib: 8,
@@ -80,6 +92,8 @@ fn parse_args() -> Result<Args> {
         sessions: 16,
         merge_reps: 3,
         merge_mib: 16,
+        export_reps: 3,
+        export_mib: 16,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -98,6 +112,8 @@ fn parse_args() -> Result<Args> {
             "--sessions" => a.sessions = value.parse()?,
             "--merge-reps" => a.merge_reps = value.parse()?,
             "--merge-mib" => a.merge_mib = value.parse()?,
+            "--export-reps" => a.export_reps = value.parse()?,
+            "--export-mib" => a.export_mib = value.parse()?,
             _ => bail!("unknown option {flag}"),
         }
     }
@@ -107,6 +123,8 @@ fn parse_args() -> Result<Args> {
         "counts must be at least 1"
     );
     ensure!(a.merge_mib >= 1 && a.merge_mib <= ORIGIN_MIB / 2, "--merge-mib: from 1 to half the origin");
+    ensure!(a.export_mib >= 1 && a.export_mib <= FIO_FILE_MIB / 2, "--export-mib: from 1 to half fio's file");
+    ensure!(a.export_reps >= 1, "counts must be at least 1");
     Ok(a)
 }
 
@@ -132,7 +150,8 @@ fn run() -> Result<()> {
             "dirty" => dirty_cost(args.reps, &args.dirty_mib),
             "commands" => command_latency(args.command_reps, args.sessions),
             "merge" => merge_speed(args.merge_reps, args.merge_mib),
-            _ => bail!("unknown part {part}: switch, dirty, write, commands or merge"),
+            "export" => export_speed(args.export_reps, args.export_mib),
+            _ => bail!("unknown part {part}: switch, dirty, write, commands, merge or export"),
         };
         // Whatever a failed part left must not disturb the next one.
         cleanup();
@@ -810,7 +829,7 @@ fn merge_case(mode: &str, mib: u64) -> Result<Value> {
         cmd.env("LVM_SUPPRESS_FD_WARNINGS", "1");
         cmd
     };
-    let blocks = scatter(Path::new(&origin), mib)?;
+    let blocks = scatter(Path::new(&origin), ORIGIN_MIB << 20, mib)?;
     let dm = Dm::open()?;
     let t = Instant::now();
     let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn()?;
@@ -832,15 +851,16 @@ fn merge_case(mode: &str, mib: u64) -> Result<Value> {
     Ok(json!({ "merge_s": merged.as_secs_f64(), "wall_s": wall.as_secs_f64(), "blocks": blocks }))
 }
 
-/// Rewrites `mib` MiB of the device's 4 KiB blocks with direct I/O, in an
-/// order that never writes two neighbours in a row; returns how many.
-fn scatter(dev: &Path, mib: u64) -> Result<u64> {
+/// Rewrites `mib` MiB of the 4 KiB blocks of the first `region` bytes of
+/// `dev` (a device or a laid-out file) with direct I/O, in an order that
+/// never writes two neighbours in a row; returns how many.
+fn scatter(dev: &Path, region: u64, mib: u64) -> Result<u64> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(dev)?;
     let mut raw = vec![0xa5u8; 8192];
     let skip = raw.as_ptr().align_offset(4096);
     let buf = &mut raw[skip..skip + 4096];
-    let count = (ORIGIN_MIB << 20) / 4096;
+    let count = region / 4096;
     let blocks = (mib << 20) / 4096;
     for i in 0..blocks {
         // A stride coprime with the count visits distinct blocks.
@@ -859,6 +879,68 @@ fn merge_done(dm: &Dm) -> Result<bool> {
         }
         _ => false,
     })
+}
+
+// ---------------------------------------------------------------- part 3c
+
+/// Backups: a full `hcp export` of a snapshot of the (mounted, quiet)
+/// origin against `dd` of the same snapshot device (both reading with
+/// direct I/O, 4 MiB at a time, leaving zeros as holes, into the guest's
+/// tmpfs), in alternating order; then an incremental: a session, `mib` MiB
+/// of fio's file rewritten in scattered 4 KiB blocks, a second session, and
+/// `hcp export --changed-since`, its size against the changed chunks
+/// `hcp changes` lists.
+fn export_speed(reps: usize, mib: u64) -> Result<Value> {
+    let image = Path::new("/tmp/bench-export.img");
+    let start = || -> Result<String> {
+        let (v, _) = hcp_json(&["start", "--skip-mount", "--chunk-size", "4K", "-c", &store_path(), &origin_path()])?;
+        Ok(v["session"].as_str().context("start printed no session")?.to_string())
+    };
+    let mut runs = Vec::new();
+    for rep in 0..reps {
+        let order = if rep % 2 == 0 { ["hcp", "dd"] } else { ["dd", "hcp"] };
+        say(&format!("export: repetition {}/{reps}: {}", rep + 1, order.join(", ")));
+        let id = start()?;
+        let snapshot = format!("/dev/{id}");
+        let mut run = json!({ "rep": rep, "order": order, "bytes": ORIGIN_MIB << 20 });
+        for tool in order {
+            let t = Instant::now();
+            if tool == "hcp" {
+                hcp_json(&["export", &id, "--to", image.to_str().context("path")?])?;
+            } else {
+                let of = format!("of={}", image.display());
+                sh(
+                    "/usr/bin/dd",
+                    &[&format!("if={snapshot}"), &of, "bs=4M", "iflag=direct", "conv=sparse", "status=none"],
+                )?;
+            }
+            run[tool] = json!({ "seconds": t.elapsed().as_secs_f64() });
+            fs::remove_file(image)?;
+        }
+        hcp_json(&["remove", &id])?;
+        // The incremental.
+        let older = start()?;
+        scatter(&Path::new(MOUNT).join("fio.dat"), FIO_FILE_MIB << 20, mib)?;
+        let newer = start()?;
+        let (changes, _) = hcp_json(&["changes", &older])?;
+        let delta = Path::new("/tmp/bench-export.delta");
+        let t = Instant::now();
+        let (made, _) =
+            hcp_json(&["export", &newer, "--changed-since", &older, "--to", delta.to_str().context("path")?])?;
+        let seconds = t.elapsed().as_secs_f64();
+        run["delta"] = json!({
+            "seconds": seconds,
+            "bytes": fs::metadata(delta)?.len(),
+            "changed_bytes": changes["changed_bytes"],
+            "data_bytes": made["changed_bytes"],
+            "extents": changes["extents"].as_array().map(Vec::len),
+        });
+        fs::remove_file(delta)?;
+        hcp_json(&["remove", &newer])?;
+        hcp_json(&["remove", &older])?;
+        runs.push(run);
+    }
+    Ok(json!({ "runs": runs, "export_mib": mib, "origin_mib": ORIGIN_MIB }))
 }
 
 fn session_count() -> Result<usize> {

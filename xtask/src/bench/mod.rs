@@ -49,6 +49,8 @@ pub enum Part {
     Commands,
     /// 3b. `hcp rollback` against `lvconvert --merge` on the same changes (VM).
     Merge,
+    /// 3c. `hcp export` against `dd`, and an incremental's size (VM).
+    Export,
     /// 4. fio IOPS untraced, traced by hcp, by bpftrace and by the floor (host).
     Tracing,
     /// 5. Block events per second hcp's tracer handles, and what it loses (host).
@@ -77,6 +79,7 @@ impl Part {
             Part::Write => "write",
             Part::Commands => "commands",
             Part::Merge => "merge",
+            Part::Export => "export",
             Part::Tracing => "tracing",
             Part::Capacity => "capacity",
             Part::Memory => "memory",
@@ -97,6 +100,7 @@ impl Part {
             Part::Write => "write_cost",
             Part::Commands => "command_latency",
             Part::Merge => "merge_speed",
+            Part::Export => "export_speed",
             Part::Tracing => "tracing_overhead",
             Part::Capacity => "tracer_capacity",
             Part::Memory => "memory",

@@ -34,6 +34,9 @@ pub struct Params {
     /// it merges back.
     pub merge_reps: usize,
     pub merge_mib: u64,
+    /// Part 3c: repetitions, and the MiB changed for the incremental.
+    pub export_reps: usize,
+    pub export_mib: u64,
 }
 
 impl Params {
@@ -49,6 +52,8 @@ impl Params {
                 sessions: 16,
                 merge_reps: 1,
                 merge_mib: 4,
+                export_reps: 1,
+                export_mib: 4,
             }
         } else {
             Params {
@@ -61,6 +66,8 @@ impl Params {
                 sessions: 16,
                 merge_reps: 3,
                 merge_mib: 16,
+                export_reps: 3,
+                export_mib: 16,
             }
         }
     }
@@ -115,6 +122,8 @@ fn guest_run(kernel: GuestKernel, parts: &[&str], p: &Params) -> Result<Value> {
         ("--sessions", p.sessions.to_string()),
         ("--merge-reps", p.merge_reps.to_string()),
         ("--merge-mib", p.merge_mib.to_string()),
+        ("--export-reps", p.export_reps.to_string()),
+        ("--export-mib", p.export_mib.to_string()),
     ] {
         cmd.push(flag.into());
         cmd.push(value);
@@ -156,6 +165,9 @@ pub fn sections_from(raw: &Value, label: &str, release: &str, p: &Params) -> Res
     }
     if raw.get("merge").is_some() {
         sections.push(merge_section(&raw["merge"], label, release, p)?);
+    }
+    if raw.get("export").is_some() {
+        sections.push(export_section(&raw["export"], label, release, p)?);
     }
     Ok(sections)
 }
@@ -725,10 +737,89 @@ fn merge_section(v: &Value, label: &str, release: &str, p: &Params) -> Result<Se
     })
 }
 
+/// Part 3c: backups, a full export against `dd` and an incremental's size.
+fn export_section(v: &Value, label: &str, release: &str, p: &Params) -> Result<Section> {
+    let runs = runs_of(v)?;
+    let mib = v["origin_mib"].as_f64().unwrap_or(256.0);
+    let rate = |tool: &str| -> Vec<f64> {
+        column(runs, &[tool, "seconds"]).into_iter().filter(|s| *s > 0.0).map(|s| mib / s).collect()
+    };
+    let full = Figure::with_runs(
+        "full/ratio/hcp:dd",
+        "`hcp export`'s throughput / `dd`'s, per repetition",
+        "×",
+        ratios(runs, &["dd", "seconds"], &["hcp", "seconds"]),
+    );
+    let size = Figure::with_runs(
+        "delta/size:changed",
+        "the delta file's size / the bytes of the chunks `hcp changes` listed",
+        "×",
+        ratios(runs, &["delta", "bytes"], &["delta", "changed_bytes"]),
+    );
+    let targets = vec![
+        ratio_target("hcp export's throughput ≥ 0.9 × dd's of the snapshot device", &full, 0.9, true),
+        ratio_target("the delta's size ≤ the changed chunks + 1%", &size, 1.01, false),
+    ];
+    let figures = vec![
+        Figure::with_runs(
+            "full/mib_s/hcp",
+            "`hcp export --to FILE`: MiB of the device per second",
+            "MiB/s",
+            rate("hcp"),
+        ),
+        Figure::with_runs("full/mib_s/dd", "`dd bs=4M iflag=direct conv=sparse`: the same", "MiB/s", rate("dd")),
+        full,
+        Figure::with_runs(
+            "delta/changed_mib",
+            "changed chunks between the two sessions, as `hcp changes` lists them",
+            "MiB",
+            column(runs, &["delta", "changed_bytes"]).into_iter().map(|b| b / (1u64 << 20) as f64).collect(),
+        ),
+        Figure::with_runs(
+            "delta/seconds",
+            "`hcp export --changed-since`, spawn to exit",
+            "s",
+            column(runs, &["delta", "seconds"]),
+        ),
+        size,
+    ];
+    Ok(Section {
+        id: format!("export_speed/{label}"),
+        title: format!("3c. Backups: export and incremental (Linux {label})"),
+        method: format!(
+            "In the VM on Linux {release}, the origin of part 1 (mounted ext4, quiet), sessions with 4 KiB chunks \
+             on /dev/bench/hcpstore. {} repetitions. Full: `hcp export hcpN --to /tmp/...` and `dd \
+             if=/dev/hcpN bs=4M iflag=direct conv=sparse` into the guest's tmpfs, in alternating order, each file \
+             deleted after. Incremental: a session, {} MiB of fio's file rewritten in scattered 4 KiB blocks with \
+             direct I/O, a second session, `hcp changes` of the first and `hcp export` of the second \
+             `--changed-since` the first.",
+            p.export_reps, p.export_mib
+        ),
+        figures,
+        targets,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn export_figures_and_targets() {
+        let run = |hcp: f64, dd: f64, size: f64| {
+            json!({"hcp": {"seconds": hcp}, "dd": {"seconds": dd},
+                   "delta": {"seconds": 1.0, "bytes": size, "changed_bytes": 1000.0}})
+        };
+        let raw = json!({"kernel": "k", "export": {"origin_mib": 256, "runs": [run(2.0, 2.0, 1004.0), run(4.0, 2.0, 1020.0)]}});
+        let s = &sections_from(&raw, "6.1", "k", &params()).unwrap()[0];
+        assert_eq!(s.id, "export_speed/6.1");
+        assert_eq!(s.figure("full/ratio/hcp:dd").unwrap().runs, vec![1.0, 0.5]);
+        assert_eq!(s.figure("full/mib_s/hcp").unwrap().runs, vec![128.0, 64.0]);
+        assert_eq!(s.figure("delta/size:changed").unwrap().runs, vec![1.004, 1.02]);
+        // Medians: 0.75 (missed) and 1.012 (missed).
+        assert!(!s.targets[0].met && !s.targets[1].met);
+    }
 
     #[test]
     fn merge_figures_pair_hcp_and_lvm_of_one_repetition() {
