@@ -884,23 +884,33 @@ fn merge_done(dm: &Dm) -> Result<bool> {
 // ---------------------------------------------------------------- part 3c
 
 /// Backups: a full `hcp export` of a snapshot of the (mounted, quiet)
-/// origin against `dd` of the same snapshot device (both reading with
-/// direct I/O, 4 MiB at a time, leaving zeros as holes, into the guest's
-/// tmpfs), in alternating order; then an incremental: a session, `mib` MiB
+/// origin (its store on the LV) against `dd` of the same snapshot device
+/// (both reading with direct I/O, 4 MiB at a time, leaving zeros as holes,
+/// into the guest's tmpfs), in alternating order; then an incremental (file
+/// stores): a session, `mib` MiB
 /// of fio's file rewritten in scattered 4 KiB blocks, a second session, and
 /// `hcp export --changed-since`, its size against the changed chunks
 /// `hcp changes` lists.
 fn export_speed(reps: usize, mib: u64) -> Result<Value> {
     let image = Path::new("/tmp/bench-export.img");
-    let start = || -> Result<String> {
-        let (v, _) = hcp_json(&["start", "--skip-mount", "--chunk-size", "4K", "-c", &store_path(), &origin_path()])?;
+    // The incremental's two sessions live at once: file stores (the LV
+    // store holds one session).
+    let start = |store: &[&str]| -> Result<String> {
+        let mut args = vec!["start", "--skip-mount", "--chunk-size", "4K"];
+        args.extend_from_slice(store);
+        let origin = origin_path();
+        args.push(&origin);
+        let (v, _) = hcp_json(&args)?;
         Ok(v["session"].as_str().context("start printed no session")?.to_string())
     };
+    let lv_store = store_path();
+    let on_lv: [&str; 2] = ["-c", &lv_store];
+    let in_file: [&str; 2] = ["-q", "64M"];
     let mut runs = Vec::new();
     for rep in 0..reps {
         let order = if rep % 2 == 0 { ["hcp", "dd"] } else { ["dd", "hcp"] };
         say(&format!("export: repetition {}/{reps}: {}", rep + 1, order.join(", ")));
-        let id = start()?;
+        let id = start(&on_lv)?;
         let snapshot = format!("/dev/{id}");
         let mut run = json!({ "rep": rep, "order": order, "bytes": ORIGIN_MIB << 20 });
         for tool in order {
@@ -919,9 +929,9 @@ fn export_speed(reps: usize, mib: u64) -> Result<Value> {
         }
         hcp_json(&["remove", &id])?;
         // The incremental.
-        let older = start()?;
+        let older = start(&in_file)?;
         scatter(&Path::new(MOUNT).join("fio.dat"), FIO_FILE_MIB << 20, mib)?;
-        let newer = start()?;
+        let newer = start(&in_file)?;
         let (changes, _) = hcp_json(&["changes", &older])?;
         let delta = Path::new("/tmp/bench-export.delta");
         let t = Instant::now();

@@ -788,7 +788,7 @@ fn export_section(v: &Value, label: &str, release: &str, p: &Params) -> Result<S
         title: format!("3c. Backups: export and incremental (Linux {label})"),
         method: format!(
             "In the VM on Linux {release}, the origin of part 1 (mounted ext4, quiet), sessions with 4 KiB chunks \
-             on /dev/bench/hcpstore. {} repetitions. Full: `hcp export hcpN --to /tmp/...` and `dd \
+             (the full export's store on /dev/bench/hcpstore, the incremental's two in files). {} repetitions. Full: `hcp export hcpN --to /tmp/...` and `dd \
              if=/dev/hcpN bs=4M iflag=direct conv=sparse` into the guest's tmpfs, in alternating order, each file \
              deleted after. Incremental: a session, {} MiB of fio's file rewritten in scattered 4 KiB blocks with \
              direct I/O, a second session, `hcp changes` of the first and `hcp export` of the second \
