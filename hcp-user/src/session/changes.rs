@@ -114,7 +114,7 @@ fn invalid(session: &Session) -> Error {
 
 /// The store's contents, from the device the snapshot reads it through:
 /// the loop device of a file store, or the block device.
-fn read_store(session: &Session) -> Result<Contents> {
+pub(super) fn read_store(session: &Session) -> Result<Contents> {
     let dev = session.store.loop_device.as_ref().unwrap_or(&session.store.path);
     exception_store::read(dev, session.chunk_bytes)
 }

@@ -48,8 +48,7 @@ pub fn write(
             older.id, t_old.time, newer.id, t_new.time
         )));
     }
-    let store = older.store.loop_device.as_ref().unwrap_or(&older.store.path);
-    let contents = exception_store::read(store, older.chunk_bytes)?;
+    let contents = super::changes::read_store(older)?;
     let chunks: Vec<u64> = contents.exceptions.iter().map(|e| e.old_chunk).collect();
     let extents = exception_store::extents(&chunks, older.chunk_bytes);
     let frames = format::frames(&extents);
