@@ -214,7 +214,7 @@ impl Output {
                 Ok(0)
             }
             // A new file reads as zeros where nothing was written.
-            Output::File { .. } if block.iter().all(|b| *b == 0) => Ok(block.len() as u64),
+            Output::File { .. } if all_zeros(block) => Ok(block.len() as u64),
             Output::File { file, partial, .. } => {
                 file.write_all_at(block, at).map_err(|e| Error::io(format!("writing {}", partial.display()), e))?;
                 Ok(0)
@@ -239,5 +239,30 @@ impl Output {
                 Ok(Some(to))
             }
         }
+    }
+}
+
+/// Whether `block` is all zeros, tested a word at a time (every block of
+/// an export to a file is tested).
+fn all_zeros(block: &[u8]) -> bool {
+    let words = block.chunks_exact(8);
+    let tail = words.remainder();
+    tail.iter().all(|b| *b == 0) && words.into_iter().all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::all_zeros;
+
+    #[test]
+    fn zeros_are_found_to_the_last_byte() {
+        let mut block = vec![0u8; 4096 + 3];
+        assert!(all_zeros(&block));
+        for at in [0, 7, 8, 4095, 4098] {
+            block[at] = 1;
+            assert!(!all_zeros(&block), "{at}");
+            block[at] = 0;
+        }
+        assert!(all_zeros(&[]));
     }
 }
