@@ -560,6 +560,20 @@ pub fn hcp_with_fault(guarded: &[&str], args: &[&str], step: &str, action: &str)
     stderr
 }
 
+/// The sha256 of a file or a whole device, as `sha256sum` prints it.
+pub fn sha256(path: &Path) -> String {
+    let out = run("sha256sum", &[path.to_str().unwrap()]);
+    out.split_whitespace().next().expect("a sum").to_string()
+}
+
+/// Whether dm device `name` is suspended (`dmsetup info`).
+pub fn suspended(name: &str) -> bool {
+    let out =
+        std::process::Command::new("dmsetup").args(["info", "-c", "--noheadings", "-o", "suspended", name]).output();
+    let out = out.expect("dmsetup info");
+    String::from_utf8_lossy(&out.stdout).trim() == "Suspended"
+}
+
 /// Writes `mib` MiB of `byte` at `offset_mib` MiB into `dev`, with O_DIRECT
 /// (1 MiB a write), so that every byte reaches the device at once.
 pub fn write_direct(dev: &Path, offset_mib: u64, mib: u64, byte: u8) {

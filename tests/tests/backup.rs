@@ -9,8 +9,8 @@ use std::fs;
 use std::path::Path;
 
 use hcp_tests::{
-    hcp, hcp_bin, hcp_json, open_direct, pread_exact, pwrite_all, require_root, run, serial, temp_dir, write_direct,
-    write_files, AlignedBuf, Fs, Volume,
+    hcp, hcp_bin, hcp_json, open_direct, pread_exact, pwrite_all, require_root, run, serial, sha256, temp_dir,
+    write_direct, write_files, AlignedBuf, Fs, Volume,
 };
 use serde_json::Value;
 
@@ -147,10 +147,6 @@ fn ext4_changes_cover_every_chunk_that_differs_from_the_snapshot() {
 #[ignore = "needs device-mapper: runs in the VM through `cargo xtask test`"]
 fn xfs_changes_cover_every_chunk_that_differs_from_the_snapshot() {
     filesystem_changes_cover_every_differing_chunk(Fs::Xfs);
-}
-
-fn sha256(path: &Path) -> String {
-    run("sha256sum", &[path.to_str().unwrap()]).split_whitespace().next().unwrap().to_string()
 }
 
 /// A full export of a snapshot taken, and read, while a writer keeps

@@ -16,20 +16,9 @@ use std::time::{Duration, Instant};
 
 use hcp_tests::{
     assert_files, hcp, hcp_bin, hcp_json, hcp_json_exit, hcp_with_fault, helper_running, open_direct, pwrite_all,
-    require_root, run, serial, temp_dir, write_files, AlignedBuf, Fs, SystemState, Volume,
+    require_root, run, serial, sha256, suspended, temp_dir, write_files, AlignedBuf, Fs, SystemState, Volume,
 };
 use serde_json::Value;
-
-fn sha256(dev: &Path) -> String {
-    let out = run("sha256sum", &[dev.to_str().unwrap()]);
-    out.split_whitespace().next().expect("a sum").to_string()
-}
-
-/// Whether dm device `name` is suspended (`dmsetup info`).
-fn suspended(name: &str) -> bool {
-    let out = run("dmsetup", &["info", "-c", "--noheadings", "-o", "suspended", name]);
-    out.trim() == "Suspended"
-}
 
 /// Overwrites `blocks` 4 KiB blocks of `file` (a file or a device of
 /// `size` bytes) in place with `byte`, with direct I/O, one block at a time

@@ -14,7 +14,7 @@ use std::time::Duration;
 use hcp::kernel::dm::device::Dm;
 use hcp_tests::{
     assert_files, assert_matches_stats_schema, hcp, hcp_bin, hcp_json, hcp_json_exit, hcp_with_fault, helper_running,
-    require_root, run, serial, temp_dir, write_direct, write_files, Fs, LoopDevice, SystemState, Volume,
+    require_root, run, serial, suspended, temp_dir, write_direct, write_files, Fs, LoopDevice, SystemState, Volume,
 };
 use serde_json::Value;
 
@@ -596,14 +596,6 @@ fn copy_out_is_counted_on_a_partition() {
     assert_eq!(real["device"], part.to_str().unwrap(), "{real}");
     assert_eq!(n(&real["bios"]["read"]["bytes"]), X << 20, "{real}");
     hcp_json(&["remove", &id]);
-}
-
-/// Whether dm device `name` is suspended (`dmsetup info`).
-fn suspended(name: &str) -> bool {
-    let out =
-        std::process::Command::new("dmsetup").args(["info", "-c", "--noheadings", "-o", "suspended", name]).output();
-    let out = out.expect("dmsetup info");
-    String::from_utf8_lossy(&out.stdout).trim() == "Suspended"
 }
 
 /// Steps inside a freeze window: a hang there is ended by the guard.

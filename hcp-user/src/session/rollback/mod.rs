@@ -36,6 +36,7 @@ use serde::Serialize;
 
 use crate::enroll::Remounted;
 use crate::error::{Error, Kind, Result};
+use crate::kernel::blockdev::BlockDevice;
 use crate::kernel::devnum::DevNum;
 use crate::kernel::dm::device::{node_path, Dm};
 use crate::kernel::dm::table::{Persistence, Snapshot, SnapshotMerge, SnapshotOrigin, TableLine, TargetParams};
@@ -384,13 +385,16 @@ fn start_merge(dm: &Dm, session: &Session) -> Result<Option<Remounted>> {
 pub(super) fn finish(dm: &Dm, session: &Session, sessions: &[Session]) -> Result<(bool, Option<f64>)> {
     fault::at("rollback-before-finish")?;
     let origin = &session.origin.dm_name;
-    if let Some(MergeState::Running { .. } | MergeState::Failed(_)) = merge::state(dm, origin)? {
-        return Err(Error::system(format!("{origin}: the merge is not done; `hcp recover` finishes it")));
-    }
+    let merging = match merge::state(dm, origin)? {
+        Some(MergeState::Running { .. } | MergeState::Failed(_)) => {
+            return Err(Error::system(format!("{origin}: the merge is not done; `hcp recover` finishes it")))
+        }
+        state => state.is_some(),
+    };
     let last = siblings(sessions, session).is_empty();
     let window = if last {
         restore_origin(dm, session)?
-    } else if merge::state(dm, origin)?.is_some() {
+    } else if merging {
         let real = real_devnum(dm, session)?;
         let length = dm.table(origin)?.first().map_or(0, |l| l.length);
         Some(switch_origin_onto(dm, origin, &[SnapshotOrigin { origin: real }.table_line(length)])?)
@@ -432,8 +436,8 @@ pub(super) fn restart_after_reboot(dm: &Dm, kept: &Session) -> Result<Session> {
             None => Ok(()),
         }
     };
-    let real = if session.origin.wrapped {
-        let raw = crate::kernel::blockdev::BlockDevice::resolve(&session.origin.real)?;
+    let raw = session.origin.wrapped.then(|| BlockDevice::resolve(&session.origin.real)).transpose()?;
+    let real = if let Some(raw) = &raw {
         half_merged(raw.devnum, Path::new(&session.origin.real))?;
         raw.devnum
     } else {
@@ -465,8 +469,7 @@ pub(super) fn restart_after_reboot(dm: &Dm, kept: &Session) -> Result<Session> {
     session.rollback = Some(RollbackRecord { merge_table: line.to_string(), snapshot_removed: true, ..rb });
     // In /run again: from here on an interruption is one of this boot.
     record::save(&session)?;
-    if session.origin.wrapped {
-        let raw = crate::kernel::blockdev::BlockDevice::resolve(&session.origin.real)?;
+    if let Some(raw) = &raw {
         let uuid =
             crate::kernel::dm::uuid::truncate(&format!("{}{}", crate::kernel::dm::uuid::UUID_ORIGIN, raw.kernel_name));
         dm.create(&origin, &uuid, std::slice::from_ref(&line))?;
