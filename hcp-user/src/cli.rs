@@ -12,48 +12,22 @@ use hcp::session::autoextend::{Spec, StoreSize};
 use hcp::session::{ExportOptions, RemoveOptions, RollbackOptions, StartOptions};
 use hcp::size::{ChunkSize, Quota};
 
-const AFTER_HELP: &str = "\
-Examples:
-  Start a session:    hcp /dev/vg0/data          (or: hcp start /dev/vg0/data)
-                      hcp -m /mnt/snap -o -c /dev/sdc /dev/vg0/data
-  List sessions:      hcp -l                     (or: hcp list --json)
-  Show a device's:    hcp -s /dev/vg0/data
-  Remove a session:   hcp -r /dev/hcp1           (or an origin: all of its sessions)
-  Roll back to one:   hcp rollback /dev/hcp1     (--now if the origin is mounted)
-  Back it up:         hcp export /dev/hcp1 --to - | zstd > data.img.zst
-  Then incrementally: hcp export /dev/hcp2 --changed-since hcp1 --to d.delta; hcp apply d.delta data.img
-  Clean up leftovers: hcp recover
-  A mounted partition: hcp enroll --now /dev/sdc1   (once; then: hcp start /dev/sdc1)
-
-Exit status:
-  0  success
-  1  a system call failed (or a started session could not be mounted: it is kept)
-  2  bad input: a malformed option, a path that is not what it must be
-  3  no such session or device
-  4  busy: the device or store is in use, or another hcp is changing sessions
-  5  refused: cannot work on this device as it is (a mounted plain partition,
-     a store on the origin, a kernel without device-mapper), or hcp's own
-     state is unsafe (a record or directory that is a symlink, another user's,
-     writable by others or malformed)
-  6  permission: hcp must run as root
-  7  invalid: a session listed (-l), shown (stats) or removed had its snapshot
-     invalidated because its store filled (the origin is unaffected); the
-     command itself did its work; or a rollback to such a session (refused)
-  A start stopped by Ctrl-C or SIGTERM undoes its work, then ends by that
-  signal (a shell shows 130 or 143). A rollback stopped so while it waits
-  leaves the merge running in the kernel (`hcp rollback` again waits).
-
-After an hcp that did not finish (killed, crashed), `hcp recover` rolls back
-half-made sessions and finishes half-removed ones; `hcp -l` shows them as
-incomplete.";
-
 #[derive(Parser)]
 #[command(
     name = "hcp",
     about = "Point-in-time copy-on-write snapshots of live block devices (device-mapper), with their cost measured by eBPF",
     disable_version_flag = true,
+    long_about = "Point-in-time copy-on-write snapshots of live block devices, taken without stopping \
+                  the service: the kernel's device-mapper snapshot targets do the copy-on-write, and hcp's \
+                  eBPF programs measure what each snapshot costs the running system (COW latency, copy-out \
+                  traffic, the freeze, write amplification).\n\n\
+                  Sessions are started, listed, shown and removed with the original Linux Hot Copy's flags \
+                  (hcp DEVICE, -l, -s, -r) or with the commands below. Each session's snapshot is a block \
+                  device, /dev/hcpN, mounted read-write (or read-only with -o) at /var/hcp/<device>_hcpN \
+                  unless -m says where; the blocks the origin changes are kept in a store, a file or a \
+                  device of its own, within a quota.",
     args_conflicts_with_subcommands = true,
-    after_help = AFTER_HELP
+    after_help = crate::manual::after_help()
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -189,6 +163,11 @@ enum Command {
         /// textfile collector).
         #[arg(long, conflicts_with = "hdr_log")]
         prometheus: bool,
+        /// With --prometheus: write FILE (world-readable, replaced at once:
+        /// a scraper never reads half of it) instead of standard output,
+        /// e.g. /var/lib/prometheus/node-exporter/hcp.prom.
+        #[arg(long, value_name = "FILE", requires = "prometheus")]
+        output: Option<PathBuf>,
         /// Print the latency histograms as an HdrHistogram interval log
         /// (values in nanoseconds).
         #[arg(long)]
@@ -248,6 +227,15 @@ enum Command {
     },
     /// Show hcp's version.
     Version,
+    /// Print a completion script for SHELL: bash, zsh, fish, elvish or
+    /// powershell (the package installs bash's, zsh's and fish's).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The manual pages, written into DIR (`cargo xtask dist`); not for users.
+    #[command(name = "__manual", hide = true)]
+    Manual { dir: PathBuf },
     /// The auto-extend monitor of a session (see the `autoextend` module);
     /// not for users.
     #[command(name = "__autoextend", hide = true)]
@@ -401,6 +389,8 @@ pub enum Action {
     /// `stats`: the session (every traced one with --prometheus alone), the
     /// format, and `--window`.
     Stats(Option<String>, StatsFormat, Option<std::time::Duration>),
+    /// `stats --prometheus --output FILE`: every traced session's series, into FILE.
+    PrometheusFile(PathBuf),
     FollowStats(String, std::time::Duration),
     /// `stats --history`: the session, the times (`--since`, `--until`) as
     /// seconds since the epoch, and `--json`.
@@ -416,6 +406,8 @@ pub enum Action {
     Apply(PathBuf, PathBuf, bool),
     Show(String, bool),
     Version(bool),
+    Completions(clap_complete::Shell),
+    Manual(PathBuf),
     Guard(hcp::switch::guard::Plan, i32),
     Autoextend(String),
     Record(String),
@@ -443,7 +435,18 @@ impl Cli {
             Some(Command::Apply { delta, image }) => Action::Apply(delta, image, json),
             Some(Command::Show { device }) => Action::Show(device, json),
             Some(Command::Report { target, output }) => Action::Report(target, output, json),
-            Some(Command::Stats { session, follow, interval, prometheus, hdr_log, history, since, until, window }) => {
+            Some(Command::Stats {
+                session,
+                follow,
+                interval,
+                prometheus,
+                output,
+                hdr_log,
+                history,
+                since,
+                until,
+                window,
+            }) => {
                 if history {
                     let Some(session) = session else {
                         return Err(Error::usage("give the SESSION whose history to print (`hcp -l` lists them)"));
@@ -470,6 +473,14 @@ impl Cli {
                     (true, ..) => StatsFormat::Json,
                     _ => StatsFormat::Text,
                 };
+                if let Some(file) = output {
+                    if session.is_some() {
+                        return Err(Error::usage(
+                            "--output writes every traced session's series: drop the SESSION (or --output)",
+                        ));
+                    }
+                    return Ok(Action::PrometheusFile(file));
+                }
                 match (session, follow) {
                     (Some(session), true) => Action::FollowStats(session, interval),
                     (None, _) if format != StatsFormat::Prometheus => {
@@ -480,6 +491,8 @@ impl Cli {
             }
             Some(Command::Trace { command: TraceCommand::Attach { session } }) => Action::TraceAttach(session, json),
             Some(Command::Version) => Action::Version(json),
+            Some(Command::Completions { shell }) => Action::Completions(shell),
+            Some(Command::Manual { dir }) => Action::Manual(dir),
             Some(Command::Recover) => Action::Recover(json),
             Some(Command::Enroll { device, now, edit_fstab }) => {
                 Action::Enroll(EnrollOptions { device, now, edit_fstab }, json)

@@ -3,6 +3,7 @@
 //! into one line and a documented exit status.
 
 mod cli;
+mod manual;
 mod render;
 
 use std::process::ExitCode;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
             | Action::Stats(..)
             | Action::History(..)
             | Action::Version(..)
+            | Action::Completions(..)
     ) {
         // SAFETY: restoring the default action of a signal Rust ignores.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
@@ -169,13 +171,17 @@ fn run(action: Action) -> Result<ExitCode, Error> {
                         .map_err(|e| Error::io("writing the histogram log", e))?;
                 }
             }
-            for s in all.iter().filter(|s| s.state == Some(SessionState::Incomplete)) {
-                eprintln!("hcp: warning: session {} is incomplete: run `hcp recover`", s.session);
-            }
+            warn_incomplete(&all);
             // Scraping every session (--prometheus alone) reports their
             // states as figures; naming an invalid one is an error too.
             let invalid = all.iter().filter(|s| named && s.state == Some(SessionState::Invalid));
             Ok(invalid_exit(invalid.map(|s| s.session.as_str()), "its figures stop where it was dropped"))
+        }
+        Action::PrometheusFile(file) => {
+            let all = hcp::session::stats_all()?;
+            hcp::figures::prometheus::write_textfile(&file, &hcp::figures::prometheus::render(&all))?;
+            warn_incomplete(&all);
+            Ok(ExitCode::SUCCESS)
         }
         Action::FollowStats(session, interval) => {
             use std::io::Write;
@@ -259,6 +265,18 @@ fn run(action: Action) -> Result<ExitCode, Error> {
             hcp::kernel::signals::unblock_all_signals();
             Ok(ExitCode::from(hcp::session::recorder::serve(&session) as u8))
         }
+        Action::Completions(shell) => {
+            manual::completions(shell, &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Action::Manual(dir) => {
+            for page in
+                manual::write_pages(&dir).map_err(|e| Error::io(format!("writing pages into {}", dir.display()), e))?
+            {
+                println!("{}", page.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Action::Version(json) => {
             render::version(json);
             Ok(ExitCode::SUCCESS)
@@ -279,4 +297,11 @@ fn invalid_exit<'a>(invalid: impl Iterator<Item = &'a str>, advice: &str) -> Exi
         if invalid.len() == 1 { "is" } else { "are" }
     );
     ExitCode::from(Kind::Invalid.exit_code())
+}
+
+/// Sessions a scrape found half made or half removed.
+fn warn_incomplete(all: &[hcp::figures::stats::SessionStats]) {
+    for s in all.iter().filter(|s| s.state == Some(SessionState::Incomplete)) {
+        eprintln!("hcp: warning: session {} is incomplete: run `hcp recover`", s.session);
+    }
 }

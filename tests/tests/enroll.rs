@@ -277,8 +277,9 @@ fn activate_recreates_a_missing_mapping_and_fstab_is_edited_both_ways() {
     let mapping = e["mapping"].as_str().unwrap().to_string();
     let name = mapping.trim_start_matches("/dev/mapper/").to_string();
     let fstab = fs::read_to_string("/etc/fstab").unwrap();
-    let wanted =
-        format!("{mapping}\t/srv/enrolled-data\text4\tdefaults,noatime,x-systemd.requires=hcp-activate.service\t0\t2");
+    // The mapping required, and a missing disk no stop to the boot (fstab.rs).
+    let options = "defaults,noatime,x-systemd.requires=hcp-activate.service,nofail,x-systemd.before=local-fs.target";
+    let wanted = format!("{mapping}\t/srv/enrolled-data\text4\t{options}\t0\t2");
     assert_eq!(fstab, with_line.replace(&line, &wanted), "only that line changed: {e}");
     let backup = PathBuf::from(e["fstab"]["backup"].as_str().expect("a backup"));
     assert_eq!(fs::read_to_string(&backup).unwrap(), with_line);

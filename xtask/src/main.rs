@@ -4,11 +4,13 @@
 //! - `vm`: run a host command inside a qemu guest booting a Debian kernel.
 //! - `test`: every check CI runs: fmt, clippy, unit, host and VM tests.
 //! - `demo`: the main job: a snapshot of a busy scratch volume, proven consistent.
+//! - `dist`: the Debian package, with manual pages, completions and units.
 //! - `bench`: what a snapshot costs, side by side with LVM and a bare suspend.
 //! - `layers`: the library's module graph, its depth and any import cycle.
 
 mod bench;
 mod demo;
+mod dist;
 mod initramfs;
 mod kernel;
 mod layers;
@@ -38,6 +40,8 @@ enum Task {
     Test(test::TestArgs),
     /// Snapshot a busy scratch volume and prove the snapshot consistent.
     Demo(demo::DemoArgs),
+    /// Build the Debian package (target/dist/hcp_<version>_amd64.deb) and check it with lintian.
+    Dist(dist::DistArgs),
     /// Measure hcp against LVM and a bare suspend; write bench/results.json and bench/RESULTS.md.
     Bench(bench::BenchArgs),
     /// Print the library's module layers; fail on any import cycle.
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Task::Vm(args) => vm::run(&args),
         Task::Test(args) => test::run(&args).map(|()| 0),
         Task::Demo(args) => demo::run(&args).map(|()| 0),
+        Task::Dist(args) => dist::run(&args).map(|()| 0),
         Task::Bench(args) => bench::run(&args).map(|()| 0),
         Task::Layers(args) => layers::run(&args).map(|()| 0),
     };

@@ -27,6 +27,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("lvm2", "LVM snapshots, the benchmark baseline"),
     ("bpftrace", "the tracing-overhead benchmark's baseline"),
     ("chromium", "rendering hcp's HTML report in tests, as a person sees it"),
+    ("dpkg-dev", "the package: dpkg-shlibdeps computes its Depends"),
+    ("lintian", "checking the package"),
+    ("man-db", "rendering the manual pages in tests"),
+    ("systemd", "the test VM's boots with systemd as PID 1"),
+    ("fdisk", "partitioned disks in tests (sfdisk)"),
 ];
 
 /// The nightly toolchain builds the eBPF crate (`-Z build-std=core`).

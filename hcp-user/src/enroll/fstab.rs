@@ -14,6 +14,18 @@ pub const PATH: &str = "/etc/fstab";
 /// and `After=`.
 pub const REQUIRES_ACTIVATE: &str = "x-systemd.requires=hcp-activate.service";
 
+/// What `enroll --edit-fstab` adds to the line's options (those it lacks).
+/// With the mapping required, a disk missing at boot fails
+/// `hcp-activate.service`, and so the mount at once; without `nofail`,
+/// local-fs.target would fail with it and the machine would stop in
+/// emergency mode. `nofail` alone would also drop the mount's ordering
+/// before local-fs.target, so services started after it could find an
+/// empty mount point while the disk is there; `x-systemd.before=` keeps
+/// that order. A missing disk then costs the boot `hcp activate`'s wait,
+/// leaves the filesystem unmounted and the unit failed (`systemctl
+/// --failed`), and the rest of the machine boots.
+pub const BOOT_OPTIONS: &[&str] = &[REQUIRES_ACTIVATE, "nofail", "x-systemd.before=local-fs.target"];
+
 /// One mount line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -29,9 +41,15 @@ impl Entry {
         self.fields.join(" ")
     }
 
-    /// This line with `source` and with `option` added to (or, when
+    /// The options of `options` this line lacks.
+    pub fn missing_options<'a>(&self, options: &[&'a str]) -> Vec<&'a str> {
+        let present: Vec<&str> = self.fields.get(3).map_or(vec![], |o| o.split(',').collect());
+        options.iter().copied().filter(|o| !present.contains(o)).collect()
+    }
+
+    /// This line with `source` and with `options` added to (or, when
     /// `add` is false, taken from) its options.
-    pub fn changed(&self, source: &str, option: &str, add: bool) -> String {
+    pub fn changed(&self, source: &str, options: &[&str], add: bool) -> String {
         let mut fields = self.fields.clone();
         fields[0] = source.to_string();
         // (fstab(5) lets the type and options go unsaid.)
@@ -41,14 +59,14 @@ impl Entry {
         if fields.len() < 4 {
             fields.push("defaults".to_string());
         }
-        let mut options: Vec<&str> = fields[3].split(',').filter(|o| *o != option && !o.is_empty()).collect();
+        let mut kept: Vec<&str> = fields[3].split(',').filter(|o| !options.contains(o) && !o.is_empty()).collect();
         if add {
-            options.push(option);
+            kept.extend(options);
         }
-        if options.is_empty() {
-            options.push("defaults");
+        if kept.is_empty() {
+            kept.push("defaults");
         }
-        fields[3] = options.join(",");
+        fields[3] = kept.join(",");
         fields.join("\t")
     }
 }
@@ -151,19 +169,33 @@ mod tests {
     #[test]
     fn a_line_changes_source_and_option_and_nothing_else() {
         let entry = &entries(FSTAB)[1];
-        let new = entry.changed("/dev/mapper/hcp-sdc1", REQUIRES_ACTIVATE, true);
+        assert_eq!(entry.missing_options(BOOT_OPTIONS), BOOT_OPTIONS);
+        let new = entry.changed("/dev/mapper/hcp-sdc1", BOOT_OPTIONS, true);
         assert_eq!(
             new,
-            format!("/dev/mapper/hcp-sdc1\t/srv/my\\040data\txfs\tdefaults,noatime,{REQUIRES_ACTIVATE}\t0\t2")
+            format!(
+                "/dev/mapper/hcp-sdc1\t/srv/my\\040data\txfs\tdefaults,noatime,{REQUIRES_ACTIVATE},nofail,\
+                 x-systemd.before=local-fs.target\t0\t2"
+            )
         );
         let text = replace_line(FSTAB, entry.line, &new);
         assert_eq!(text.lines().count(), FSTAB.lines().count());
         assert!(text.ends_with('\n'));
         assert_eq!(entries(&text)[0], entries(FSTAB)[0]);
-        let back = entries(&text)[1].changed("/dev/sdc1", REQUIRES_ACTIVATE, false);
+        assert!(entries(&text)[1].missing_options(BOOT_OPTIONS).is_empty());
+        let back = entries(&text)[1].changed("/dev/sdc1", BOOT_OPTIONS, false);
         assert_eq!(back, "/dev/sdc1\t/srv/my\\040data\txfs\tdefaults,noatime\t0\t2");
         let bare =
             Entry { line: 1, source: "a".into(), mount_point: "/b".into(), fields: vec!["a".into(), "/b".into()] };
-        assert_eq!(bare.changed("c", REQUIRES_ACTIVATE, false), "c\t/b\tauto\tdefaults");
+        assert_eq!(bare.changed("c", &[REQUIRES_ACTIVATE], false), "c\t/b\tauto\tdefaults");
+    }
+
+    #[test]
+    fn options_the_line_has_are_neither_added_twice_nor_counted_as_added() {
+        let line = "/dev/sdd1 /srv/d ext4 nofail 0 2\n";
+        let entry = &entries(line)[0];
+        assert_eq!(entry.missing_options(BOOT_OPTIONS), [REQUIRES_ACTIVATE, "x-systemd.before=local-fs.target"]);
+        let new = entry.changed("/dev/mapper/hcp-sdd1", BOOT_OPTIONS, true);
+        assert_eq!(new.matches("nofail").count(), 1, "{new}");
     }
 }

@@ -206,6 +206,7 @@ pub fn enroll(opts: &EnrollOptions) -> Result<Enrolled> {
         enrolled_unix: crate::clock::now_unix(),
         // (Enrolling again keeps what fstab named before the first time.)
         fstab_source: stale.and_then(|r| r.fstab_source.clone()),
+        fstab_added: stale.map(|r| r.fstab_added.clone()).unwrap_or_default(),
     };
     let fstab_text = fstab::read()?;
     let mapping = record.mapping_path();
@@ -218,7 +219,7 @@ pub fn enroll(opts: &EnrollOptions) -> Result<Enrolled> {
     let wanted = entry
         .as_ref()
         .filter(|_| !names_mapping)
-        .map(|e| e.changed(&mapping.display().to_string(), fstab::REQUIRES_ACTIVATE, true));
+        .map(|e| e.changed(&mapping.display().to_string(), fstab::BOOT_OPTIONS, true));
     if opts.edit_fstab && names_mapping {
         return Err(Error::usage(format!(
             "--edit-fstab: {} names {} already; enroll without it",
@@ -235,6 +236,11 @@ pub fn enroll(opts: &EnrollOptions) -> Result<Enrolled> {
             )));
         };
         record.fstab_source = Some(entry.fields[0].clone());
+    }
+    // What the line gains, whether hcp edits it or prints it for the
+    // administrator to: unenroll takes exactly that away again.
+    if let Some(entry) = entry.as_ref().filter(|_| !names_mapping) {
+        record.fstab_added = entry.missing_options(fstab::BOOT_OPTIONS).into_iter().map(String::from).collect();
     }
 
     // The record first: if hcp dies from here on, `hcp activate` (or
@@ -369,11 +375,15 @@ pub fn unenroll(opts: &UnenrollOptions) -> Result<Unenrolled> {
     // Only a line naming the mapping has anything to change back.
     let entry = fstab::entries(&fstab_text).into_iter().find(|e| Path::new(&e.source) == mapping);
     let source = record.fstab_source.clone().unwrap_or_else(|| raw.display().to_string());
+    let added: Vec<&str> = match record.fstab_added.is_empty() {
+        true => vec![fstab::REQUIRES_ACTIVATE],
+        false => record.fstab_added.iter().map(String::as_str).collect(),
+    };
     let mut fstab = FstabChange {
         path: fstab::PATH,
         line: entry.as_ref().map(|e| e.line),
         current: entry.as_ref().map(|e| e.text()),
-        wanted: entry.as_ref().map(|e| e.changed(&source, fstab::REQUIRES_ACTIVATE, false)),
+        wanted: entry.as_ref().map(|e| e.changed(&source, &added, false)),
         ..FstabChange::default()
     };
     if opts.edit_fstab {

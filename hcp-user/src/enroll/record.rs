@@ -53,6 +53,12 @@ pub struct Enrollment {
     /// fstab's source field for the filesystem before `--edit-fstab`
     /// changed it to the mapping; `unenroll --edit-fstab` puts it back.
     pub fstab_source: Option<String>,
+    /// The options `--edit-fstab` added to the line (those of
+    /// [`BOOT_OPTIONS`](super::fstab::BOOT_OPTIONS) it lacked);
+    /// `unenroll --edit-fstab` takes exactly these away. Empty in records of
+    /// an hcp that added only the `x-systemd.requires=` option.
+    #[serde(default)]
+    pub fstab_added: Vec<String>,
 }
 
 impl Enrollment {

@@ -59,9 +59,14 @@
 //! `biolatency` does.
 
 use std::fmt::{self, Write as _};
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
 
 use hcp_common::hist::{bucket_of, LatencyHist, LINEAR_BUCKETS, OCTAVES, UNIT_NS};
 
+use crate::error::{Error, Result};
 use crate::figures::stats::{Losses, NamedHistogram, SessionStats, Traffic};
 use crate::state::record::SessionState;
 
@@ -224,6 +229,40 @@ fn loss_reasons(l: &Losses) -> [(&'static str, u64); 6] {
         ("completions_unseen", l.completions_unseen),
         ("skipped_runs", l.skipped_runs.unwrap_or(0)),
     ]
+}
+
+/// Writes `text` to `path` for node_exporter's textfile collector: a
+/// world-readable file (the exporter does not run as root), replaced by a
+/// rename, so a scrape sees the last complete file and never half of one.
+/// The temporary name starts with a dot and lacks `.prom`: the collector
+/// skips it.
+pub fn write_textfile(path: &Path, text: &str) -> Result<()> {
+    let fail = |what: &str, e: std::io::Error| Error::io(format!("{what} {}", path.display()), e);
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::usage(format!("--output {}: give a file name, such as hcp.prom", path.display())))?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(Error::usage(format!(
+            "--output {}: {} is not a directory (is the textfile collector's directory made?)",
+            path.display(),
+            dir.display()
+        )));
+    }
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let written = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+        // Whatever the umask: the collector reads it as its own user.
+        f.set_permissions(fs::Permissions::from_mode(0o644))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(fail("writing", e));
+    }
+    Ok(())
 }
 
 /// `stats` in the text exposition format, one family after another. Give
@@ -760,5 +799,339 @@ pub(crate) mod tests {
         let v = |x: f64| Value::Float(x).to_string();
         assert_eq!((v(f64::NAN), v(f64::INFINITY), v(f64::NEG_INFINITY)), ("NaN".into(), "+Inf".into(), "-Inf".into()));
         assert_eq!((v(0.5), v(1.0), Value::Int(7).to_string()), ("0.5".into(), "1".into(), "7".into()));
+    }
+
+    /// The Grafana dashboard fleet operators import.
+    const DASHBOARD: &str = include_str!("../../../dist/grafana/hcp.json");
+
+    /// PromQL's functions and aggregation operators, and Grafana's
+    /// `label_values` (of its variable queries).
+    const FUNCTIONS: &str = "abs absent absent_over_time acos acosh asin asinh atan atanh avg avg_over_time \
+        bottomk ceil changes clamp clamp_max clamp_min cos cosh count count_over_time count_values day_of_month \
+        day_of_week day_of_year days_in_month deg delta deriv double_exponential_smoothing end exp floor group \
+        histogram_avg histogram_count histogram_fraction histogram_quantile histogram_stddev histogram_stdvar \
+        histogram_sum holt_winters hour idelta increase irate label_join label_replace label_values last_over_time \
+        limit_ratio limitk ln log10 log2 mad_over_time max max_over_time min min_over_time minute month \
+        predict_linear present_over_time quantile quantile_over_time rad rate resets round scalar sgn sin sinh sort \
+        sort_by_label sort_by_label_desc sort_desc sqrt start stddev stddev_over_time stdvar stdvar_over_time sum \
+        sum_over_time tan tanh time timestamp topk vector year";
+
+    /// Words that take a list of label names in parentheses.
+    const LABEL_LISTS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
+
+    /// Words that are neither a series nor a function.
+    const KEYWORDS: &[&str] = &["bool", "offset", "and", "or", "unless", "atan2", "inf", "nan"];
+
+    /// Labels whose every value hcp names itself: a matcher on one of them
+    /// must name a value render writes.
+    const CLOSED_LABELS: &[&str] = &["kind", "state", "reason"];
+
+    #[derive(Debug, PartialEq)]
+    enum Token {
+        Ident(String),
+        Str(String),
+        /// A Grafana variable: `$instance`, `${session}`, `$__rate_interval`.
+        Var,
+        /// A range or subquery in brackets, or a number or a duration.
+        Literal,
+        Punct(String),
+    }
+
+    /// `expr` in tokens: enough of PromQL's lexer to find every name in it.
+    fn tokens(expr: &str) -> Result<Vec<Token>, String> {
+        let c: Vec<char> = expr.chars().collect();
+        let word = |ch: char| ch.is_ascii_alphanumeric() || ch == '_' || ch == ':';
+        let (mut i, mut out) = (0, Vec::new());
+        while i < c.len() {
+            let ch = c[i];
+            if ch.is_whitespace() {
+                i += 1;
+            } else if ch == '#' {
+                while i < c.len() && c[i] != '\n' {
+                    i += 1;
+                }
+            } else if ['"', '\'', '`'].contains(&ch) {
+                let mut s = String::new();
+                i += 1;
+                loop {
+                    match c.get(i) {
+                        None => return Err(format!("unterminated string in {expr:?}")),
+                        Some('\\') if ch != '`' => {
+                            s.extend(c.get(i + 1));
+                            i += 2;
+                        }
+                        Some(q) if *q == ch => {
+                            i += 1;
+                            break;
+                        }
+                        Some(x) => {
+                            s.push(*x);
+                            i += 1;
+                        }
+                    }
+                }
+                out.push(Token::Str(s));
+            } else if ch == '$' {
+                i += 1;
+                if c.get(i) == Some(&'{') {
+                    i += c[i..].iter().position(|x| *x == '}').ok_or(format!("unclosed ${{ in {expr:?}"))? + 1;
+                } else {
+                    while i < c.len() && word(c[i]) && c[i] != ':' {
+                        i += 1;
+                    }
+                }
+                out.push(Token::Var);
+            } else if ch == '[' {
+                i += c[i..].iter().position(|x| *x == ']').ok_or(format!("unclosed [ in {expr:?}"))? + 1;
+                out.push(Token::Literal);
+            } else if ch.is_ascii_digit() || (ch == '.' && c.get(i + 1).is_some_and(char::is_ascii_digit)) {
+                while i < c.len() && (word(c[i]) || c[i] == '.') {
+                    i += 1;
+                }
+                out.push(Token::Literal);
+            } else if word(ch) {
+                let start = i;
+                while i < c.len() && word(c[i]) {
+                    i += 1;
+                }
+                out.push(Token::Ident(c[start..i].iter().collect()));
+            } else {
+                let two: String = c[i..(i + 2).min(c.len())].iter().collect();
+                let n = if ["=~", "!~", "!=", "==", ">=", "<="].contains(&two.as_str()) { 2 } else { 1 };
+                out.push(Token::Punct(c[i..i + n].iter().collect()));
+                i += n;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The series and labels an exposition holds, to check queries against.
+    struct Exports {
+        series: BTreeSet<String>,
+        /// Each label with the values it takes.
+        labels: BTreeMap<String, BTreeSet<String>>,
+    }
+
+    impl Exports {
+        /// Those of `text`, with the labels Prometheus adds on a scrape.
+        fn of(text: &str) -> Exports {
+            let mut e = Exports { series: BTreeSet::new(), labels: BTreeMap::new() };
+            for s in check(text) {
+                for (name, value) in &s.labels {
+                    e.labels.entry(name.clone()).or_default().insert(value.clone());
+                }
+                e.series.insert(s.name);
+            }
+            for added in ["instance", "job", "__name__"] {
+                e.labels.entry(added.to_string()).or_default();
+            }
+            e
+        }
+
+        fn label(&self, name: &str, expr: &str) -> Result<(), String> {
+            match self.labels.contains_key(name) {
+                true => Ok(()),
+                false => Err(format!("label {name:?} is not one hcp exports, in {expr:?}")),
+            }
+        }
+
+        /// Every name in PromQL `expr`, a query of a panel, is a series hcp
+        /// writes, a label of them, a function or a keyword; every value a
+        /// matcher compares a closed label with is one hcp writes.
+        fn check(&self, expr: &str) -> Result<(), String> {
+            let t = tokens(expr)?;
+            let punct = |i: usize, p: &str| t.get(i) == Some(&Token::Punct(p.to_string()));
+            let (mut i, mut in_braces) = (0, false);
+            while i < t.len() {
+                match &t[i] {
+                    Token::Punct(p) if p == "{" => in_braces = true,
+                    Token::Punct(p) if p == "}" => in_braces = false,
+                    Token::Ident(label) if in_braces => {
+                        self.label(label, expr)?;
+                        let op = match t.get(i + 1) {
+                            Some(Token::Punct(op)) if ["=", "!=", "=~", "!~"].contains(&op.as_str()) => op,
+                            other => return Err(format!("{label} is followed by {other:?}, not a match, in {expr:?}")),
+                        };
+                        match t.get(i + 2) {
+                            Some(Token::Str(v)) if op == "=" && label == "__name__" && !self.series.contains(v) => {
+                                return Err(format!("{v:?} is not a series hcp exports, in {expr:?}"))
+                            }
+                            Some(Token::Str(v))
+                                if op == "="
+                                    && CLOSED_LABELS.contains(&label.as_str())
+                                    && !self.labels[label].contains(v) =>
+                            {
+                                return Err(format!("hcp writes no {label}={v:?}, in {expr:?}"))
+                            }
+                            Some(Token::Str(_) | Token::Var) => {}
+                            other => return Err(format!("{label}{op} is followed by {other:?}, in {expr:?}")),
+                        }
+                        i += 3;
+                        continue;
+                    }
+                    Token::Ident(word) if LABEL_LISTS.contains(&word.as_str()) && punct(i + 1, "(") => {
+                        i += 2;
+                        while !punct(i, ")") {
+                            match t.get(i) {
+                                Some(Token::Ident(label)) => self.label(label, expr)?,
+                                Some(Token::Punct(p)) if p == "," => {}
+                                other => return Err(format!("{other:?} in the labels of {word}, in {expr:?}")),
+                            }
+                            i += 1;
+                        }
+                    }
+                    // (`group_left` may come without its list.)
+                    Token::Ident(word)
+                        if KEYWORDS.contains(&word.to_ascii_lowercase().as_str())
+                            || LABEL_LISTS.contains(&word.as_str()) => {}
+                    Token::Ident(word) if FUNCTIONS.split_whitespace().any(|f| f == word) => {}
+                    Token::Ident(word) if punct(i + 1, "(") => {
+                        return Err(format!("{word}() is not a PromQL function, in {expr:?}"))
+                    }
+                    Token::Ident(name) if !self.series.contains(name) => {
+                        return Err(format!("{name} is not a series hcp exports, in {expr:?}"))
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            Ok(())
+        }
+    }
+
+    /// The stats of a session with every figure known, so that render
+    /// writes every family.
+    fn fully_populated() -> SessionStats {
+        let mut stats = compute(&session("hcp1", "/dev/vdb"), &counters(), 2);
+        stats.state = Some(SessionState::Active);
+        stats.read_amplification = Some(1.5);
+        stats.store = Some(crate::figures::stats::StoreUse {
+            size_bytes: 1 << 20,
+            used_bytes: Some(1 << 19),
+            use_percent: Some(50.0),
+            quota_bytes: 4 << 20,
+            autoextend: true,
+        });
+        stats.freeze = serde_json::from_value(serde_json::json!({
+            "pre_flush": {"passes": 2, "seconds": 0.5, "device_written_bytes": 4096, "dirty_left_bytes": 0,
+                          "stopped": "clean"},
+            "freeze_call_seconds": 0.01, "frozen_seconds": 0.25, "suspended_seconds": 0.125,
+            "kernel": {"freeze_call_seconds": 0.009, "frozen_seconds": 0.24, "suspended_seconds": 0.12,
+                       "longest_write_stall_seconds": 0.3, "write_calls": 9, "writes_still_held": 0,
+                       "lost_events": 0},
+        }))
+        .expect("a window record");
+        stats.histograms =
+            ["app_write", "app_read", "snapshot_read", "snapshot_write", "baseline_app_write", "real_device_write"]
+                .map(|name| NamedHistogram { name, help: "test", hist: hist([3_000, 40_000]) })
+                .to_vec();
+        stats
+    }
+
+    /// Every query of `dashboard`, with the title of the row it is under
+    /// ("" for the variables').
+    fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for v in dashboard["templating"]["list"].as_array().expect("templating.list") {
+            let query = v["query"].get("query").unwrap_or(&v["query"]);
+            for q in [query, &v["definition"]].into_iter().filter_map(|q| q.as_str()) {
+                out.push((String::new(), q.to_string()));
+            }
+        }
+        let mut row = String::new();
+        let mut panels: Vec<&serde_json::Value> = Vec::new();
+        for p in dashboard["panels"].as_array().expect("panels") {
+            panels.push(p);
+            // A collapsed row holds its panels.
+            panels.extend(p["panels"].as_array().into_iter().flatten());
+        }
+        for p in panels {
+            if p["type"] == "row" {
+                row = p["title"].as_str().expect("a row's title").to_string();
+                continue;
+            }
+            let title = &p["title"];
+            assert!(p["description"].as_str().is_some_and(|d| !d.is_empty()), "panel {title} says nothing");
+            assert_eq!(p["datasource"]["uid"], "${DS_PROMETHEUS}", "panel {title}");
+            let targets = p["targets"].as_array().unwrap_or_else(|| panic!("panel {title} has no targets"));
+            assert!(!targets.is_empty(), "panel {title} has no queries");
+            for t in targets {
+                let expr = t["expr"].as_str().unwrap_or_else(|| panic!("a target of {title} without expr"));
+                out.push((row.clone(), expr.to_string()));
+            }
+        }
+        out
+    }
+
+    /// A Grafana variable query: `label_values(EXPR, LABEL)` or a PromQL
+    /// expression.
+    fn check_variable(exports: &Exports, query: &str) -> Result<(), String> {
+        match query.trim().strip_prefix("label_values(").and_then(|q| q.strip_suffix(')')) {
+            Some(args) => {
+                let (expr, label) = args.rsplit_once(',').unwrap_or(("", args));
+                exports.label(label.trim(), query)?;
+                exports.check(expr)
+            }
+            None => exports.check(query),
+        }
+    }
+
+    #[test]
+    fn the_dashboard_asks_only_for_what_hcp_exports() {
+        let text = render(&[fully_populated()]);
+        let exports = Exports::of(&text);
+        // The fixture writes every family, or the check below would miss some.
+        assert_eq!(text.matches("# TYPE ").count(), SCALARS.len() + 7, "{text}");
+        for s in ["hcp_latency_seconds_bucket", "hcp_latency_seconds_count", "hcp_store_used_bytes"] {
+            assert!(exports.series.contains(s), "{s}");
+        }
+
+        // The checker tells a wrong query.
+        let good = r#"sum by (le, instance) (rate(hcp_latency_seconds_bucket{kind="app_write", session=~"$session"}[$__rate_interval]))"#;
+        assert_eq!(exports.check(good), Ok(()));
+        for bad in [
+            "hcp_no_such_series",
+            r#"rate(hcp_no_such_series_total{session=~"${session}"}[5m])"#,
+            r#"hcp_io_bytes_total{foo="x"}"#,
+            "sum by (foo) (hcp_io_bytes_total)",
+            "hcp_session_info * on (session) group_left (foo) hcp_session_state",
+            r#"hcp_latency_seconds{kind="app_write"}"#,
+            r#"hcp_io_bytes_total{kind="app_writes"}"#,
+            r#"hcp_session_state{state="broken"}"#,
+            r#"{__name__="hcp_no_such_series"}"#,
+            "no_such_function(hcp_io_bytes_total)",
+        ] {
+            assert!(exports.check(bad).is_err(), "{bad} passed");
+        }
+        assert!(check_variable(&exports, "label_values(hcp_session_info, foo)").is_err());
+        assert!(check_variable(&exports, "label_values(hcp_no_such_series, instance)").is_err());
+
+        let dashboard: serde_json::Value = serde_json::from_str(DASHBOARD).expect("dist/grafana/hcp.json is JSON");
+        assert_eq!(dashboard["__inputs"][0]["name"], "DS_PROMETHEUS", "importable with a data source of one's own");
+        let variables: Vec<&str> =
+            dashboard["templating"]["list"].as_array().unwrap().iter().filter_map(|v| v["name"].as_str()).collect();
+        assert_eq!(variables, ["instance", "session"]);
+        let queries = dashboard_queries(&dashboard);
+        for (row, q) in &queries {
+            let checked = if row.is_empty() { check_variable(&exports, q) } else { exports.check(q) };
+            checked.unwrap_or_else(|e| panic!("dist/grafana/hcp.json: {e}"));
+        }
+
+        // Each rollout question has its row, and the row asks for its figures.
+        let questions: [(&str, &[&str]); 6] = [
+            ("Sessions", &["hcp_session_info", "hcp_session_state"]),
+            ("Write latency", &[r#"kind="app_write""#, r#"kind="baseline_app_write""#, "histogram_quantile"]),
+            ("Switch", &["hcp_write_stall_max_seconds", "hcp_kernel_frozen_seconds"]),
+            ("Copy-out", &["hcp_copy_out_read_bytes_total", "hcp_copy_out_store_data_bytes_total"]),
+            ("Store", &["hcp_store_used_bytes", "hcp_store_quota_bytes", "deriv("]),
+            ("Losses", &["hcp_lost_events_total", "hcp_switch_lost_events"]),
+        ];
+        for (row, needles) in questions {
+            let asked: Vec<&str> =
+                queries.iter().filter(|(r, _)| r.starts_with(row)).map(|(_, q)| q.as_str()).collect();
+            for needle in needles {
+                assert!(asked.iter().any(|q| q.contains(needle)), "no query under row {row:?} asks for {needle}");
+            }
+        }
     }
 }
