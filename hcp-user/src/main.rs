@@ -21,9 +21,16 @@ fn main() -> ExitCode {
         Err(e) if !e.use_stderr() => e.exit(), // --help
         Err(e) => {
             // One line, like every other hcp error; usage errors exit 2.
+            // clap puts what is missing on the lines after the first; its
+            // usage and tips are left to --help.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
-            eprintln!("hcp: {first} (see hcp --help)");
+            let line: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+                .collect();
+            eprintln!("hcp: {} (see hcp --help)", line.join(" ").trim_start_matches("error: "));
             return ExitCode::from(hcp::error::Kind::Usage.exit_code());
         }
     };

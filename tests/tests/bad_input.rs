@@ -229,6 +229,10 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
         case(&["start", "--trace", "--report", "/nonexistent-hcp/r.json", v], 2, "does not exist", "create it first"),
         case(&["stats", &id, "--json", "--prometheus"], 2, "cannot be combined", "pick one"),
         case(&["stats", &id, "--follow", "--interval", "0s"], 2, "--interval 0", "give a duration"),
+        case(&["stats", &id, "--prometheus", "--output", a_file_s], 2, "every traced session", "drop the SESSION"),
+        case(&["stats", "--prometheus", "--output", "/nonexistent-hcp/hcp.prom"], 2, "is not a directory", "make it"),
+        case(&["stats", "--output", "/tmp/hcp.prom"], 2, "required arguments were not provided", "see hcp --help"),
+        case(&["completions", "tcsh"], 2, "invalid value 'tcsh'", "see hcp --help"),
         case(&["start", v], 2, "HCP_LOCK_TIMEOUT=soon", "give a number of seconds").env("HCP_LOCK_TIMEOUT", "soon"),
         case(&["start", v], 2, "HCP_FAULT=nowhere:error: unknown step", "the steps are")
             .env("HCP_FAULT", "nowhere:error"),

@@ -244,7 +244,7 @@ pub fn write_textfile(path: &Path, text: &str) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.is_dir() {
         return Err(Error::usage(format!(
-            "--output {}: {} is not a directory (is the textfile collector's directory made?)",
+            "--output {}: {} is not a directory: make it, or give the textfile collector's directory",
             path.display(),
             dir.display()
         )));
