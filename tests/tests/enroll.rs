@@ -10,8 +10,8 @@ use hcp::kernel::devnum::DevNum;
 use hcp::kernel::dm::device::Dm;
 use hcp::kernel::mountinfo::{Mount, MountTable};
 use hcp_tests::{
-    assert_files, hcp, hcp_bin, hcp_json, helper_running, require_root, run, serial, temp_dir, write_files, Fs,
-    LoopDevice, Output, SystemState, Volume,
+    assert_files, fault_actions, hcp, hcp_bin, hcp_json, helper_running, require_root, run, serial, temp_dir,
+    write_files, Fs, LoopDevice, Output, SystemState, Volume,
 };
 use serde_json::Value;
 
@@ -198,7 +198,7 @@ fn enroll_now_moves_a_mounted_filesystem(fs_type: Fs, options: &str) {
     // operator would).
     let mapping = PathBuf::from(format!("/dev/mapper/hcp-{}", part.file_name().unwrap().to_str().unwrap()));
     for step in ["enroll-after-unmount", "enroll-after-create"] {
-        for action in ["error", "panic", "kill", "hang"] {
+        for action in fault_actions() {
             let fault = format!("{step}:{action}");
             let through_mapping = remounted_after_fault(&["enroll", "--now", part_s], &fault, &dir, &part, &mapping);
             same_options(&mount_at(&dir), &fault);
@@ -234,7 +234,7 @@ fn enroll_now_moves_a_mounted_filesystem(fs_type: Fs, options: &str) {
     // mapping's mount back; then the plain mount returns.
     assert_refused(&hcp(&["unenroll", part_s]), 5, "hcp unenroll --now");
     for step in ["unenroll-after-unmount", "unenroll-after-remove"] {
-        for action in ["error", "panic", "kill", "hang"] {
+        for action in fault_actions() {
             let fault = format!("{step}:{action}");
             let through_mapping = remounted_after_fault(&["unenroll", "--now", part_s], &fault, &dir, &part, &mapping);
             same_options(&mount_at(&dir), &fault);

@@ -15,8 +15,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hcp_tests::{
-    assert_files, hcp, hcp_bin, hcp_json, hcp_json_exit, hcp_with_fault, helper_running, open_direct, pwrite_all,
-    require_root, run, serial, sha256, suspended, temp_dir, write_files, AlignedBuf, Fs, SystemState, Volume,
+    assert_files, fault_actions, hcp, hcp_bin, hcp_json, hcp_json_exit, hcp_with_fault, helper_running, open_direct,
+    pwrite_all, require_root, run, serial, sha256, suspended, temp_dir, write_files, AlignedBuf, Fs, SystemState,
+    Volume,
 };
 use serde_json::Value;
 
@@ -447,22 +448,6 @@ fn a_rollback_interrupted_by_a_reboot_is_finished_by_recover() {
 
 /// Steps a hang in is ended by the guard (inside the merge's switch).
 const GUARDED_STEPS: [&str; 1] = ["rollback-after-suspend"];
-
-/// The fault actions this kernel runs. All four on every kernel take
-/// minutes of CI per kernel, so each kernel takes one undone inside hcp and
-/// one from outside it (6.1: error and kill; others: panic and hang), and
-/// every step × action runs on one of them; `HCP_TEST_ALL_FAULTS=1` runs
-/// all four here.
-fn fault_actions() -> Vec<&'static str> {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    if std::env::var_os("HCP_TEST_ALL_FAULTS").is_some() {
-        vec!["error", "panic", "kill", "hang"]
-    } else if release.starts_with("6.1.") {
-        vec!["error", "kill"]
-    } else {
-        vec!["panic", "hang"]
-    }
-}
 
 /// Every rollback step × error, panic, kill, hang (see [`fault_actions`]),
 /// on a mounted origin (`--now`): the origin ends usable, and after `hcp

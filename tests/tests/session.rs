@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use hcp::kernel::dm::device::Dm;
 use hcp_tests::{
-    assert_files, assert_matches_stats_schema, hcp, hcp_bin, hcp_json, hcp_json_exit, hcp_with_fault, helper_running,
-    require_root, run, serial, suspended, temp_dir, write_direct, write_files, Fs, LoopDevice, SystemState, Volume,
+    assert_files, assert_matches_stats_schema, fault_actions, hcp, hcp_bin, hcp_json, hcp_json_exit, hcp_with_fault,
+    helper_running, require_root, run, serial, suspended, temp_dir, write_direct, write_files, Fs, LoopDevice,
+    SystemState, Volume,
 };
 use serde_json::Value;
 
@@ -664,7 +665,7 @@ fn a_failed_start_never_leaves_the_origin_frozen_suspended_or_changed() {
     let steps = &hcp::switch::fault::STEPS[..8];
     assert!(steps.iter().all(|s| s.starts_with("after-") || s.starts_with("before-")), "{steps:?}");
     for step in steps {
-        for action in ["error", "panic", "kill", "hang"] {
+        for action in fault_actions() {
             let case = format!("{step}:{action}");
             let started = std::time::Instant::now();
             // With a growing store, so that its monitor must go too.
@@ -705,7 +706,7 @@ fn a_failed_remove_is_finished_by_recover() {
     let steps: Vec<&str> = hcp::switch::fault::STEPS.iter().copied().filter(|s| s.starts_with("remove-")).collect();
     assert_eq!(steps.len(), 9, "{steps:?}");
     for step in &steps {
-        for action in ["error", "panic", "kill", "hang"] {
+        for action in fault_actions() {
             let case = format!("{step}:{action}");
             // A complete session, its snapshot mounted, taken after a write
             // the snapshot must hold.
