@@ -69,6 +69,10 @@ fn cargo(what: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Integration test targets the VM suite leaves out: `cargo xtask test`
+/// runs them in steps of their own.
+const HOST_RUN: &[&str] = &["report_view", "boot"];
+
 /// Builds the integration tests and returns their executables, as cargo
 /// reports them.
 fn integration_test_binaries() -> Result<Vec<PathBuf>> {
@@ -87,11 +91,12 @@ fn integration_test_binaries() -> Result<Vec<PathBuf>> {
         };
         // Integration test targets only: the crate's own (empty) unit test
         // binary would end the VM's output on "0 passed".
-        // Not the report view: it renders, on the host, what these leave.
+        // Not the report view: it renders, on the host, what these leave;
+        // nor the boot test's phases, each run in a boot of its own.
         let is_test = msg["reason"] == "compiler-artifact"
             && msg["profile"]["test"] == true
             && msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"))
-            && msg["target"]["name"] != "report_view";
+            && !HOST_RUN.contains(&msg["target"]["name"].as_str().unwrap_or_default());
         if let (true, Some(exe)) = (is_test, msg["executable"].as_str()) {
             binaries.push(PathBuf::from(exe));
         }
