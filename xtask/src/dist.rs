@@ -30,7 +30,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::workspace_root;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct DistArgs {
     /// Skip the release build (use target/release/hcp as it is).
     #[arg(long)]
@@ -47,15 +47,12 @@ const MAINTAINER_SCRIPTS: &[&str] = &["postinst", "prerm", "postrm"];
 const UNITS: &[&str] = &["hcp-activate.service", "hcp-stats.service", "hcp-stats.timer"];
 
 pub fn run(args: &DistArgs) -> Result<()> {
-    let deb = build(args)?;
-    if !args.no_lintian {
-        lintian(&deb)?;
-    }
-    println!("{}", deb.display());
+    println!("{}", build(args)?.display());
     Ok(())
 }
 
-/// Builds the package; returns its path.
+/// Builds the package and checks it with lintian (unless told not to);
+/// returns its path.
 pub fn build(args: &DistArgs) -> Result<PathBuf> {
     let root = workspace_root();
     let target = crate::vm::target_dir();
@@ -127,6 +124,9 @@ pub fn build(args: &DistArgs) -> Result<PathBuf> {
     let deb = out.join(format!("{PACKAGE}_{version}_amd64.deb"));
     exec("dpkg-deb", Command::new("dpkg-deb").args(["--root-owner-group", "-Zxz", "--build"]).arg(&stage).arg(&deb))?;
     eprintln!("dist: built {} ({} KiB)", deb.display(), fs::metadata(&deb)?.len() / 1024);
+    if !args.no_lintian {
+        lintian(&deb)?;
+    }
     Ok(deb)
 }
 

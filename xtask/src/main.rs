@@ -9,6 +9,7 @@
 //! - `layers`: the library's module graph, its depth and any import cycle.
 
 mod bench;
+mod boot;
 mod demo;
 mod dist;
 mod initramfs;

@@ -3,7 +3,7 @@
 //! integration tests, then the integration tests again inside the VM on each
 //! guest kernel, where device-mapper exists.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -49,9 +49,13 @@ pub fn run(args: &TestArgs) -> Result<()> {
     cargo("unit and host tests", &["test"])?;
     if !args.no_vm {
         let binaries = integration_test_binaries()?;
+        // The package, checked by lintian, for the boot test to install.
+        let step = Instant::now();
+        let deb = crate::dist::build(&crate::dist::DistArgs::default())?;
+        eprintln!("xtask test: package and lintian: ok ({:.0} s)", step.elapsed().as_secs_f64());
         let kernels =
             if args.kernels.is_empty() { vec![GuestKernel::V6_1, GuestKernel::V6_12] } else { args.kernels.clone() };
-        let reports = vm_tests(&kernels, &binaries)?;
+        let reports = vm_tests(&kernels, &binaries, &deb)?;
         report_view(&reports)?;
     }
     eprintln!("xtask test: all checks passed in {:.0} s", started.elapsed().as_secs_f64());
@@ -73,9 +77,16 @@ fn cargo(what: &str, args: &[&str]) -> Result<()> {
 /// runs them in steps of their own.
 const HOST_RUN: &[&str] = &["report_view", "boot"];
 
-/// Builds the integration tests and returns their executables, as cargo
-/// reports them.
-fn integration_test_binaries() -> Result<Vec<PathBuf>> {
+/// The integration tests' executables, as cargo reports them.
+struct TestBinaries {
+    /// The VM suite: every target but [`HOST_RUN`]'s.
+    suite: Vec<PathBuf>,
+    /// The boot test's phases.
+    boot: PathBuf,
+}
+
+/// Builds the integration tests and returns their executables.
+fn integration_test_binaries() -> Result<TestBinaries> {
     let out = Command::new("cargo")
         .args(["test", "--package", "hcp-tests", "--tests", "--no-run", "--message-format=json-render-diagnostics"])
         .current_dir(workspace_root())
@@ -85,6 +96,7 @@ fn integration_test_binaries() -> Result<Vec<PathBuf>> {
         bail!("building the integration tests failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }
     let mut binaries = Vec::new();
+    let mut boot = None;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -95,26 +107,30 @@ fn integration_test_binaries() -> Result<Vec<PathBuf>> {
         // nor the boot test's phases, each run in a boot of its own.
         let is_test = msg["reason"] == "compiler-artifact"
             && msg["profile"]["test"] == true
-            && msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"))
-            && !HOST_RUN.contains(&msg["target"]["name"].as_str().unwrap_or_default());
+            && msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"));
+        let name = msg["target"]["name"].as_str().unwrap_or_default();
         if let (true, Some(exe)) = (is_test, msg["executable"].as_str()) {
-            binaries.push(PathBuf::from(exe));
+            if name == "boot" {
+                boot = Some(PathBuf::from(exe));
+            } else if !HOST_RUN.contains(&name) {
+                binaries.push(PathBuf::from(exe));
+            }
         }
     }
     if binaries.is_empty() {
         bail!("cargo built no integration test binaries for hcp-tests");
     }
-    Ok(binaries)
+    Ok(TestBinaries { suite: binaries, boot: boot.context("cargo built no boot test")? })
 }
 
 /// Runs every integration test binary, ignored (dm) tests included, inside
-/// the guest, on each kernel. The binaries are the host's own, seen through
-/// the VM's view of the host root.
+/// the guest, on each kernel, then the boot test there (see `boot.rs`). The
+/// binaries are the host's own, seen through the VM's view of the host root.
 ///
-/// The guests run side by side, one vCPU each (see `vm --smp`): on a
+/// The kernels run side by side, one vCPU each (see `vm --smp`): on a
 /// two-core machine that halves the longest step of CI. Each writes to a
 /// log of its own, printed whole once it ends, so outputs never interleave.
-fn vm_tests(kernels: &[GuestKernel], binaries: &[PathBuf]) -> Result<Vec<PathBuf>> {
+fn vm_tests(kernels: &[GuestKernel], binaries: &TestBinaries, deb: &Path) -> Result<Vec<PathBuf>> {
     let step = Instant::now();
     let status = Command::new("cargo")
         .args(["build", "-p", "hcp-user", "--bin", "hcp"])
@@ -124,38 +140,45 @@ fn vm_tests(kernels: &[GuestKernel], binaries: &[PathBuf]) -> Result<Vec<PathBuf
     if !status.success() {
         bail!("building hcp for the VM tests failed ({status})");
     }
-    let script = r#"for t in "$@"; do echo "== $t"; "$t" --include-ignored || exit 1; done"#;
-    let exe = std::env::current_exe().context("finding xtask's own binary")?;
     let logs = crate::cache_dir().join("vm-tests");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let mut running = Vec::new();
-    for kernel in kernels {
-        let log_path = logs.join(format!("linux-{kernel}.log"));
-        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        eprintln!("xtask test: VM tests on Linux {kernel}: running, output in {}", log_path.display());
-        let child = Command::new(&exe)
-            .args(["vm", "--kernel", &kernel.to_string(), "--timeout", "2100", "--no-build", "--"])
-            .args(["sh", "-c", script, "sh"])
-            .args(binaries)
-            .stdout(log.try_clone().context("duplicating the log")?)
-            .stderr(log)
-            .spawn()
-            .context("starting a VM")?;
-        running.push((kernel, log_path, child));
-    }
+    let outcomes: Vec<(GuestKernel, PathBuf, Result<()>)> = std::thread::scope(|scope| {
+        let slots: Vec<_> = kernels
+            .iter()
+            .map(|&kernel| {
+                let log_path = logs.join(format!("linux-{kernel}.log"));
+                eprintln!("xtask test: VM tests on Linux {kernel}: running, output in {}", log_path.display());
+                let slot = scope.spawn(move || -> Result<()> {
+                    let log =
+                        std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+                    suite(kernel, &binaries.suite, &log)?;
+                    crate::boot::run(kernel, &binaries.boot, deb, &log)
+                });
+                (kernel, slot)
+            })
+            .collect();
+        slots
+            .into_iter()
+            .map(|(kernel, slot)| {
+                let result = slot.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the VM slot panicked")));
+                (kernel, logs.join(format!("linux-{kernel}.log")), result)
+            })
+            .collect()
+    });
     let mut failed = Vec::new();
     let mut reports = Vec::new();
-    for (kernel, log_path, mut child) in running {
-        let status = child.wait().context("waiting for a VM")?;
+    for (kernel, log_path, result) in outcomes {
         eprintln!("xtask test: ===== VM tests on Linux {kernel} =====");
         let output = std::fs::read_to_string(&log_path).unwrap_or_default();
         eprint!("{output}");
-        eprintln!("xtask test: VM tests on Linux {kernel}: {status} after {:.0} s", step.elapsed().as_secs_f64());
-        if !status.success() {
+        let verdict = result.as_ref().map_or_else(|e| format!("failed: {e:#}"), |()| "ok".to_string());
+        eprintln!("xtask test: VM tests on Linux {kernel}: {verdict} after {:.0} s", step.elapsed().as_secs_f64());
+        if result.is_err() {
             failed.push(kernel.to_string());
         }
-        // The HTML report the history test left in the guest's $HCP_VM_OUT.
-        let out_dir = output.lines().rev().find_map(|l| l.rsplit_once("; output dir ").map(|(_, d)| d.trim()));
+        // The HTML report the history test left in the guest's $HCP_VM_OUT
+        // (the suite's run: the first VM of the log).
+        let out_dir = output.lines().find_map(|l| l.rsplit_once("; output dir ").map(|(_, d)| d.trim()));
         reports.extend(out_dir.map(|d| PathBuf::from(d).join("report.html")).filter(|p| p.exists()));
     }
     if !failed.is_empty() {
@@ -165,6 +188,22 @@ fn vm_tests(kernels: &[GuestKernel], binaries: &[PathBuf]) -> Result<Vec<PathBuf
         bail!("the VM tests left {} HTML reports for {} kernels (see the history test)", reports.len(), kernels.len());
     }
     Ok(reports)
+}
+
+/// The VM suite on `kernel`: one guest runs every binary.
+fn suite(kernel: GuestKernel, binaries: &[PathBuf], log: &std::fs::File) -> Result<()> {
+    let script = r#"for t in "$@"; do echo "== $t"; "$t" --include-ignored || exit 1; done"#;
+    let exe = std::env::current_exe().context("finding xtask's own binary")?;
+    let status = Command::new(&exe)
+        .args(["vm", "--kernel", &kernel.to_string(), "--timeout", "2100", "--no-build", "--"])
+        .args(["sh", "-c", script, "sh"])
+        .args(binaries)
+        .stdout(log.try_clone().context("duplicating the log")?)
+        .stderr(log.try_clone().context("duplicating the log")?)
+        .status()
+        .context("starting a VM")?;
+    anyhow::ensure!(status.success(), "the VM suite failed ({status})");
+    Ok(())
 }
 
 /// Renders the reports of real sessions the VM tests made in headless
