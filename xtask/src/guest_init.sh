@@ -37,16 +37,17 @@ fail() {
 
 # Units that are pointless in this VM and cost boot time (one vCPU under
 # TCG: every process counts), masked for this boot only, in /run (never in a
-# kept upper layer; `systemctl unmask` or a unit file in /etc/systemd/system
-# undoes it): login prompts on the console nobody reads (the serial one would
-# also print into the console log); the first-boot prompt (it would wait on
-# the console if the host's /etc/machine-id is empty); housekeeping timers (the
-# Persistent= ones fire at boot); the host's own services; utmp records, the
-# random seed, system users (the host's are there), pstore; modules the
-# initramfs does not have or init loaded already; hugepages and mqueue
-# mounts; dbus and logind (systemctl does not need them; nobody logs in);
-# LVM's monitoring of existing LVs; the journal's flush to /var (it is
-# volatile, below). Together about 5 s of boot under TCG.
+# kept upper layer; `systemctl unmask --runtime` or a unit file in
+# /etc/systemd/system undoes it): login prompts on the console nobody reads
+# (the serial one would also print into the console log); the first-boot
+# prompt (it would wait on the console if the host's /etc/machine-id is
+# empty); housekeeping timers (the Persistent= ones fire at boot); the host's
+# own services; utmp records, the random seed, system users (the host's are
+# there), pstore; modules the initramfs does not have or init loaded already;
+# the hugepages, mqueue and fuse-control mounts and the binfmt_misc
+# automount (no autofs4 in the initramfs); dbus and logind (systemctl does not
+# need them; nobody logs in); LVM's monitoring of existing LVs; the journal's
+# flush to /var (it is volatile, below). Together about 5 s of boot under TCG.
 MASK="serial-getty@ttyS0.service getty@tty1.service console-getty.service
 	systemd-firstboot.service
 	apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer
@@ -56,7 +57,9 @@ MASK="serial-getty@ttyS0.service getty@tty1.service console-getty.service
 	systemd-random-seed.service systemd-sysusers.service systemd-pstore.service
 	modprobe@configfs.service modprobe@drm.service modprobe@efi_pstore.service
 	modprobe@fuse.service modprobe@loop.service modprobe@dm_mod.service
-	dev-hugepages.mount dev-mqueue.mount systemd-user-sessions.service
+	dev-hugepages.mount dev-mqueue.mount sys-fs-fuse-connections.mount
+	proc-sys-fs-binfmt_misc.automount
+	systemd-user-sessions.service
 	systemd-logind.service dbus.service dbus.socket lvm2-monitor.service
 	systemd-journal-flush.service"
 # Generators with nothing to find here. Kept: fstab (the point of booting
