@@ -38,6 +38,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         release: true,
         no_build: false,
         verbose: false,
+        attach: vec![],
+        root_disk: None,
+        systemd: false,
         cmd: vec!["bash".into(), "-c".into(), SCRIPT.into(), "demo.sh".into(), "/dev/vda".into()],
     })?;
     if code != 0 {

@@ -14,6 +14,8 @@ use crate::kernel::{self, GuestKernel};
 const PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "the test VM"),
     ("busybox-static", "the test VM's init"),
+    ("udev", "the test VM booted with systemd (cargo xtask vm --systemd)"),
+    ("fdisk", "partitioning test disks (sfdisk)"),
     ("xz-utils", "unpacking the 6.1 guest kernel and the 6.12 modules"),
     ("zstd", "unpacking the 6.12 guest kernel"),
     ("libdevmapper-dev", "the devicemapper crate"),
@@ -31,7 +33,6 @@ const PACKAGES: &[(&str, &str)] = &[
     ("lintian", "checking the package"),
     ("man-db", "rendering the manual pages in tests"),
     ("systemd", "the test VM's boots with systemd as PID 1"),
-    ("fdisk", "partitioned disks in tests (sfdisk)"),
 ];
 
 /// The nightly toolchain builds the eBPF crate (`-Z build-std=core`).

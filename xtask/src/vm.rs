@@ -8,7 +8,9 @@
 //!   never sees them (O_DIRECT does not work there: use a --disk);
 //! - `/hcp-vm-out` (`$HCP_VM_OUT`): the one directory shared with the host, for
 //!   results; on the host it is `.cache/vm/<run>/out` (printed at the end);
-//! - `--disk SIZE`s as empty sparse /dev/vda, /dev/vdb, ... (deleted afterwards);
+//! - virtio disks in this order: the `--attach FILE` images (kept), then the
+//!   `--disk SIZE`s, empty and sparse (deleted afterwards): /dev/vda,
+//!   /dev/vdb, ...; a `--root-disk` comes last, after all of them;
 //! - proc, sys, devtmpfs (no udev), devpts, /dev/shm, a fresh /run, tracefs,
 //!   debugfs, bpffs, cgroup2; the guest's modules with busybox as /sbin/modprobe,
 //!   and dm_mod, dm_snapshot, loop, ext4, xfs, virtio_blk, 9p, overlay loaded;
@@ -18,10 +20,35 @@
 //!   then make the /dev/mapper nodes themselves instead of waiting for udev);
 //! - stdin is /dev/null; stdout and stderr stream live to the caller's.
 //!
+//! With `--root-disk FILE` the overlay's upper layer (the root's writes) is
+//! on the ext4 in FILE instead of guest RAM, so a later run with the same FILE
+//! sees everything an earlier one wrote (/etc, installed packages, enabled
+//! units); FILE is made (2 GiB sparse, `mkfs.ext4`) if it does not exist, and
+//! kept. The kernel's writes to kept disks are synced before the guest exits.
+//!
+//! With `--systemd`, after the same set-up the guest's PID 1 becomes the
+//! host's systemd in that root (guest_init.sh, `boot_systemd`), and CMD runs,
+//! as above, from the service `hcp-vm-command`, wanted by and ordered after
+//! multi-user.target and the default target, once the boot is complete
+//! (`systemctl is-system-running` says `running` or `degraded`); its end
+//! powers the guest off cleanly. What else is different then:
+//! - systemd-udevd runs: /dev/disk/by-*, /dev/mapper nodes; coldplug covers
+//!   block and misc devices only; system services do not see
+//!   `DM_DISABLE_UDEV` (CMD still gets it, from the caller's environment rules);
+//! - /etc/fstab (the host's, or what an earlier run left in a root disk) is
+//!   mounted by systemd; a failed boot (emergency or rescue mode) powers off
+//!   and fails the run, with the journal in the console log;
+//! - hostname `hcp-vm`, a fixed machine-id, a volatile journal (also copied
+//!   to the console log);
+//! - units pointless here are masked for the boot (gettys, timers, dbus,
+//!   logind, utmp, lvm2-monitor, the host's own services: the list is in
+//!   guest_init.sh); `systemctl unmask --runtime UNIT` undoes one;
+//! - the control share is at /run/hcp-vm-ctl.
+//!
 //! The exit status is CMD's (0-255). Harness failures (kernel panic, timeout,
 //! lost status, guest init) are errors that name the guest console log,
-//! `.cache/vm/<run>/console.log`. Disks and control files are removed after
-//! the run, the log and the output dir are kept; runs idle for a day are
+//! `.cache/vm/<run>/console.log`. `--disk` disks and control files are
+//! removed after the run, the log and the output dir are kept; runs idle for a day are
 //! pruned.
 
 use std::collections::BTreeMap;
@@ -46,9 +73,24 @@ pub struct VmArgs {
     /// Guest kernel: Debian's 6.1 or 6.12.
     #[arg(long, default_value = "6.1")]
     pub kernel: GuestKernel,
-    /// Add an empty sparse virtio disk (/dev/vda, /dev/vdb, ...): 64M, 1G, 512K or bytes.
+    /// Add an empty sparse virtio disk, deleted after the run: 64M, 1G, 512K
+    /// or bytes. They follow the --attach ones: /dev/vda, /dev/vdb, ...
     #[arg(long = "disk", value_name = "SIZE")]
     pub disks: Vec<String>,
+    /// Attach an existing image file as a virtio disk, kept after the run.
+    /// These come first: /dev/vda, /dev/vdb, ... in the order given.
+    #[arg(long = "attach", value_name = "FILE")]
+    pub attach: Vec<PathBuf>,
+    /// Keep the root's writes in this image file (an ext4 made here, 2 GiB
+    /// sparse, if the file does not exist), so later runs with the same file
+    /// see them. It is the last virtio disk, after every --attach and --disk.
+    #[arg(long, value_name = "FILE")]
+    pub root_disk: Option<PathBuf>,
+    /// Boot with systemd as PID 1 (the host's, in the guest's root); the
+    /// command runs as a service once the boot is complete, then the guest
+    /// powers off.
+    #[arg(long)]
+    pub systemd: bool,
     /// Kill the guest after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -78,6 +120,11 @@ pub struct VmArgs {
 
 /// Where the output share is mounted in the guest.
 const GUEST_OUT: &str = "/hcp-vm-out";
+/// The size of the image `--root-disk` makes when the file does not exist.
+const ROOT_DISK_SIZE: u64 = 2 << 30;
+/// The guest's /etc/machine-id under systemd (`systemd.machine_id=`): the
+/// same in every run, whatever the host's holds.
+const MACHINE_ID: &str = "6863702d766d00000000000000000001";
 /// Caller variables not passed to the guest: terminal, display and session
 /// plumbing that means nothing there, and the per-crate variables cargo set
 /// for xtask itself. A trailing `*` matches a prefix.
@@ -125,6 +172,12 @@ pub fn run_keeping_output(args: &VmArgs) -> Result<(i32, PathBuf)> {
     if !args.no_build {
         build_hcp(args.release)?;
     }
+    for file in &args.attach {
+        ensure!(file.is_file(), "--attach {}: no such image file", file.display());
+    }
+    if let Some(file) = &args.root_disk {
+        ensure_root_disk(file)?;
+    }
     let kernel = kernel::ensure(args.kernel)?;
     let initrd = initramfs::ensure(&kernel)?;
 
@@ -158,7 +211,16 @@ pub fn run_keeping_output(args: &VmArgs) -> Result<(i32, PathBuf)> {
 
 /// The qemu invocation: TCG always (KVM is unusable on these hosts), the
 /// kernel booted directly, the serial console on stdout, three 9p shares.
+/// The virtio disks in order: the --attach images, the --disk scratch
+/// disks, the root disk.
 fn qemu_command(args: &VmArgs, kernel: &Unpacked, initrd: &Path, scratch: &Scratch) -> Command {
+    let drives: Vec<&Path> = args
+        .attach
+        .iter()
+        .map(PathBuf::as_path)
+        .chain(scratch.disks.iter().map(PathBuf::as_path))
+        .chain(args.root_disk.as_deref())
+        .collect();
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max"])
         .args(["-smp", &args.smp.to_string(), "-m", &args.mem.to_string()])
@@ -174,8 +236,9 @@ fn qemu_command(args: &VmArgs, kernel: &Unpacked, initrd: &Path, scratch: &Scrat
         // on hpet); saying so up front spares the late flip of the
         // sched_clock static key, whose live code patching sometimes oopses
         // (int3) under multi-threaded TCG.
-        .args(["-append", "console=ttyS0 quiet panic=-1 acpi=noirq tsc=unstable"]);
-    for disk in &scratch.disks {
+        .arg("-append")
+        .arg(kernel_command_line(args, drives.len()));
+    for disk in drives {
         let file = qemu_opt(disk);
         qemu.arg("-drive").arg(format!("file={file},if=virtio,format=raw,cache=unsafe"));
     }
@@ -190,6 +253,65 @@ fn qemu_command(args: &VmArgs, kernel: &Unpacked, initrd: &Path, scratch: &Scrat
     // The exit status's second channel (see guest_init.sh).
     qemu.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     qemu
+}
+
+/// The guest kernel's command line; the `hcp_vm.*` words are guest_init.sh's.
+fn kernel_command_line(args: &VmArgs, drives: usize) -> String {
+    let mut line = "console=ttyS0 quiet panic=-1 acpi=noirq tsc=unstable".to_owned();
+    if let Some(root) = args.root_disk.as_ref().map(|_| virtio_disk_name(drives - 1)) {
+        line += &format!(" hcp_vm.root={root}");
+    }
+    if args.root_disk.is_some() || !args.attach.is_empty() {
+        line += " hcp_vm.sync=1";
+    }
+    if args.systemd {
+        line += &format!(" hcp_vm.systemd=1 systemd.machine_id={MACHINE_ID} systemd.hostname=hcp-vm");
+        // The journal on the console: the console log then tells why a boot failed.
+        line += " systemd.journald.forward_to_console=1";
+        if args.verbose {
+            line += " systemd.show_status=1";
+        }
+    }
+    line
+}
+
+/// `vda` for the first virtio disk, `vdb` for the second, ..., `vdaa` after `vdz`.
+fn virtio_disk_name(index: usize) -> String {
+    let letter = |i: usize| char::from(b'a' + (i % 26) as u8);
+    match index / 26 {
+        0 => format!("vd{}", letter(index)),
+        n => format!("vd{}{}", letter(n - 1), letter(index)),
+    }
+}
+
+/// Makes `path` a sparse [`ROOT_DISK_SIZE`] image holding an empty ext4,
+/// unless it exists.
+fn ensure_root_disk(path: &Path) -> Result<()> {
+    if path.exists() {
+        ensure!(path.is_file(), "--root-disk {}: not an image file", path.display());
+        return Ok(());
+    }
+    // A private name until mkfs is done: an interrupted run leaves no half-made disk.
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(format!(".partial.{}", std::process::id()));
+    let partial = PathBuf::from(partial);
+    let made = File::create(&partial)
+        .and_then(|f| f.set_len(ROOT_DISK_SIZE))
+        .with_context(|| format!("creating {}", partial.display()))
+        .and_then(|()| {
+            let status = Command::new("mkfs.ext4")
+                .args(["-F", "-q", "-L", "hcp-vm-root"])
+                .arg(&partial)
+                .status()
+                .context("running mkfs.ext4 (apt-get install e2fsprogs)")?;
+            ensure!(status.success(), "mkfs.ext4 failed ({status}) on {}", partial.display());
+            Ok(())
+        })
+        .and_then(|()| fs::rename(&partial, path).with_context(|| format!("renaming to {}", path.display())));
+    if made.is_err() {
+        fs::remove_file(&partial).ok();
+    }
+    made.with_context(|| format!("making the root disk {}", path.display()))
 }
 
 /// What happened to qemu.
@@ -488,5 +610,16 @@ fn prune(runs: &Path) {
         if idle.is_some_and(|idle| idle > KEEP_RUNS) {
             fs::remove_dir_all(e.path()).ok();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtio_disk_names_follow_the_kernels() {
+        let names: Vec<String> = [0, 1, 25, 26, 27, 51, 52].into_iter().map(virtio_disk_name).collect();
+        assert_eq!(names, ["vda", "vdb", "vdz", "vdaa", "vdab", "vdaz", "vdba"]);
     }
 }

@@ -137,6 +137,9 @@ fn guest_run(kernel: GuestKernel, parts: &[&str], p: &Params) -> Result<Value> {
         release: true,
         no_build: true,
         verbose: false,
+        attach: vec![],
+        root_disk: None,
+        systemd: false,
         cmd,
     };
     let (code, out) = crate::vm::run_keeping_output(&args)?;
