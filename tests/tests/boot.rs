@@ -147,8 +147,9 @@ fn prepare() {
     let said = String::from_utf8_lossy(&remove.stderr);
     assert!(!remove.status.success(), "dpkg -r went through with an enrolled partition");
     assert!(said.contains("refusing to remove hcp") && said.contains("hcp unenroll"), "{said}");
+    // (dpkg now records the wish, "deinstall"; the package stays installed.)
     let status = run("dpkg-query", &["-W", "-f=${Status}", "hcp"]);
-    assert_eq!(status, "install ok installed");
+    assert!(status.ends_with(" ok installed"), "{status}");
     assert!(Path::new(HCP).exists());
 
     // The Prometheus timer, where node_exporter would collect.
@@ -200,11 +201,15 @@ fn enrolled() {
 #[ignore = "a phase of the boot test: cargo xtask test runs it in its own VM"]
 fn missing() {
     phase("missing");
-    assert!(!Path::new(DISK).exists(), "this boot is run without the data disk");
-    let (state, failed) = settled_boot();
-    assert_eq!(state, "degraded", "the boot must end, with the unit failed: {failed}");
+    // The root disk is the only one now: /dev/vda, unpartitioned.
+    assert!(!Path::new(PART).exists(), "this boot is run without the data disk");
+    // The command starts once the boot reached multi-user.target; the
+    // mapping's device may still be waited for in the background (the
+    // mount is `nofail`), so the boot is not settled, and need not be.
     assert_eq!(unit_property("multi-user.target", "ActiveState"), "active", "the boot reached its target");
     assert_eq!(unit_property("hcp-activate.service", "ActiveState"), "failed");
+    assert_eq!(unit_property("hcp-activate.service", "Result"), "exit-code");
+    let failed = run("systemctl", &["list-units", "--failed", "--plain", "--no-legend"]);
     assert!(failed.contains("hcp-activate.service"), "{failed}");
     assert!(mountinfo_line(MOUNT).is_none(), "{MOUNT} is mounted without its disk");
 

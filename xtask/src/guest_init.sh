@@ -73,8 +73,10 @@ MASK_GENERATORS="postgresql-generator systemd-sysv-generator
 # Makes the host's systemd PID 1, in $R. It finds proc, sys, dev, run,
 # cgroup2 and the rest mounted already and keeps them. The command runs as
 # hcp-vm-command.service, wanted by multi-user.target and ordered after it
-# and the default target: it waits for the boot's last jobs too (is-system-running
-# --wait), so the system is "running" (or "degraded") when it starts. Its
+# and the default target, so the boot has reached its target when it
+# starts. Jobs may still be pending then (a device waited for in the
+# background, as a `nofail` mount's is): a command that needs the boot
+# settled runs `systemctl is-system-running --wait` itself. Its
 # end powers the machine off cleanly (SuccessAction/FailureAction: every
 # service is stopped, file systems unmounted, in order; about 3 s, against
 # under 1 s for poweroff-force, which would skip the units' ExecStop).
@@ -89,7 +91,6 @@ boot_systemd() {
 	cat >$R/run/hcp-vm-command <<-'EOF'
 	#!/bin/sh
 	# Run by hcp-vm-command.service; written by the guest's init.
-	systemctl is-system-running --wait >/dev/null
 	. /run/hcp-vm-ctl/command || exit 1
 	echo "hcp-vm: command start" >/dev/console
 	"$@" </dev/null >/run/hcp-vm-ctl/stdout 2>/run/hcp-vm-ctl/stderr

@@ -21,10 +21,19 @@ pub struct TestArgs {
     /// Skip the VM tests (a quicker loop while developing; CI never skips).
     #[arg(long)]
     no_vm: bool,
+    /// Only the boot test: build the package and boot it on each kernel
+    /// (set-up, lints and the other tests are skipped).
+    #[arg(long, conflicts_with = "no_vm")]
+    boot_only: bool,
 }
 
 pub fn run(args: &TestArgs) -> Result<()> {
     let started = Instant::now();
+    let kernels =
+        if args.kernels.is_empty() { vec![GuestKernel::V6_1, GuestKernel::V6_12] } else { args.kernels.clone() };
+    if args.boot_only {
+        return boot_only(&kernels);
+    }
     setup::run()?;
     cargo("format", &["fmt", "--all", "--check"])?;
     cargo("lint (user space)", &["clippy", "--all-targets", "--", "-D", "warnings"])?;
@@ -53,12 +62,27 @@ pub fn run(args: &TestArgs) -> Result<()> {
         let step = Instant::now();
         let deb = crate::dist::build(&crate::dist::DistArgs::default())?;
         eprintln!("xtask test: package and lintian: ok ({:.0} s)", step.elapsed().as_secs_f64());
-        let kernels =
-            if args.kernels.is_empty() { vec![GuestKernel::V6_1, GuestKernel::V6_12] } else { args.kernels.clone() };
         let reports = vm_tests(&kernels, &binaries, &deb)?;
         report_view(&reports)?;
     }
     eprintln!("xtask test: all checks passed in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `--boot-only`: the package, then the boot test on each kernel, one
+/// after the other.
+fn boot_only(kernels: &[GuestKernel]) -> Result<()> {
+    let binaries = integration_test_binaries()?;
+    let deb = crate::dist::build(&crate::dist::DistArgs::default())?;
+    for &kernel in kernels {
+        let step = Instant::now();
+        let log_path = crate::cache_dir().join(format!("boot-test-{kernel}.log"));
+        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let result = crate::boot::run(kernel, &binaries.boot, &deb, &log);
+        eprint!("{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+        result?;
+        eprintln!("xtask test: boot test on Linux {kernel}: ok ({:.0} s)", step.elapsed().as_secs_f64());
+    }
     Ok(())
 }
 
