@@ -19,13 +19,6 @@ const MIB: u64 = 1024 * KIB;
 
 /// The smallest volume of each filesystem (mkfs.xfs wants 300 MB): every
 /// test below reads its devices whole, which emulation makes slow.
-fn volume_mib(fs_type: Fs) -> u64 {
-    match fs_type {
-        Fs::Ext4 => 64,
-        Fs::Xfs => 320,
-    }
-}
-
 fn start(vol: &Volume, chunk: &str) -> String {
     let started =
         hcp_json(&["start", "--skip-mount", "--chunk-size", chunk, "-q", "48M", vol.path().to_str().unwrap()]);
@@ -107,7 +100,7 @@ fn differing_chunks(a: &Path, b: &Path, size: u64, chunk_bytes: u64) -> BTreeSet
 fn filesystem_changes_cover_every_differing_chunk(fs_type: Fs) {
     require_root();
     let _serial = serial();
-    let mib = volume_mib(fs_type);
+    let mib = fs_type.volume_mib();
     let mut vol = Volume::new(&format!("t-chg-fs-{fs_type:?}").to_lowercase(), mib);
     let dir = vol.mount(fs_type);
     write_files(&dir, "before");
@@ -155,7 +148,7 @@ fn xfs_changes_cover_every_chunk_that_differs_from_the_snapshot() {
 fn full_export_under_a_writer(fs_type: Fs) {
     require_root();
     let _serial = serial();
-    let mib = volume_mib(fs_type);
+    let mib = fs_type.volume_mib();
     let mut vol = Volume::new(&format!("t-exp-{fs_type:?}").to_lowercase(), mib);
     let dir = vol.mount(fs_type);
     write_files(&dir, "before");

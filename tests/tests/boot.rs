@@ -12,7 +12,8 @@
 //!    through the mapping; `hcp start` by the partition's name snapshots it
 //!    live; the timer's service writes the Prometheus file.
 //! 3. `missing` (booted with systemd, the disk left out): the boot reaches
-//!    its target, the unit is failed, `hcp activate` names the device.
+//!    its target, the unit is failed, `hcp activate` names the device; then
+//!    the package is purged with `HCP_REMOVE_ANYWAY=1`, keeping the data.
 //!
 //! They are not VM-suite tests (the suite's single run would take them in
 //! the wrong order, without the reboots): `cargo xtask test` leaves them out
@@ -111,7 +112,10 @@ fn prepare() {
     run("dd", &["if=/dev/urandom", &format!("of={PROBE}"), "bs=1M", "count=8", "status=none"]);
     fs::write(PROBE_SUM, sha256(Path::new(PROBE))).unwrap();
 
-    // The package, as an operator installs it.
+    // The package, as an operator installs it. (man-db's trigger would
+    // re-index every page of the host's userland under emulation: off, as
+    // its debconf question man-db/auto-update would turn it off.)
+    let _ = fs::remove_file("/var/lib/man-db/auto-update");
     let deb = std::env::var("HCP_DEB").expect("HCP_DEB: the package to install");
     let install = Command::new("dpkg").args(["-i", &deb]).output().unwrap();
     assert!(install.status.success(), "dpkg -i: {}", String::from_utf8_lossy(&install.stderr));
@@ -217,4 +221,25 @@ fn missing() {
     assert_ne!(code, 0, "{report}");
     let error = report[0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("is not there") && error.contains("attach the disk"), "{report}");
+
+    // Purged by an operator who insists: it goes, warning loudly, and what
+    // holds data stays (the enrollment record, the backup of fstab).
+    let records: Vec<_> = fs::read_dir("/etc/hcp/enrolled").unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let purge = Command::new("dpkg").args(["--purge", "hcp"]).env("HCP_REMOVE_ANYWAY", "1").output().unwrap();
+    let said = String::from_utf8_lossy(&purge.stderr);
+    assert!(purge.status.success(), "dpkg --purge: {said}");
+    assert!(
+        said.contains("WARNING: removing hcp although it still has") && said.contains("enrolled partitions"),
+        "{said}"
+    );
+    assert!(said.contains("kept /etc/hcp"), "{said}");
+    assert!(!Path::new(HCP).exists());
+    assert!(!Path::new("/lib/systemd/system/hcp-activate.service").exists());
+    assert!(!Path::new("/etc/systemd/system/sysinit.target.wants/hcp-activate.service").exists());
+    assert!(records[0].exists(), "purging removed the enrollment record");
+    let backups = fs::read_dir("/etc")
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("fstab.hcp-"));
+    assert_eq!(backups.count(), 1, "the fstab backup --edit-fstab made is kept");
 }

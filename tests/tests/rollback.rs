@@ -131,7 +131,7 @@ fn assert_session_gone(vol: &Volume, table: &str, before: &SystemState) {
 fn rollback_of_an_unmounted_origin(fs_type: Fs, traced: bool) {
     require_root();
     let _serial = serial();
-    let mut vol = Volume::new(&format!("t-rb-off-{fs_type:?}").to_lowercase(), 320);
+    let mut vol = Volume::new(&format!("t-rb-off-{fs_type:?}").to_lowercase(), fs_type.volume_mib());
     let dir = vol.mount(fs_type);
     let files = fill_origin(&dir);
     let table = vol.table();
@@ -207,7 +207,8 @@ const REWRITTEN_BLOCKS: u64 = 4000;
 fn rollback_now_of_a_mounted_origin(fs_type: Fs) {
     require_root();
     let _serial = serial();
-    let mut vol = Volume::new(&format!("t-rb-now-{fs_type:?}").to_lowercase(), 320);
+    // (Room for BIG beside the files on ext4 too.)
+    let mut vol = Volume::new(&format!("t-rb-now-{fs_type:?}").to_lowercase(), fs_type.volume_mib().max(96));
     let dir = vol.mount(fs_type);
     let mut files = fill_origin(&dir);
     let big: Vec<u8> = (0..BIG).map(|i| (i / 4096) as u8 ^ 0x5a).collect();
