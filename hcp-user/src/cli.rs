@@ -200,8 +200,9 @@ enum Command {
         /// planned interruption, measured and reported).
         #[arg(long)]
         now: bool,
-        /// Change the /etc/fstab line that mounts it to name the mapping
-        /// (keeping a backup), as boot needs.
+        /// Change the /etc/fstab line that mounts it to name the mapping,
+        /// as boot needs: mounted after hcp-activate.service, and `nofail`
+        /// so that a missing disk does not stop the boot (keeping a backup).
         #[arg(long)]
         edit_fstab: bool,
     },
@@ -213,7 +214,8 @@ enum Command {
         /// itself again, at the same place with the same options.
         #[arg(long)]
         now: bool,
-        /// Change the /etc/fstab line back to name the device (keeping a backup).
+        /// Change the /etc/fstab line back to name the device, without the
+        /// options enroll added (keeping a backup).
         #[arg(long)]
         edit_fstab: bool,
     },
