@@ -108,9 +108,7 @@ pub fn build(args: &DistArgs) -> Result<PathBuf> {
     let changelog = out.join("changelog");
     fs::write(&changelog, changelog_text(&version, &root)?)?;
     gzip_into(&changelog, &doc)?;
-    copy(&root.join("README.md"), &doc.join("README.md"), 0o644)?;
-    gzip_into(&doc.join("README.md"), &doc)?;
-    fs::remove_file(doc.join("README.md"))?;
+    gzip_into(&root.join("README.md"), &doc)?;
 
     let debian = stage.join("DEBIAN");
     fs::create_dir_all(&debian)?;
