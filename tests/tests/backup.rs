@@ -178,12 +178,18 @@ fn full_export_under_a_writer(fs_type: Fs) {
     assert!(done["hole_bytes"].as_u64().unwrap() > 0, "an almost empty filesystem leaves holes: {done}");
     assert_eq!(fs::metadata(&image).unwrap().len(), mib * MIB);
     assert!(!hcp::session::partial_path(&image).exists());
-    let piped = run("sh", &["-c", &format!("{} export {id} --to - | sha256sum", hcp_bin().display())]);
+    // Standard output is the same read path with another sink, whatever the
+    // filesystem: checked on the small ext4 volume only (a second pass
+    // over xfs's 320 MiB costs most of a minute under emulation).
+    let piped = (fs_type == Fs::Ext4)
+        .then(|| run("sh", &["-c", &format!("{} export {id} --to - | sha256sum", hcp_bin().display())]));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
     let expected = sha256(&snapshot);
     assert_eq!(sha256(&image), expected, "the image is the snapshot device");
-    assert_eq!(piped.split_whitespace().next(), Some(expected.as_str()), "standard output too");
+    if let Some(piped) = piped {
+        assert_eq!(piped.split_whitespace().next(), Some(expected.as_str()), "standard output too");
+    }
     // Not over an existing file.
     let again = hcp(&["export", &id, "--to", image.to_str().unwrap()]);
     assert_eq!(again.code, 2, "{}", again.stderr);
