@@ -115,8 +115,9 @@ pub fn build(args: &DistArgs) -> Result<PathBuf> {
     for script in MAINTAINER_SCRIPTS {
         copy(&dist.join("debian").join(script), &debian.join(script), 0o755)?;
     }
-    write(&debian.join("md5sums"), md5sums(&stage)?.as_bytes(), 0o644)?;
-    let control = control(&version, &depends(&out, &hcp)?, installed_size_kib(&stage)?);
+    let payload = payload_files(&stage)?;
+    write(&debian.join("md5sums"), md5sums(&stage, &payload)?.as_bytes(), 0o644)?;
+    let control = control(&version, &depends(&out, &hcp)?, installed_size_kib(&stage, &payload)?);
     write(&debian.join("control"), control.as_bytes(), 0o644)?;
 
     let deb = out.join(format!("{PACKAGE}_{version}_amd64.deb"));
@@ -258,29 +259,35 @@ fn changelog_text(version: &str, root: &Path) -> Result<String> {
     ))
 }
 
-/// `md5sum`'s lines for every file below `stage` (but DEBIAN/).
-fn md5sums(stage: &Path) -> Result<String> {
-    let mut files = Vec::new();
-    walk(stage, &mut files)?;
-    files.retain(|f| !f.starts_with(stage.join("DEBIAN")));
-    files.sort();
-    let rel: Vec<PathBuf> =
-        files.iter().map(|f| f.strip_prefix(stage).map(Path::to_path_buf)).collect::<Result<_, _>>()?;
-    let out = Command::new("md5sum").args(&rel).current_dir(stage).output().context("running md5sum")?;
+/// `md5sum`'s lines for the payload.
+fn md5sums(stage: &Path, payload: &[PathBuf]) -> Result<String> {
+    let out = Command::new("md5sum").args(payload).current_dir(stage).output().context("running md5sum")?;
     ensure!(out.status.success(), "md5sum failed: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8(out.stdout)?)
 }
 
 /// Installed-Size: KiB of the files, as dpkg-gencontrol counts them
 /// (each file rounded up to a KiB).
-fn installed_size_kib(stage: &Path) -> Result<u64> {
-    let mut files = Vec::new();
-    walk(stage, &mut files)?;
+fn installed_size_kib(stage: &Path, payload: &[PathBuf]) -> Result<u64> {
     let mut kib = 0;
-    for f in files.iter().filter(|f| !f.starts_with(stage.join("DEBIAN"))) {
-        kib += fs::metadata(f)?.len().div_ceil(1024);
+    for f in payload {
+        kib += fs::metadata(stage.join(f))?.len().div_ceil(1024);
     }
     Ok(kib)
+}
+
+/// The files the package installs (all of `stage` but DEBIAN/), relative
+/// to it and sorted.
+fn payload_files(stage: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    walk(stage, &mut files)?;
+    let mut payload: Vec<PathBuf> = files
+        .iter()
+        .filter(|f| !f.starts_with(stage.join("DEBIAN")))
+        .map(|f| f.strip_prefix(stage).map(Path::to_path_buf))
+        .collect::<Result<_, _>>()?;
+    payload.sort();
+    Ok(payload)
 }
 
 fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {

@@ -173,20 +173,20 @@ fn vm_tests(kernels: &[GuestKernel], binaries: &TestBinaries, deb: &Path) -> Res
             .map(|&kernel| {
                 let log_path = logs.join(format!("linux-{kernel}.log"));
                 eprintln!("xtask test: VM tests on Linux {kernel}: running, output in {}", log_path.display());
+                let log = log_path.clone();
                 let slot = scope.spawn(move || -> Result<()> {
-                    let log =
-                        std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+                    let log = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
                     suite(kernel, &binaries.suite, &log)?;
                     crate::boot::run(kernel, &binaries.boot, deb, &log)
                 });
-                (kernel, slot)
+                (kernel, log_path, slot)
             })
             .collect();
         slots
             .into_iter()
-            .map(|(kernel, slot)| {
+            .map(|(kernel, log_path, slot)| {
                 let result = slot.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the VM slot panicked")));
-                (kernel, logs.join(format!("linux-{kernel}.log")), result)
+                (kernel, log_path, result)
             })
             .collect()
     });

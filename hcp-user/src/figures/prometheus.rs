@@ -59,9 +59,6 @@
 //! `biolatency` does.
 
 use std::fmt::{self, Write as _};
-use std::fs::{self, OpenOptions};
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use hcp_common::hist::{bucket_of, LatencyHist, LINEAR_BUCKETS, OCTAVES, UNIT_NS};
@@ -237,7 +234,6 @@ fn loss_reasons(l: &Losses) -> [(&'static str, u64); 6] {
 /// The temporary name starts with a dot and lacks `.prom`: the collector
 /// skips it.
 pub fn write_textfile(path: &Path, text: &str) -> Result<()> {
-    let fail = |what: &str, e: std::io::Error| Error::io(format!("{what} {}", path.display()), e);
     let name = path
         .file_name()
         .ok_or_else(|| Error::usage(format!("--output {}: give a file name, such as hcp.prom", path.display())))?;
@@ -250,19 +246,9 @@ pub fn write_textfile(path: &Path, text: &str) -> Result<()> {
         )));
     }
     let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    let written = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
-        // Whatever the umask: the collector reads it as its own user.
-        f.set_permissions(fs::Permissions::from_mode(0o644))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(fail("writing", e));
-    }
-    Ok(())
+    // World-readable: the collector reads it as its own user.
+    crate::state::private::replace_file(&tmp, path, text.as_bytes(), 0o644)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
 /// `stats` in the text exposition format, one family after another. Give

@@ -202,21 +202,32 @@ pub(crate) fn parse_record<T: serde::de::DeserializeOwned>(
 pub(crate) fn write_private_file(dir: &Path, owner: u32, name: &str, text: &[u8], what: &str) -> Result<()> {
     ensure_dir(dir, owner)?;
     let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
+    replace_file(&dir.join(format!(".{name}.tmp")), &path, text, 0o600)
+        .map_err(|e| Error::io(format!("writing {what} {}", path.display()), e))
+}
+
+/// Replaces `path` with `bytes` (mode `mode`, whatever the umask) through
+/// `tmp`, a name beside it, so that a reader, or a crash, sees the old or
+/// the new file, never a torn one. A failed write takes `tmp` away.
+pub(crate) fn replace_file(tmp: &Path, path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let write = || -> std::io::Result<()> {
         // A leftover of a crashed write goes first: the new one is made
         // with O_EXCL, which never follows a symlink either.
-        match fs::remove_file(&tmp) {
+        match fs::remove_file(tmp) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        f.write_all(text)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(tmp)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
         f.sync_all()?;
-        fs::rename(&tmp, &path)?;
+        fs::rename(tmp, path)?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         File::open(dir)?.sync_all()
     };
-    write().map_err(|e| Error::io(format!("writing {what} {}", path.display()), e))
+    write().inspect_err(|_| {
+        let _ = fs::remove_file(tmp);
+    })
 }
 
 /// Helpers for the tests of every file rule (records, the lock).
