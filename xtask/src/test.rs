@@ -53,6 +53,10 @@ pub fn run(args: &TestArgs) -> Result<()> {
             "warnings",
         ],
     )?;
+    // The hcp binary the integration tests run (target/debug/hcp), on the
+    // host and in the VM: `cargo test` builds a package's binaries only for
+    // that package's own tests, and the integration tests are a crate apart.
+    cargo("build hcp", &["build", "-p", "hcp-user", "--bin", "hcp"])?;
     // Unit tests, and the integration tests that need root and loop devices
     // (eBPF on the host kernel). Device-mapper tests are #[ignore]d here.
     cargo("unit and host tests", &["test"])?;
@@ -157,14 +161,6 @@ fn integration_test_binaries() -> Result<TestBinaries> {
 /// log of its own, printed whole once it ends, so outputs never interleave.
 fn vm_tests(kernels: &[GuestKernel], binaries: &TestBinaries, deb: &Path) -> Result<Vec<PathBuf>> {
     let step = Instant::now();
-    let status = Command::new("cargo")
-        .args(["build", "-p", "hcp-user", "--bin", "hcp"])
-        .current_dir(workspace_root())
-        .status()
-        .context("running cargo")?;
-    if !status.success() {
-        bail!("building hcp for the VM tests failed ({status})");
-    }
     let logs = crate::cache_dir().join("vm-tests");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let outcomes: Vec<(GuestKernel, PathBuf, Result<()>)> = std::thread::scope(|scope| {
