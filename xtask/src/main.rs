@@ -34,7 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install packages, toolchain parts and guest kernels this machine lacks.
-    Setup,
+    Setup(setup::SetupArgs),
     /// Boot a guest kernel and run CMD in the host's userland inside it.
     Vm(vm::VmArgs),
     /// Run every check CI runs.
@@ -64,7 +64,7 @@ pub fn cache_dir() -> PathBuf {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Setup => setup::run().map(|()| 0),
+        Task::Setup(args) => setup::run_with(&args).map(|()| 0),
         Task::Vm(args) => vm::run(&args),
         Task::Test(args) => test::run(&args).map(|()| 0),
         Task::Demo(args) => demo::run(&args).map(|()| 0),

@@ -16,7 +16,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "the test VM's init"),
     ("udev", "the test VM booted with systemd (cargo xtask vm --systemd)"),
     ("fdisk", "partitioning test disks (sfdisk)"),
-    ("xz-utils", "unpacking the 6.1 guest kernel and the 6.12 modules"),
+    ("xz-utils", "unpacking the 5.10 and 6.1 guest kernels, the 6.12 modules and Debian 11's package index"),
+    ("curl", "fetching the 5.10 guest kernel from Debian 11's archive"),
     ("zstd", "unpacking the 6.12 guest kernel"),
     ("libdevmapper-dev", "the devicemapper crate"),
     ("pkg-config", "the devicemapper crate's build"),
@@ -42,13 +43,26 @@ const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
 /// LLVM 22 (see README, "Toolchains").
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+#[derive(clap::Args)]
+pub struct SetupArgs {
+    /// Look up the newest 5.10 guest kernel in Debian 11's archive now (it
+    /// is otherwise looked up at most once a day; 6.1 and 6.12 follow apt's
+    /// lists, which `apt-get update` refreshes).
+    #[arg(long)]
+    pub refresh_kernels: bool,
+}
+
 pub fn run() -> Result<()> {
+    run_with(&SetupArgs { refresh_kernels: false })
+}
+
+pub fn run_with(args: &SetupArgs) -> Result<()> {
     let started = Instant::now();
     debian_packages()?;
     nightly_components()?;
     bpf_linker()?;
-    for k in [GuestKernel::V6_1, GuestKernel::V6_12] {
-        let unpacked = kernel::ensure(k)?;
+    for k in [GuestKernel::V6_1, GuestKernel::V6_12, GuestKernel::V5_10] {
+        let unpacked = kernel::ensure_with(k, args.refresh_kernels)?;
         eprintln!("setup: guest kernel {k}: {}", unpacked.release);
     }
     eprintln!("setup: done in {:.1} s", started.elapsed().as_secs_f64());

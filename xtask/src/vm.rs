@@ -70,7 +70,7 @@ use crate::kernel::{self, GuestKernel, Unpacked};
 
 #[derive(clap::Args)]
 pub struct VmArgs {
-    /// Guest kernel: Debian's 6.1 or 6.12.
+    /// Guest kernel: Debian 12's 6.1 or 6.12, or Debian 11's 5.10.
     #[arg(long, default_value = "6.1")]
     pub kernel: GuestKernel,
     /// Add an empty sparse virtio disk, deleted after the run: 64M, 1G, 512K
