@@ -123,39 +123,77 @@ pub fn in_flight_slot(object: u64) -> u32 {
     ((object >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - IN_FLIGHT_BITS)) as u32
 }
 
+/// How the running kernel names the device a bio is for, in
+/// [`BioLayout::bio_device`].
+///
+/// Linux 5.11 and later: `bio->bi_bdev`, a `struct block_device`, the
+/// partition's own when the bio is for a partition.
+pub const BIO_BDEV: u32 = 0;
+/// Linux 5.10 and earlier: `bio->bi_disk` and `bio->bi_partno`; partition
+/// `n` is `bi_disk->part_tbl->part[n]`, a `struct hd_struct`, and 0 the
+/// whole disk.
+pub const BIO_DISK: u32 = 1;
+
 /// Offsets inside kernel structs, read from the running kernel's BTF by
-/// user space and written into the read-only global `BIO_LAYOUT`, and the
-/// one request flag the programs test.
+/// user space and written into the read-only global `BIO_LAYOUT`, the one
+/// request flag the programs test, and where the tracepoints that changed
+/// their prototypes hand over their arguments. Members the running kernel
+/// does not have stay 0, on the branch the programs never take there.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BioLayout {
-    /// `struct bio` -> `struct block_device *bi_bdev`
+    /// [`BIO_BDEV`] or [`BIO_DISK`].
+    pub bio_device: u32,
+    /// `struct bio` -> `struct block_device *bi_bdev` ([`BIO_BDEV`])
     pub bio_bdev: u32,
+    /// `struct bio` -> `struct gendisk *bi_disk` ([`BIO_DISK`])
+    pub bio_disk: u32,
+    /// `struct bio` -> `u8 bi_partno` ([`BIO_DISK`])
+    pub bio_partno: u32,
+    /// `struct gendisk` -> `struct disk_part_tbl *part_tbl` ([`BIO_DISK`])
+    pub disk_part_tbl: u32,
+    /// `struct disk_part_tbl` -> `struct hd_struct *part[]` ([`BIO_DISK`])
+    pub part_tbl_part: u32,
+    /// The `dev_t` of a partition object, the type `request.part` points
+    /// to: `block_device.bd_dev` ([`BIO_BDEV`]), `hd_struct.__dev.devt`
+    /// ([`BIO_DISK`]).
+    pub part_dev: u32,
     /// `struct bio` -> `blk_opf_t bi_opf`
     pub bio_opf: u32,
     /// `struct bio` -> `bi_iter.bi_size` (bytes left to do: all of them
     /// when the bio is queued or remapped)
     pub bio_size: u32,
-    /// `struct block_device` -> `dev_t bd_dev`
-    pub bdev_dev: u32,
     /// `struct gendisk` -> `int major`
     pub disk_major: u32,
     /// `struct gendisk` -> `int first_minor`
     pub disk_first_minor: u32,
-    /// `struct request` -> `struct block_device *part`
+    /// `struct request` -> `part`, a partition object (see `part_dev`)
     pub rq_part: u32,
     /// `struct request` -> `blk_opf_t cmd_flags`
     pub rq_cmd_flags: u32,
     /// `struct request` -> `unsigned int __data_len` (bytes left to
     /// complete: `blk_rq_bytes()`)
     pub rq_data_len: u32,
+    /// 1: a request's disk is `rq->q->disk` (`rq_q`, `queue_disk`), on
+    /// kernels whose queue knows its disk; 0: `rq->rq_disk` (`rq_disk`),
+    /// on those before.
+    pub rq_disk_via_queue: u32,
     /// `struct request` -> `struct request_queue *q`
     pub rq_q: u32,
     /// `struct request_queue` -> `struct gendisk *disk`
     pub queue_disk: u32,
+    /// `struct request` -> `struct gendisk *rq_disk`
+    pub rq_disk: u32,
     /// `REQ_FUA` (`1 << __REQ_FUA`), the bit of `bi_opf` and `cmd_flags`
     /// that marks a forced-unit-access write.
     pub req_fua: u32,
+    /// Which of `block_bio_queue`'s arguments is the bio (Linux 5.10 passes
+    /// the queue first).
+    pub bio_queue_arg: u32,
+    /// Which of `block_bio_remap`'s arguments is the bio, and which the
+    /// `dev_t` it was remapped from.
+    pub bio_remap_arg: u32,
+    pub bio_remap_dev_arg: u32,
 }
 
 /// Events that could not be measured, per device. Reported beside every

@@ -10,6 +10,11 @@
 //! each program attached to an event is one more indirect call on every
 //! I/O: one program per event does the work of both.
 //!
+//! Each program that records or takes a start comes twice: as itself,
+//! keeping starts in the in-flight table, and with `_hm`, keeping them in
+//! the hash map only, for kernels that refuse the table's atomic
+//! instructions (see `in_flight`). User space loads one set.
+//!
 //! Attached by user space in the order of `hcp::tracer::object::BLOCK_PROGRAMS`.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
@@ -17,46 +22,83 @@ use hcp_common::bio::Level;
 
 use crate::{block_io, block_io::Traced, io_latency, kernel};
 
-#[btf_tracepoint(function = "block_bio_queue")]
-pub fn bio_queue(ctx: BtfTracePointContext) -> i32 {
-    // TP_PROTO(struct bio *bio)
-    let bio: u64 = ctx.arg(0);
-    match kernel::bio(bio) {
-        Some(b) => {
-            let Some(dev) = Traced::get(b.dev) else { return 0 };
-            dev.bio_queued(b.opf, b.bytes);
-            // A request-based device's bios are never completed at this
-            // level: its requests are timed (see `bio::REQUEST_BASED`).
-            if !dev.request_based() {
-                io_latency::on_start(bio, Level::Bio, b.dev, b.opf);
-            }
+/// One program per in-flight mode: `$table` keeps starts in the in-flight
+/// table, `$hash_map` in the hash map only (see the module comment).
+macro_rules! both_modes {
+    ($event:literal, $table:ident, $hash_map:ident, $handler:ident) => {
+        #[btf_tracepoint(function = $event)]
+        pub fn $table(ctx: BtfTracePointContext) -> i32 {
+            $handler::<true>(&ctx)
         }
+
+        #[btf_tracepoint(function = $event)]
+        pub fn $hash_map(ctx: BtfTracePointContext) -> i32 {
+            $handler::<false>(&ctx)
+        }
+    };
+}
+
+both_modes!("block_bio_queue", bio_queue, bio_queue_hm, on_bio_queue);
+both_modes!("block_bio_complete", bio_complete, bio_complete_hm, on_bio_complete);
+both_modes!("block_rq_issue", rq_issue, rq_issue_hm, on_rq_issue);
+both_modes!("block_rq_requeue", rq_requeue, rq_requeue_hm, on_rq_requeue);
+both_modes!("block_rq_complete", rq_complete, rq_complete_hm, on_rq_complete);
+
+#[inline(always)]
+fn on_bio_queue<const TABLE: bool>(ctx: &BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct bio *bio); Linux 5.10: (struct request_queue *q,
+    // struct bio *bio).
+    let bio = kernel::bio_queue_bio(ctx);
+    match kernel::bio(bio) {
+        Some(b) => queued::<TABLE>(bio, b),
         None => io_latency::read_error(),
     }
     0
 }
 
-#[btf_tracepoint(function = "block_bio_remap")]
-pub fn bio_remap(ctx: BtfTracePointContext) -> i32 {
-    // TP_PROTO(struct bio *bio, dev_t dev, sector_t from): `bio` already
-    // points at the device it is passed down to; `dev` is where it was.
-    let bio: u64 = ctx.arg(0);
-    let from: u64 = ctx.arg(1);
+/// Bio `bio` (`b`) is queued on its device.
+#[inline(always)]
+fn queued<const TABLE: bool>(bio: u64, b: kernel::Bio) {
+    let Some(dev) = Traced::get(b.dev) else { return };
+    dev.bio_queued(b.opf, b.bytes);
+    // A request-based device's bios are never completed at this level: its
+    // requests are timed (see `bio::REQUEST_BASED`).
+    if !dev.request_based() {
+        io_latency::on_start::<TABLE>(bio, Level::Bio, b.dev, b.opf);
+    }
+}
+
+both_modes!("block_bio_remap", bio_remap, bio_remap_hm, on_bio_remap);
+
+#[inline(always)]
+fn on_bio_remap<const TABLE: bool>(ctx: &BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct bio *bio, dev_t dev, sector_t from), the queue first
+    // on Linux 5.10: `bio` already points at the device it is passed down
+    // to; `dev` is where it was.
+    let (bio, from) = kernel::bio_remap_args(ctx);
     match kernel::bio(bio) {
         // A partition's own remap onto its disk keeps the bio's device (the
-        // partition): not a pass-down between devices.
-        Some(b) if b.dev == from as u32 => {}
+        // partition): not a pass-down between devices. Before Linux 5.11 it
+        // is the partition's last event: the bio is on the disk by its
+        // queue event, so it is counted for the partition here, as the
+        // queue event counts it on later kernels. (Its disk counts it too
+        // there, if traced: a disk whose partition is in use cannot be.)
+        Some(b) if b.dev == from as u32 => {
+            if kernel::partition_bios_queued_at_remap() {
+                queued::<TABLE>(bio, b);
+            }
+        }
         Some(b) => block_io::bio_remapped(b.dev, from as u32, b.opf, b.bytes),
         None => io_latency::read_error(),
     }
     0
 }
 
-#[btf_tracepoint(function = "block_bio_complete")]
-pub fn bio_complete(ctx: BtfTracePointContext) -> i32 {
+#[inline(always)]
+fn on_bio_complete<const TABLE: bool>(ctx: &BtfTracePointContext) -> i32 {
     // TP_PROTO(struct request_queue *q, struct bio *bio)
     let bio: u64 = ctx.arg(1);
-    if !io_latency::on_complete(bio) {
+    if !io_latency::on_complete::<TABLE>(bio) {
         // The bio's device now may be another than at its start (a
         // partition's bio is on its disk by now): only a traced one's
         // completion without a start is a loss.
@@ -69,28 +111,28 @@ pub fn bio_complete(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-#[btf_tracepoint(function = "block_rq_issue")]
-pub fn rq_issue(ctx: BtfTracePointContext) -> i32 {
+#[inline(always)]
+fn on_rq_issue<const TABLE: bool>(ctx: &BtfTracePointContext) -> i32 {
     // TP_PROTO(struct request *rq)
     let rq: u64 = ctx.arg(0);
     match kernel::request_part(rq) {
-        Some((dev, opf)) if Traced::get(dev).is_some() => io_latency::on_start(rq, Level::Request, dev, opf),
+        Some((dev, opf)) if Traced::get(dev).is_some() => io_latency::on_start::<TABLE>(rq, Level::Request, dev, opf),
         Some(_) => {}
         None => io_latency::read_error(),
     }
     0
 }
 
-#[btf_tracepoint(function = "block_rq_requeue")]
-pub fn rq_requeue(ctx: BtfTracePointContext) -> i32 {
+#[inline(always)]
+fn on_rq_requeue<const TABLE: bool>(ctx: &BtfTracePointContext) -> i32 {
     // TP_PROTO(struct request *rq): neither completed nor counted, to be
     // issued again (a driver out of resources, a partial completion).
-    io_latency::on_requeue(ctx.arg(0));
+    io_latency::on_requeue::<TABLE>(ctx.arg(0));
     0
 }
 
-#[btf_tracepoint(function = "block_rq_complete")]
-pub fn rq_complete(ctx: BtfTracePointContext) -> i32 {
+#[inline(always)]
+fn on_rq_complete<const TABLE: bool>(ctx: &BtfTracePointContext) -> i32 {
     // TP_PROTO(struct request *rq, blk_status_t error, unsigned int nr_bytes)
     let rq: u64 = ctx.arg(0);
     let nr_bytes = ctx.arg::<u64>(2) as u32;
@@ -116,7 +158,7 @@ pub fn rq_complete(ctx: BtfTracePointContext) -> i32 {
     }
     // Always looked for, even on a device no longer traced: a start
     // recorded before would otherwise hold its slot.
-    if !io_latency::on_complete(rq) && traced.is_some() && matches!(part, Some((p, _)) if p == dev) {
+    if !io_latency::on_complete::<TABLE>(rq) && traced.is_some() && matches!(part, Some((p, _)) if p == dev) {
         io_latency::unmatched(dev);
     }
     0

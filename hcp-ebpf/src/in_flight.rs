@@ -22,6 +22,12 @@
 //! its program (requeues take their start first, so a request issued again
 //! is one completed unseen), which the caller counts.
 //!
+//! Kernels before 5.12 refuse the compare-and-swap and the exchange (BPF
+//! atomics), in any program that holds them: there the programs are built
+//! with `TABLE = false` (user space loads that set, the `_hm` programs of
+//! `block_events`), and keep every start in `IO_START`, sized for it at
+//! load, as biolatency does: slower, and as exact.
+//!
 //! Left as it is, being rarer than either alone: a request whose first
 //! start went to the hash map (its slot taken) and that is issued again
 //! into its slot, now free, completes from the slot and leaves its hash
@@ -70,10 +76,18 @@ pub struct Full;
 
 /// Records that `object` started: `Ok(Some(key))` when a start of the same
 /// object was still recorded, which the new one replaces (see the module
-/// comment); `Err` when neither its slot nor the hash map had room.
+/// comment); `Err` when neither its slot (with `TABLE`) nor the hash map
+/// had room.
 #[inline(always)]
-pub fn record(object: u64, start: BioStart) -> Result<Option<LatKey>, Full> {
+pub fn record<const TABLE: bool>(object: u64, start: BioStart) -> Result<Option<LatKey>, Full> {
     let object = kernel::object_id(object);
+    if !TABLE {
+        return match IO_START.insert(object, start, u64::from(BPF_NOEXIST)) {
+            Ok(()) => Ok(None),
+            Err(EEXIST) => replace(object, start),
+            Err(_) => Err(Full),
+        };
+    }
     if let Some(slot) = IN_FLIGHT.get_ptr_mut(slot_of(object)) {
         // SAFETY: a member of our own array's value, 8-byte aligned.
         let held = unsafe { atomic::compare_exchange(&raw mut (*slot).object, 0, object) };
@@ -99,14 +113,18 @@ pub fn record(object: u64, start: BioStart) -> Result<Option<LatKey>, Full> {
             Ok(None)
         }
         // Already there: the new start, not a second entry to count.
-        Err(EEXIST) => {
-            // SAFETY: copied out before the entry is overwritten.
-            let replaced = unsafe { IO_START.get(object) }.map(|s| s.key);
-            IO_START.insert(object, start, u64::from(BPF_EXIST)).map_err(|_| Full)?;
-            Ok(replaced)
-        }
+        Err(EEXIST) => replace(object, start),
         Err(_) => Err(Full),
     }
+}
+
+/// `object`'s start in `IO_START` replaced by `start`; the old one's key.
+#[inline(always)]
+fn replace(object: u64, start: BioStart) -> Result<Option<LatKey>, Full> {
+    // SAFETY: copied out before the entry is overwritten.
+    let replaced = unsafe { IO_START.get(object) }.map(|s| s.key);
+    IO_START.insert(object, start, u64::from(BPF_EXIST)).map_err(|_| Full)?;
+    Ok(replaced)
 }
 
 /// The kernel's -EEXIST, as map helpers return it.
@@ -115,8 +133,14 @@ const EEXIST: i32 = -17;
 /// The start of `object`, which completes, removed; `None` if none was
 /// recorded (it started before tracing did, or on an untraced device).
 #[inline(always)]
-pub fn take(object: u64) -> Option<BioStart> {
+pub fn take<const TABLE: bool>(object: u64) -> Option<BioStart> {
     let object = kernel::object_id(object);
+    if !TABLE {
+        // SAFETY: the value is copied out before the entry is deleted.
+        let start = (unsafe { IO_START.get(object) }).copied()?;
+        let _ = IO_START.remove(object);
+        return Some(start);
+    }
     if let Some(slot) = IN_FLIGHT.get_ptr_mut(slot_of(object)) {
         // SAFETY: our own array's value; only `object`'s completion reads
         // the slot while `object` holds it, and reads it before giving it

@@ -1,6 +1,7 @@
 //! I/O latency per device, level and direction (see
-//! `hcp_common::bio`): a start is recorded (`in_flight`) keyed by the bio's
-//! or request's address, and its completion becomes a histogram sample.
+//! `hcp_common::bio`): a start is recorded (`in_flight`, in the table when
+//! `TABLE`, else in the hash map only) keyed by the bio's or request's
+//! address, and its completion becomes a histogram sample.
 //! Called by the programs in `block_events`, which hand over the kernel
 //! objects themselves (tp_btf), which the classic tracepoint records do not
 //! carry.
@@ -41,11 +42,11 @@ pub fn read_error() {
 /// `object` (a bio or request of traced device `dev`, operation `opf`)
 /// starts.
 #[inline(always)]
-pub fn on_start(object: u64, level: Level, dev: u32, opf: u32) {
+pub fn on_start<const TABLE: bool>(object: u64, level: Level, dev: u32, opf: u32) {
     let key = LatKey { dev, level: level as u8, op: op_of_opf(opf) as u8, _pad: 0 };
     // SAFETY: a helper without preconditions.
     let start = BioStart { start_ns: unsafe { bpf_ktime_get_ns() }, key };
-    match in_flight::record(object, start) {
+    match in_flight::record::<TABLE>(object, start) {
         Ok(None) => {}
         // A request issued again while its last issue is still recorded:
         // that one completed (the block layer reuses a request only once it
@@ -66,16 +67,16 @@ pub fn on_start(object: u64, level: Level, dev: u32, opf: u32) {
 /// is dropped, so that the next issue starts afresh and is not taken for a
 /// completion unseen.
 #[inline(always)]
-pub fn on_requeue(object: u64) {
-    let _ = in_flight::take(object);
+pub fn on_requeue<const TABLE: bool>(object: u64) {
+    let _ = in_flight::take::<TABLE>(object);
 }
 
 /// `object` completes: its latency becomes a sample. `false` when no start
 /// was recorded (it started before tracing did, or its device is not
 /// traced): the caller knows which, and calls [`unmatched`] for the first.
 #[inline(always)]
-pub fn on_complete(object: u64) -> bool {
-    let Some(start) = in_flight::take(object) else {
+pub fn on_complete<const TABLE: bool>(object: u64) -> bool {
+    let Some(start) = in_flight::take::<TABLE>(object) else {
         return false;
     };
     // SAFETY: a helper without preconditions.

@@ -4,6 +4,8 @@
 #![no_main]
 // BPF's atomic instructions (see `atomic`).
 #![feature(core_intrinsics)]
+// Context loads at fixed offsets (see `kernel::arg`).
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
 mod atomic;

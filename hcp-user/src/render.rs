@@ -600,14 +600,25 @@ pub fn stats(s: &hcp::figures::stats::SessionStats, json: bool) {
     }
     let l = &s.losses;
     println!(
-        "Not measured         {} starts (in-flight table full), {} samples (histogram map full), {} completions without a start, {} unreadable events, {} completions unseen, {} events the kernel skipped (all traced devices)",
+        "Not measured         {} starts (in-flight table full), {} samples (histogram map full), {} completions without a start, {} unreadable events, {} completions unseen, {}",
         l.inflight_full,
         l.histogram_full,
         l.unmatched,
         l.read_errors,
         l.completions_unseen,
-        l.skipped_runs.unwrap_or(0)
+        match l.skipped_runs {
+            Some(n) => format!("{n} events the kernel skipped (all traced devices)"),
+            None => "events the kernel skipped: not counted by this kernel".to_string(),
+        }
     );
+    for n in &s.not_measured {
+        println!("                     {}: {}", n.figure, n.reason);
+    }
+    if let Some(mode) = s.in_flight.and_then(hcp::tracer::probe::InFlightMode::from_name) {
+        if mode != hcp::tracer::probe::InFlightMode::Table {
+            println!("Tracer               {}", mode.describe());
+        }
+    }
     if let Some(h) = &s.history {
         let until = h.recorded_until_unix.map_or("nothing yet".to_string(), |t| hcp::clock::format_time(t as u64));
         println!(

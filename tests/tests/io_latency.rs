@@ -6,6 +6,7 @@ use std::time::Instant;
 use hcp::common::bio::{LatKey, Level};
 use hcp::common::IoOp;
 use hcp::tracer::io_latency::IoLatencyTracer;
+use hcp::tracer::probe::InFlightMode;
 use hcp_tests::{open_direct, pread_exact, pwrite_all, require_root, AlignedBuf, LoopDevice};
 
 #[test]
@@ -58,38 +59,55 @@ fn histograms_count_each_request_once_by_device_and_direction() {
     assert_eq!(tracer.losses(None).expect("losses").read_errors, 0, "every bio's fields were readable");
 }
 
-/// With a one-slot in-flight table, every request that starts while another
-/// is in flight finds the slot taken and goes to the overflow map: each is
-/// still timed exactly once, and nothing is left behind.
+/// The in-flight modes the running kernel allows: the hash-map mode on
+/// every kernel, the table where BPF atomics load.
+fn modes() -> Vec<InFlightMode> {
+    let mut modes = vec![InFlightMode::HashMap];
+    if InFlightMode::for_running_kernel() == InFlightMode::Table {
+        modes.push(InFlightMode::Table);
+    }
+    modes
+}
+
+/// Requests that overlap in flight, each timed exactly once in every
+/// in-flight mode the kernel allows, with nothing left behind. With a
+/// one-slot table, every request that starts while another is in flight
+/// finds the slot taken and goes to the overflow map; in the hash-map mode
+/// every start is in the map.
 #[test]
-fn starts_whose_slot_is_taken_are_timed_through_the_overflow_map() {
+fn overlapping_requests_are_timed_exactly_once_in_each_in_flight_mode() {
     require_root();
-    let traced = LoopDevice::new(16 << 20);
-    let tracer = IoLatencyTracer::attach_with_in_flight_slots(&[traced.devnum()], 1).expect("attach latency tracer");
+    for mode in modes() {
+        let traced = LoopDevice::new(16 << 20);
+        let tracer = IoLatencyTracer::attach_in_mode(&[traced.devnum()], 1, mode).expect("attach latency tracer");
 
-    // Writers at once, so that their requests overlap in flight.
-    let (writers, each) = (8u64, 64u64);
-    std::thread::scope(|s| {
-        for w in 0..writers {
-            let path = &traced.path;
-            s.spawn(move || {
-                let dev = open_direct(path);
-                let block = AlignedBuf::new(4096, w as u8);
-                for i in 0..each {
-                    pwrite_all(&dev, &block, (w * each + i) * 4096);
-                }
-            });
+        // Writers at once, so that their requests overlap in flight.
+        let (writers, each) = (8u64, 64u64);
+        std::thread::scope(|s| {
+            for w in 0..writers {
+                let path = &traced.path;
+                s.spawn(move || {
+                    let dev = open_direct(path);
+                    let block = AlignedBuf::new(4096, w as u8);
+                    for i in 0..each {
+                        pwrite_all(&dev, &block, (w * each + i) * 4096);
+                    }
+                });
+            }
+        });
+
+        let key =
+            LatKey { dev: traced.devnum().to_kernel(), level: Level::Request as u8, op: IoOp::Write as u8, _pad: 0 };
+        let hists = tracer.histograms().expect("read histograms");
+        let w = hists.iter().find(|(k, _)| *k == key).map(|(_, h)| *h).expect("a write histogram");
+        assert_eq!(w.count, writers * each, "{mode}: one sample per write request");
+        assert_eq!(tracer.in_flight().expect("in-flight"), 0, "{mode}: starts without completions");
+        let losses = tracer.losses(Some(traced.devnum())).expect("losses");
+        assert_eq!((losses.inflight_full, losses.histogram_full, losses.unmatched), (0, 0, 0), "{mode}: {losses:?}");
+        if mode == InFlightMode::Table {
+            let overflowed = tracer.overflowed().expect("overflow count");
+            assert!(overflowed > 0, "no request found the one slot taken: the writers never overlapped");
+            eprintln!("table: {overflowed} of {} starts went to the overflow map", writers * each);
         }
-    });
-
-    let key = LatKey { dev: traced.devnum().to_kernel(), level: Level::Request as u8, op: IoOp::Write as u8, _pad: 0 };
-    let hists = tracer.histograms().expect("read histograms");
-    let w = hists.iter().find(|(k, _)| *k == key).map(|(_, h)| *h).expect("a write histogram");
-    assert_eq!(w.count, writers * each, "one sample per write request");
-    let overflowed = tracer.overflowed().expect("overflow count");
-    assert!(overflowed > 0, "no request found the one slot taken: the writers never overlapped");
-    assert_eq!(tracer.in_flight().expect("in-flight"), 0, "starts without completions");
-    let losses = tracer.losses(Some(traced.devnum())).expect("losses");
-    assert_eq!((losses.inflight_full, losses.histogram_full, losses.unmatched), (0, 0, 0), "{losses:?}");
-    eprintln!("{overflowed} of {} starts went to the overflow map", writers * each);
+    }
 }

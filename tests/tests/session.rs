@@ -12,6 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use hcp::kernel::dm::device::Dm;
+use hcp::tracer::probe::InFlightMode;
 use hcp_tests::{
     assert_files, assert_matches_stats_schema, fault_actions, hcp, hcp_bin, hcp_json, hcp_json_exit, hcp_with_fault,
     helper_running, require_root, run, serial, suspended, temp_dir, write_direct, write_files, Fs, LoopDevice,
@@ -390,9 +391,19 @@ fn a_traced_session_reports_what_it_costs() {
     assert_eq!(started["timing"]["kernel"], *kernel, "start reports the figures it records");
     assert_eq!(n(&s["losses"]["inflight_full"]) + n(&s["losses"]["histogram_full"]), 0, "{}", s["losses"]);
     assert_eq!(n(&s["losses"]["read_errors"]), 0, "{}", s["losses"]);
-    // Runs the kernel skipped are reported for the session, never hidden;
-    // a device's losses leave them out (they are not attributable).
-    assert!(s["losses"]["skipped_runs"].is_u64(), "{}", s["losses"]);
+    // Runs the kernel skipped are reported for the session, never hidden:
+    // counted, or (a kernel that keeps no count) named as not measured; a
+    // device's losses leave them out (they are not attributable).
+    let not_measured: Vec<&str> =
+        s["not_measured"].as_array().expect("not_measured").iter().filter_map(|n| n["figure"].as_str()).collect();
+    assert!(
+        s["losses"]["skipped_runs"].is_u64() != not_measured.contains(&"losses.skipped_runs"),
+        "{} / {}",
+        s["losses"],
+        s["not_measured"]
+    );
+    // The in-flight mode is the one the kernel allows, and says so.
+    assert_eq!(s["in_flight"], InFlightMode::for_running_kernel().name(), "{}", s["in_flight"]);
     let devices = s["devices"].as_array().expect("per-device figures");
     assert!(
         !devices.is_empty()

@@ -216,16 +216,19 @@ const IO_KINDS: [(&str, Kind); 4] = [
     ("snapshot_write", |s| &s.snapshot_writes),
 ];
 
-/// The `reason`s of `hcp_lost_events_total`.
-fn loss_reasons(l: &Losses) -> [(&'static str, u64); 6] {
+/// The `reason`s of `hcp_lost_events_total`: `skipped_runs` only where
+/// the kernel counts them (a series absent, not a 0 it cannot vouch for).
+fn loss_reasons(l: &Losses) -> impl Iterator<Item = (&'static str, u64)> {
     [
-        ("inflight_full", l.inflight_full),
-        ("histogram_full", l.histogram_full),
-        ("unmatched", l.unmatched),
-        ("read_errors", l.read_errors),
-        ("completions_unseen", l.completions_unseen),
-        ("skipped_runs", l.skipped_runs.unwrap_or(0)),
+        ("inflight_full", Some(l.inflight_full)),
+        ("histogram_full", Some(l.histogram_full)),
+        ("unmatched", Some(l.unmatched)),
+        ("read_errors", Some(l.read_errors)),
+        ("completions_unseen", Some(l.completions_unseen)),
+        ("skipped_runs", l.skipped_runs),
     ]
+    .into_iter()
+    .filter_map(|(reason, n)| Some((reason, n?)))
 }
 
 /// Writes `text` to `path` for node_exporter's textfile collector: a
@@ -642,7 +645,7 @@ pub(crate) mod tests {
             dev("253:0"),
             BioLosses { inflight_full: 2, histogram_full: 0, unmatched: 5, read_errors: 0, completions_unseen: 3 },
         );
-        c.skipped_runs = 7;
+        c.skipped_runs = Some(7);
         c
     }
 

@@ -58,6 +58,13 @@ pub struct SessionStats {
     pub devices: Vec<DeviceStats>,
     /// Events that could not be measured, over all the session's devices.
     pub losses: Losses,
+    /// How the kernel's programs kept the starts of I/O in flight
+    /// (`InFlightMode`'s name: `table`, or `hash_map` on kernels that
+    /// refuse BPF atomics); null when not read from the kernel.
+    pub in_flight: Option<&'static str>,
+    /// Figures this kernel cannot give, each with why: they are absent from
+    /// the figures above, never a number that would be wrong.
+    pub not_measured: Vec<NotMeasured>,
     /// The session's recorded history (`hcp stats --history`); null for a
     /// session traced without a recorder, and in per-interval figures.
     pub history: Option<HistoryStatus>,
@@ -200,6 +207,21 @@ pub struct LevelLatency {
     pub summary: Summary,
 }
 
+/// A figure the running kernel cannot give.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NotMeasured {
+    /// Its path in this JSON (`losses.skipped_runs`).
+    pub figure: &'static str,
+    pub reason: &'static str,
+}
+
+/// Why [`Losses::skipped_runs`] is absent: the kernel keeps no count.
+pub const SKIPPED_RUNS_NOT_COUNTED: NotMeasured = NotMeasured {
+    figure: "losses.skipped_runs",
+    reason: "this kernel keeps no count of the BPF program runs it skips (no recursion_misses in the programs' \
+             fdinfo; Linux 5.12+)",
+};
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Losses {
     /// Starts not recorded: the in-flight table's slot was taken and its
@@ -224,6 +246,8 @@ pub struct Losses {
     /// skipped, each an event neither counted nor timed (see
     /// `pins::Counters::skipped_runs`), on any traced device: those of
     /// other sessions' devices too, since one device's cannot be told apart.
+    /// Absent where the kernel keeps no such count (see `not_measured`),
+    /// and on each device.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped_runs: Option<u64>,
 }
@@ -353,7 +377,8 @@ pub fn compute(session: &Session, counters: &Counters, now_unix: u64) -> Session
     .collect();
 
     let role_of = |dev: DevNum| devices.iter().find(|(_, d, _)| *d == dev).map(|(r, _, _)| r.clone());
-    let mut losses = Losses { skipped_runs: Some(counters.skipped_runs), ..Losses::default() };
+    let mut losses = Losses { skipped_runs: counters.skipped_runs, ..Losses::default() };
+    let not_measured = if counters.skipped_runs.is_none() { vec![SKIPPED_RUNS_NOT_COUNTED] } else { Vec::new() };
     losses.read_errors += counters.unattributed.read_errors;
     let device_stats = devices
         .iter()
@@ -415,6 +440,8 @@ pub fn compute(session: &Session, counters: &Counters, now_unix: u64) -> Session
         freeze,
         devices: device_stats,
         losses,
+        in_flight: counters.in_flight.map(|m| m.name()),
+        not_measured,
         history: None,
         analysis: None,
         histograms,

@@ -38,7 +38,8 @@ pub struct CountersRecord {
     pub remaps: Vec<RemapRecord>,
     pub latency: Vec<LatRecord>,
     pub losses: Vec<LossRecord>,
-    /// `Counters::skipped_runs` (absent from records of older versions).
+    /// `Counters::skipped_runs` (absent from records of older versions; 0
+    /// where the kernel does not count them, which the live counters say).
     #[serde(default)]
     pub skipped_runs: u64,
 }
@@ -126,7 +127,7 @@ pub fn record_counters(c: &Counters, devices: &[DevNum]) -> CountersRecord {
                 completions_unseen: l.completions_unseen,
             })
             .collect(),
-        skipped_runs: c.skipped_runs,
+        skipped_runs: c.skipped_runs.unwrap_or(0),
     }
 }
 
@@ -171,7 +172,7 @@ pub fn since(now: &Counters, before: &CountersRecord) -> Counters {
             l.completions_unseen = l.completions_unseen.saturating_sub(r.completions_unseen);
         }
     }
-    out.skipped_runs = now.skipped_runs.saturating_sub(before.skipped_runs);
+    out.skipped_runs = now.skipped_runs.map(|n| n.saturating_sub(before.skipped_runs));
     out
 }
 
@@ -255,7 +256,7 @@ mod tests {
             LatKey { dev: dev.to_kernel(), level: 0, op: IoOp::Write as u8, _pad: 0 },
             from_samples(&[5_000; 10]),
         ));
-        c.skipped_runs = 4;
+        c.skipped_runs = Some(4);
         let before = record_counters(&c, &[dev]);
         assert_eq!(record_counters(&c, &[DevNum { major: 1, minor: 1 }]).io.len(), 0, "other devices are left out");
 
@@ -263,9 +264,9 @@ mod tests {
         c.latency[0].1.record(7_000);
         let other = DevNum { major: 7, minor: 0 };
         c.io.insert(other, io);
-        c.skipped_runs = 9;
+        c.skipped_runs = Some(9);
         let d = since(&c, &before);
-        assert_eq!(d.skipped_runs, 5, "skipped runs since the record");
+        assert_eq!(d.skipped_runs, Some(5), "skipped runs since the record");
         assert_eq!(d.io[&dev].bio_queued[IoOp::Write as usize], OpCount { count: 3, bytes: 12288 });
         assert_eq!(d.io[&other], io, "a device absent from the record counts from zero");
         assert_eq!(d.latency[0].1.count, 1);

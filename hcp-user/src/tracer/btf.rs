@@ -60,6 +60,7 @@ struct Type {
     /// read only when looked at.
     extra: u32,
     /// ARRAY: the element count. STRUCT, UNION, ENUM*: the member count.
+    /// FUNC_PROTO: the parameter count (and `extra` where they start).
     count: u32,
 }
 
@@ -195,6 +196,41 @@ impl KernelBtf {
             .ok_or_else(|| Error::refused(format!("no typedef {name} ({})", self.source)))
     }
 
+    /// Where among raw tracepoint `event`'s arguments is the first of type
+    /// `arg`, counted from 0 as a tp_btf program's context holds them (the
+    /// parameters of the `btf_trace_<event>` typedef after its leading
+    /// `void *`). `arg` is a pointer to a struct ("struct bio *") or a
+    /// typedef's name ("dev_t"). Tracepoints change their prototypes
+    /// between kernels (Linux 5.11 took the queue off `block_bio_queue`).
+    pub fn tracepoint_arg(&self, event: &str, arg: &str) -> Result<u32> {
+        let typedef = format!("btf_trace_{event}");
+        let missing =
+            || Error::refused(format!("raw tracepoint {event} has no argument of type {arg} ({})", self.source));
+        let proto = self
+            .strip(self.typedef_id(&typedef)?)
+            .map(|id| self.types[id as usize])
+            .filter(|t| t.kind == PTR)
+            .and_then(|ptr| self.strip(ptr.size_or_type))
+            .map(|id| self.types[id as usize])
+            .filter(|t| t.kind == FUNC_PROTO)
+            .ok_or_else(|| Error::refused(format!("{typedef} is not a function pointer ({})", self.source)))?;
+        let struct_name = arg.strip_prefix("struct ").and_then(|a| a.strip_suffix(" *"));
+        let is_arg = |type_id: u32| match struct_name {
+            Some(name) => self
+                .strip(type_id)
+                .map(|id| self.types[id as usize])
+                .filter(|t| t.kind == PTR)
+                .and_then(|ptr| self.composite(ptr.size_or_type))
+                .is_some_and(|id| self.name_is(self.types[id as usize].name, name)),
+            None => self.types.get(type_id as usize).is_some_and(|t| t.kind == TYPEDEF && self.name_is(t.name, arg)),
+        };
+        // Parameter 0 is the tracepoint's `void *` data, not an argument.
+        (1..proto.count)
+            .find(|&i| is_arg(self.word(proto.extra as usize + i as usize * 8 + 4)))
+            .map(|i| i - 1)
+            .ok_or_else(missing)
+    }
+
     /// Every enumerator of every enum: (name, value). Signed or not
     /// (kind_flag), the flag values hcp looks up are small and positive
     /// either way.
@@ -289,7 +325,12 @@ impl KernelBtf {
                     let words_each = if kind == ENUM { 2 } else { 3 };
                     words_each * vlen
                 }
-                FUNC_PROTO => 2 * vlen,
+                FUNC_PROTO => {
+                    // Parameters, read when looked at (tracepoint prototypes).
+                    t.extra = u32::try_from(w.at).map_err(|_| bad("larger than 4 GiB"))?;
+                    t.count = vlen;
+                    2 * vlen
+                }
                 DATASEC => 3 * vlen,
                 VAR | DECL_TAG => 1,
                 PTR | FWD | TYPEDEF | VOLATILE | CONST | RESTRICT | FUNC | FLOAT | TYPE_TAG => 0,
@@ -694,5 +735,41 @@ mod tests {
         let err = btf.enum_value("A").unwrap_err().to_string();
         assert!(err.contains("conflicting"), "A is 0 in one enum, 2^33 + 1 in another: {err}");
         assert!(btf.enum_value("C").unwrap_err().to_string().contains("no enumerator C"));
+    }
+
+    /// Two prototypes of `block_bio_remap`: Linux 6.x's `(bio, dev, from)`
+    /// and 5.10's `(q, bio, dev, from)`, each behind its `btf_trace_`
+    /// typedef (a pointer to a function prototype whose first parameter is
+    /// the `void *` data).
+    #[test]
+    fn tracepoint_arguments_by_type() {
+        let mut b = Blob::new();
+        let uint = b.add("unsigned int", INT, 0, false, 4, &[32]);
+        let dev_t = b.add("dev_t", TYPEDEF, 0, false, uint, &[]);
+        let bio = b.composite(STRUCT, "bio", 8, false, &[("bi_opf", uint, 0)]);
+        let queue = b.composite(STRUCT, "request_queue", 8, false, &[("id", uint, 0)]);
+        let (bio_ptr, queue_ptr, void_ptr) = (
+            b.add("", PTR, 0, false, bio, &[]),
+            b.add("", PTR, 0, false, queue, &[]),
+            b.add("", PTR, 0, false, 0, &[]),
+        );
+        let new = b.add("", FUNC_PROTO, 4, false, 0, &[0, void_ptr, 0, bio_ptr, 0, dev_t, 0, uint]);
+        let new_ptr = b.add("", PTR, 0, false, new, &[]);
+        b.add("btf_trace_new_remap", TYPEDEF, 0, false, new_ptr, &[]);
+        let old = b.add("", FUNC_PROTO, 5, false, 0, &[0, void_ptr, 0, queue_ptr, 0, bio_ptr, 0, dev_t, 0, uint]);
+        let old_ptr = b.add("", PTR, 0, false, old, &[]);
+        b.add("btf_trace_old_remap", TYPEDEF, 0, false, old_ptr, &[]);
+        b.add("btf_trace_not_a_function", TYPEDEF, 0, false, uint, &[]);
+        let btf = KernelBtf::parse(&b.finish()).unwrap();
+        assert_eq!(btf.tracepoint_arg("new_remap", "struct bio *").unwrap(), 0);
+        assert_eq!(btf.tracepoint_arg("new_remap", "dev_t").unwrap(), 1);
+        assert_eq!(btf.tracepoint_arg("old_remap", "struct bio *").unwrap(), 1);
+        assert_eq!(btf.tracepoint_arg("old_remap", "dev_t").unwrap(), 2);
+        assert_eq!(btf.tracepoint_arg("old_remap", "struct request_queue *").unwrap(), 0);
+        let err = btf.tracepoint_arg("new_remap", "struct request *").unwrap_err().to_string();
+        assert!(err.contains("has no argument of type struct request *"), "{err}");
+        assert!(btf.tracepoint_arg("new_remap", "unsigned int").is_err(), "an INT is not a typedef");
+        assert!(btf.tracepoint_arg("not_a_function", "dev_t").unwrap_err().to_string().contains("not a function"));
+        assert!(btf.tracepoint_arg("missing", "dev_t").unwrap_err().to_string().contains("no typedef"));
     }
 }

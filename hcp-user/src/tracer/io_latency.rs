@@ -11,7 +11,9 @@ use hcp_common::bio::{BioLosses, BioStart, InFlightSlot, LatKey, Level, IN_FLIGH
 use hcp_common::{DevIoStats, IoOp, LatencyHist};
 
 use crate::kernel::devnum::DevNum;
+use crate::tracer::layout::KernelLayout;
 use crate::tracer::object;
+use crate::tracer::probe::InFlightMode;
 
 /// Measures I/O latency of a fixed set of devices while it lives; dropping
 /// it detaches the programs.
@@ -36,6 +38,18 @@ impl IoLatencyTracer {
     /// [`object::load_with_in_flight_slots`]).
     pub fn attach_with_in_flight_slots(devices: &[DevNum], slots: u32) -> Result<IoLatencyTracer> {
         let layout = object::kernel_layout()?;
+        Self::attach_with(devices, slots, &layout)
+    }
+
+    /// [`Self::attach`] in the in-flight `mode` given, which the kernel must
+    /// allow (tests of each mode).
+    pub fn attach_in_mode(devices: &[DevNum], slots: u32, mode: InFlightMode) -> Result<IoLatencyTracer> {
+        let layout = KernelLayout { in_flight: mode, ..object::kernel_layout()? };
+        Self::attach_with(devices, slots, &layout)
+    }
+
+    fn attach_with(devices: &[DevNum], slots: u32, layout: &KernelLayout) -> Result<IoLatencyTracer> {
+        let layout = layout.clone();
         let mut ebpf = object::load_with(object::Purpose::BlockIo, slots, &layout)?;
         let mut traced = PerCpuHashMap::try_from(ebpf.take_map("DEV_IO").context("eBPF object lacks map DEV_IO")?)?;
         let mut latency = PerCpuHashMap::try_from(ebpf.take_map("IO_LATENCY").context("map IO_LATENCY")?)?;

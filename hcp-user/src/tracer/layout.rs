@@ -12,11 +12,12 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use hcp_common::bio::BioLayout;
+use hcp_common::bio::{BioLayout, BIO_BDEV, BIO_DISK};
 use hcp_common::freeze::IoctlTpLayout;
 use hcp_common::stall::StallLayout;
 
 use super::btf::KernelBtf;
+use super::probe::InFlightMode;
 use super::tracefs;
 
 /// Everything the programs need to know about the running kernel.
@@ -32,10 +33,13 @@ pub struct KernelLayout {
     pub ioctl: std::result::Result<IoctlTpLayout, String>,
     /// The write-stall programs' layout, or why there is none.
     pub stall: std::result::Result<StallLayout, String>,
+    /// How the block programs can keep the starts of I/O in flight here
+    /// (what the kernel's verifier accepts, probed).
+    pub in_flight: InFlightMode,
 }
 
 /// What the cache file starts with; a file of another format is ignored.
-const CACHE_FORMAT: &str = "hcp kernel layout 1";
+const CACHE_FORMAT: &str = "hcp kernel layout 2";
 
 impl KernelLayout {
     /// The layout of the running kernel, with the type ids of the raw
@@ -67,7 +71,7 @@ impl KernelLayout {
         let ioctl = tracefs.as_ref().map_err(|e| format!("{e:#}")).and_then(|t| ioctl(t).map_err(|e| format!("{e:#}")));
         let stall =
             tracefs.as_ref().map_err(|e| format!("{e:#}")).and_then(|t| stall(t, &btf).map_err(|e| format!("{e:#}")));
-        Ok(KernelLayout { bio: bio(&btf)?, tp_btf, ioctl, stall })
+        Ok(KernelLayout { bio: bio(&btf)?, tp_btf, ioctl, stall, in_flight: InFlightMode::for_running_kernel() })
     }
 
     /// The type id of raw tracepoint `event`'s `btf_trace_` typedef.
@@ -78,7 +82,7 @@ impl KernelLayout {
     /// The cache file's text: a field a line, by name, so that a file
     /// written by another version of hcp never fills a field it did not mean.
     fn to_text(&self, kernel: &str) -> String {
-        let mut out = format!("{CACHE_FORMAT}\nkernel {kernel}\n");
+        let mut out = format!("{CACHE_FORMAT}\nkernel {kernel}\nin_flight {}\n", self.in_flight);
         let (mut bio, mut ioctl, mut stall) =
             (self.bio, self.ioctl.clone().unwrap_or_default(), self.stall.clone().unwrap_or_default());
         for (name, value) in fields(&mut bio, &mut ioctl, &mut stall) {
@@ -97,6 +101,7 @@ impl KernelLayout {
         if lines.next()? != CACHE_FORMAT || lines.next()?.strip_prefix("kernel ")? != kernel {
             return None;
         }
+        let in_flight = InFlightMode::from_name(lines.next()?.strip_prefix("in_flight ")?)?;
         let mut values = std::collections::BTreeMap::new();
         for line in lines {
             let (name, value) = line.split_once(' ')?;
@@ -118,6 +123,7 @@ impl KernelLayout {
             tp_btf,
             ioctl: Ok(ioctl),
             stall: Ok(stall),
+            in_flight,
         })
     }
 }
@@ -127,20 +133,30 @@ fn fields<'a>(
     bio: &'a mut BioLayout,
     ioctl: &'a mut IoctlTpLayout,
     stall: &'a mut StallLayout,
-) -> [(&'static str, &'a mut u32); 26] {
+) -> [(&'static str, &'a mut u32); 36] {
     [
+        ("bio.bio_device", &mut bio.bio_device),
         ("bio.bio_bdev", &mut bio.bio_bdev),
+        ("bio.bio_disk", &mut bio.bio_disk),
+        ("bio.bio_partno", &mut bio.bio_partno),
+        ("bio.disk_part_tbl", &mut bio.disk_part_tbl),
+        ("bio.part_tbl_part", &mut bio.part_tbl_part),
+        ("bio.part_dev", &mut bio.part_dev),
         ("bio.bio_opf", &mut bio.bio_opf),
         ("bio.bio_size", &mut bio.bio_size),
-        ("bio.bdev_dev", &mut bio.bdev_dev),
         ("bio.disk_major", &mut bio.disk_major),
         ("bio.disk_first_minor", &mut bio.disk_first_minor),
         ("bio.rq_part", &mut bio.rq_part),
         ("bio.rq_cmd_flags", &mut bio.rq_cmd_flags),
         ("bio.rq_data_len", &mut bio.rq_data_len),
+        ("bio.rq_disk_via_queue", &mut bio.rq_disk_via_queue),
         ("bio.rq_q", &mut bio.rq_q),
         ("bio.queue_disk", &mut bio.queue_disk),
+        ("bio.rq_disk", &mut bio.rq_disk),
         ("bio.req_fua", &mut bio.req_fua),
+        ("bio.bio_queue_arg", &mut bio.bio_queue_arg),
+        ("bio.bio_remap_arg", &mut bio.bio_remap_arg),
+        ("bio.bio_remap_dev_arg", &mut bio.bio_remap_dev_arg),
         ("ioctl.enter_fd", &mut ioctl.enter_fd),
         ("ioctl.enter_cmd", &mut ioctl.enter_cmd),
         ("ioctl.enter_arg", &mut ioctl.enter_arg),
@@ -207,25 +223,59 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     })
 }
 
-/// The offsets of the kernel struct fields the block programs read, and
-/// the request flag they test.
+/// The offsets of the kernel struct fields the block programs read, the
+/// request flag they test, and where the tracepoints hand over the bio:
+/// for Linux 5.11 and later, or for the members 5.10 had instead (see
+/// `hcp_common::bio::BIO_DISK`), chosen by which the kernel's BTF has.
 pub fn bio(btf: &KernelBtf) -> Result<BioLayout> {
     let fua_bit = btf.enum_value("__REQ_FUA")?;
     anyhow::ensure!((0..32).contains(&fua_bit), "__REQ_FUA is bit {fua_bit}, outside a 32-bit blk_opf_t");
-    Ok(BioLayout {
-        bio_bdev: sized_offset(btf, "bio.bi_bdev", 8)?,
+    let mut layout = BioLayout {
         bio_opf: sized_offset(btf, "bio.bi_opf", 4)?,
         bio_size: sized_offset(btf, "bio.bi_iter.bi_size", 4)?,
-        bdev_dev: sized_offset(btf, "block_device.bd_dev", 4)?,
         disk_major: sized_offset(btf, "gendisk.major", 4)?,
         disk_first_minor: sized_offset(btf, "gendisk.first_minor", 4)?,
         rq_part: sized_offset(btf, "request.part", 8)?,
         rq_cmd_flags: sized_offset(btf, "request.cmd_flags", 4)?,
         rq_data_len: sized_offset(btf, "request.__data_len", 4)?,
-        rq_q: sized_offset(btf, "request.q", 8)?,
-        queue_disk: sized_offset(btf, "request_queue.disk", 8)?,
         req_fua: 1 << fua_bit,
-    })
+        bio_queue_arg: btf.tracepoint_arg("block_bio_queue", "struct bio *")?,
+        bio_remap_arg: btf.tracepoint_arg("block_bio_remap", "struct bio *")?,
+        bio_remap_dev_arg: btf.tracepoint_arg("block_bio_remap", "dev_t")?,
+        ..BioLayout::default()
+    };
+    if btf.member("bio.bi_bdev").is_ok() {
+        layout.bio_device = BIO_BDEV;
+        layout.bio_bdev = sized_offset(btf, "bio.bi_bdev", 8)?;
+        layout.part_dev = sized_offset(btf, "block_device.bd_dev", 4)?;
+    } else {
+        layout.bio_device = BIO_DISK;
+        layout.bio_disk = sized_offset(btf, "bio.bi_disk", 8)?;
+        layout.bio_partno = sized_offset(btf, "bio.bi_partno", 1)?;
+        layout.disk_part_tbl = sized_offset(btf, "gendisk.part_tbl", 8)?;
+        // A flexible array of pointers: no size to check.
+        layout.part_tbl_part = btf.member_offset("disk_part_tbl.part")?;
+        layout.part_dev = sized_offset(btf, "hd_struct.__dev.devt", 4)?;
+    }
+    if btf.member("request_queue.disk").is_ok() {
+        layout.rq_disk_via_queue = 1;
+        layout.rq_q = sized_offset(btf, "request.q", 8)?;
+        layout.queue_disk = sized_offset(btf, "request_queue.disk", 8)?;
+    } else {
+        layout.rq_disk = sized_offset(btf, "request.rq_disk", 8)?;
+    }
+    // The arguments the programs take at fixed places, checked: a kernel
+    // that moved one fails the load here, naming it.
+    for (event, arg, at) in [
+        ("block_bio_complete", "struct bio *", 1),
+        ("block_rq_issue", "struct request *", 0),
+        ("block_rq_requeue", "struct request *", 0),
+        ("block_rq_complete", "struct request *", 0),
+    ] {
+        let found = btf.tracepoint_arg(event, arg)?;
+        anyhow::ensure!(found == at, "{event}'s {arg} is its argument {found}; hcp reads argument {at}");
+    }
+    Ok(layout)
 }
 
 /// The offset of the kernel struct member `path`, checked to be `size`
@@ -313,6 +363,7 @@ format:
             tp_btf: vec![("block_bio_queue".into(), 7), ("block_rq_issue".into(), 70_000)],
             ioctl: Ok(IoctlTpLayout { enter_fd: 16, enter_cmd: 24, enter_arg: 32, exit_ret: 16 }),
             stall: Ok(StallLayout::default()),
+            in_flight: InFlightMode::HashMap,
         };
         let (mut ioctl, mut stall) = (layout.ioctl.clone().unwrap(), layout.stall.clone().unwrap());
         // Every field a value of its own, so that a swap would show.
@@ -341,6 +392,12 @@ format:
             .collect();
         assert_ne!(bad, text);
         assert_eq!(KernelLayout::parse(&bad, "build-id ab12 btf 5000", &events), None);
+        let table = text.replace("in_flight hash_map", "in_flight table");
+        assert_ne!(table, text);
+        let parsed = KernelLayout::parse(&table, "build-id ab12 btf 5000", &events).unwrap();
+        assert_eq!(parsed.in_flight, InFlightMode::Table);
+        let unknown = text.replace("in_flight hash_map", "in_flight ring");
+        assert_eq!(KernelLayout::parse(&unknown, "build-id ab12 btf 5000", &events), None);
         let old = text.replace(CACHE_FORMAT, "hcp kernel layout 0");
         assert_eq!(KernelLayout::parse(&old, "build-id ab12 btf 5000", &events), None);
     }
@@ -376,8 +433,10 @@ format:
         }
         #[rustfmt::skip]
         let all = (
-            BioLayout { bio_bdev: 7, bio_opf: 7, bio_size: 7, bdev_dev: 7, disk_major: 7, disk_first_minor: 7,
-                rq_part: 7, rq_cmd_flags: 7, rq_data_len: 7, rq_q: 7, queue_disk: 7, req_fua: 7 },
+            BioLayout { bio_device: 7, bio_bdev: 7, bio_disk: 7, bio_partno: 7, disk_part_tbl: 7, part_tbl_part: 7,
+                part_dev: 7, bio_opf: 7, bio_size: 7, disk_major: 7, disk_first_minor: 7, rq_part: 7,
+                rq_cmd_flags: 7, rq_data_len: 7, rq_disk_via_queue: 7, rq_q: 7, queue_disk: 7, rq_disk: 7,
+                req_fua: 7, bio_queue_arg: 7, bio_remap_arg: 7, bio_remap_dev_arg: 7 },
             IoctlTpLayout { enter_fd: 7, enter_cmd: 7, enter_arg: 7, exit_ret: 7 },
             StallLayout { enter_id: 7, enter_args: 7, exit_ret: 7, task_files: 7, files_fdt: 7, fdt_max_fds: 7,
                 fdt_fd: 7, file_inode: 7, inode_sb: 7, sb_dev: 7 },

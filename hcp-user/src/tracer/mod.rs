@@ -10,5 +10,6 @@ pub mod io_latency;
 pub mod layout;
 pub mod object;
 pub mod pins;
+pub mod probe;
 pub mod tracefs;
 pub mod write_stall;

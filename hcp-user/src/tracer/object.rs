@@ -11,6 +11,7 @@ use aya::{Ebpf, EbpfLoader};
 use hcp_common::bio::IN_FLIGHT_SLOTS;
 
 use super::layout::KernelLayout;
+use super::probe::InFlightMode;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hcp-ebpf"));
 
@@ -33,15 +34,31 @@ pub enum Purpose {
 /// order they are attached: a request's requeue and completion before its
 /// issue, so that no request issued while they attach has its start
 /// recorded with nothing yet to take it (it would be counted as a
-/// completion unseen).
-pub const BLOCK_PROGRAMS: [(&str, &str); 6] = [
-    ("bio_queue", "block_bio_queue"),
-    ("bio_remap", "block_bio_remap"),
-    ("bio_complete", "block_bio_complete"),
-    ("rq_requeue", "block_rq_requeue"),
-    ("rq_complete", "block_rq_complete"),
-    ("rq_issue", "block_rq_issue"),
+/// completion unseen). `(program with the in-flight table, program with
+/// the hash map only, event)`: see [`InFlightMode`].
+pub const BLOCK_PROGRAMS: [(&str, &str, &str); 6] = [
+    ("bio_queue", "bio_queue_hm", "block_bio_queue"),
+    ("bio_remap", "bio_remap_hm", "block_bio_remap"),
+    ("bio_complete", "bio_complete_hm", "block_bio_complete"),
+    ("rq_requeue", "rq_requeue_hm", "block_rq_requeue"),
+    ("rq_complete", "rq_complete_hm", "block_rq_complete"),
+    ("rq_issue", "rq_issue_hm", "block_rq_issue"),
 ];
+
+/// The block I/O programs of `mode`, `(program, event)`, in the order they
+/// are attached.
+pub fn block_programs(mode: InFlightMode) -> impl Iterator<Item = (&'static str, &'static str)> {
+    BLOCK_PROGRAMS.into_iter().map(move |(table, hash_map, event)| match mode {
+        InFlightMode::Table => (table, event),
+        InFlightMode::HashMap => (hash_map, event),
+    })
+}
+
+/// The in-flight hash map's size when it holds every start (the hash-map
+/// mode): as many as the table has slots would cost 5 MiB preallocated;
+/// this many are some hundred times the deepest queues of a session's
+/// devices, and a start beyond is a counted loss (`inflight_full`).
+const HASH_MAP_STARTS: u32 = 16384;
 
 /// The switch's programs, `(program, category, event)`, in the order they
 /// are attached: exits first, since an entry seen without its exit would
@@ -78,7 +95,7 @@ const SWITCH_MAPS: [(&str, u32); 3] = [("FREEZE_INFLIGHT", 1), ("FREEZE_EVENTS",
 
 /// The raw tracepoints of [`BLOCK_PROGRAMS`].
 pub fn block_events() -> Vec<&'static str> {
-    BLOCK_PROGRAMS.iter().map(|(_, e)| *e).collect()
+    BLOCK_PROGRAMS.iter().map(|(_, _, e)| *e).collect()
 }
 
 /// The running kernel's layout for the block programs (and the switch's,
@@ -100,7 +117,8 @@ pub fn load_with_in_flight_slots(purpose: Purpose, slots: u32) -> Result<Ebpf> {
     load_with(purpose, slots, &kernel_layout()?)
 }
 
-/// [`load_with_in_flight_slots`] for a kernel `layout` found already.
+/// [`load_with_in_flight_slots`] for a kernel `layout` found already (whose
+/// `in_flight` mode sizes the in-flight maps).
 pub fn load_with(purpose: Purpose, slots: u32, layout: &KernelLayout) -> Result<Ebpf> {
     ensure!(
         slots.is_power_of_two() && slots <= IN_FLIGHT_SLOTS,
@@ -127,9 +145,19 @@ pub fn load_with(purpose: Purpose, slots: u32, layout: &KernelLayout) -> Result<
     loader.override_global("STALL_LAYOUT", &stall, true);
     let in_flight_mask = slots - 1;
     loader.override_global("IN_FLIGHT_MASK", &in_flight_mask, true);
+    // The hash-map mode has no table, and every start in the hash map.
+    let size_in_flight = |loader: &mut EbpfLoader| match layout.in_flight {
+        InFlightMode::Table => {
+            loader.map_max_entries("IN_FLIGHT", slots);
+        }
+        InFlightMode::HashMap => {
+            loader.map_max_entries("IN_FLIGHT", 1);
+            loader.map_max_entries("IO_START", HASH_MAP_STARTS);
+        }
+    };
     match purpose {
         Purpose::BlockIo => {
-            loader.map_max_entries("IN_FLIGHT", slots);
+            size_in_flight(&mut loader);
             for (map, size) in SWITCH_MAPS {
                 loader.map_max_entries(map, size);
             }
@@ -139,9 +167,7 @@ pub fn load_with(purpose: Purpose, slots: u32, layout: &KernelLayout) -> Result<
                 loader.map_max_entries(map, 1);
             }
         }
-        Purpose::Pinned => {
-            loader.map_max_entries("IN_FLIGHT", slots);
-        }
+        Purpose::Pinned => size_in_flight(&mut loader),
     }
     loader.load(OBJECT).context("loading hcp's eBPF programs (needs root, or CAP_BPF and CAP_PERFMON)")
 }
@@ -183,7 +209,7 @@ pub fn tp_btf(layout: &KernelLayout) -> Result<aya::Btf> {
 /// detach when it drops, unless their links are taken.
 pub fn attach_block_programs(ebpf: &mut Ebpf, layout: &KernelLayout) -> Result<()> {
     let btf = tp_btf(layout)?;
-    for (program, event) in BLOCK_PROGRAMS {
+    for (program, event) in block_programs(layout.in_flight) {
         load_block_program(ebpf, program, event, &btf)?
             .attach()
             .with_context(|| format!("attaching to tp_btf {event}"))?;

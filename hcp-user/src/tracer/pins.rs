@@ -26,6 +26,7 @@ use hcp_common::bio::{BioLosses, LatKey, Level};
 use hcp_common::{DevIoStats, IoOp, LatencyHist, RemapKey, RemapStats};
 
 use super::layout::KernelLayout;
+use super::probe::InFlightMode;
 use super::{block_io, io_latency, object};
 use crate::kernel::devnum::DevNum;
 
@@ -52,8 +53,12 @@ pub struct Counters {
     /// it is already running (an I/O completing in an interrupt while the
     /// program handles another there), and counts each such run as the
     /// program's `recursion_misses` (Linux 5.12+). Shared by every traced
-    /// device, so no device can be named.
-    pub skipped_runs: u64,
+    /// device, so no device can be named. `None` where the kernel keeps no
+    /// such count: not measured, rather than a 0 it cannot vouch for.
+    pub skipped_runs: Option<u64>,
+    /// How the attached programs keep the starts of I/O in flight; `None`
+    /// when not read from the kernel.
+    pub in_flight: Option<InFlightMode>,
 }
 
 /// Whether the programs are attached (pinned).
@@ -94,7 +99,7 @@ pub fn ensure_attached(layout_cache: Option<&Path>) -> Result<()> {
         map.pin(staging.join("maps").join(name)).with_context(|| format!("pinning map {name}"))?;
     }
     let btf = object::tp_btf(&layout)?;
-    for (program, event) in object::BLOCK_PROGRAMS {
+    for (program, event) in object::block_programs(layout.in_flight) {
         let prog = object::load_block_program(&mut ebpf, program, event, &btf)?;
         let id = prog.attach().with_context(|| format!("attaching to tp_btf {event}"))?;
         FdLink::from(prog.take_link(id)?)
@@ -230,17 +235,33 @@ fn read_devices(only: Option<&[DevNum]>) -> Result<Counters> {
     }
     let unattributed = io_latency::losses(&loss_map, None)?;
     let skipped_runs = skipped_runs(&programs()?)?;
-    Ok(Counters { io, remaps, latency, losses, unattributed, skipped_runs })
+    Ok(Counters { io, remaps, latency, losses, unattributed, skipped_runs, in_flight: Some(in_flight_mode()?) })
 }
 
 /// The runs of `programs` the kernel skipped (see [`Counters::skipped_runs`]):
-/// their fdinfo's `recursion_misses`, 0 on kernels without it.
-pub fn skipped_runs(programs: &[ProgramInfo]) -> Result<u64> {
-    let mut total = 0;
+/// the sum of their fdinfo's `recursion_misses`; `None` when the kernel
+/// shows none (before Linux 5.12).
+pub fn skipped_runs(programs: &[ProgramInfo]) -> Result<Option<u64>> {
+    let mut total = Some(0);
     for program in programs {
-        total += fdinfo_field(program.fd()?.as_fd(), "recursion_misses")?.unwrap_or(0);
+        let misses = fdinfo_field(program.fd()?.as_fd(), "recursion_misses")?;
+        total = total.zip(misses).map(|(t, m)| t + m);
     }
     Ok(total)
+}
+
+/// The in-flight mode of the attached programs, told by which are pinned
+/// (the hash-map mode's programs have names of their own).
+pub fn in_flight_mode() -> Result<InFlightMode> {
+    let links = pin_dir().join("links");
+    let (table, hash_map, _) = object::BLOCK_PROGRAMS[0];
+    if links.join(hash_map).exists() {
+        Ok(InFlightMode::HashMap)
+    } else if links.join(table).exists() {
+        Ok(InFlightMode::Table)
+    } else {
+        bail!("no hcp tracing is attached ({} holds no {table} link): start a session with --trace", links.display())
+    }
 }
 
 /// The programs of the pinned set, as the kernel describes them.

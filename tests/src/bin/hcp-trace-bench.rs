@@ -270,7 +270,7 @@ mod tests {
     #[test]
     fn the_floor_covers_exactly_the_tracers_events() {
         let floor: Vec<&str> = FLOOR.iter().map(|(_, e)| *e).collect();
-        let hcp: Vec<&str> = object::BLOCK_PROGRAMS.iter().map(|(_, e)| *e).collect();
+        let hcp: Vec<&str> = object::BLOCK_PROGRAMS.iter().map(|(_, _, e)| *e).collect();
         assert_eq!(floor, hcp, "tp_btf, one program per event");
     }
 }
