@@ -60,6 +60,16 @@ const BULLSEYE: &[(&str, &str)] =
 const ARCHIVE_RECHECK: Duration = Duration::from_secs(24 * 3600);
 
 impl GuestKernel {
+    /// The kernels `cargo xtask test` runs the VM suite on, oldest first.
+    pub const TESTED: [GuestKernel; 3] = [GuestKernel::V5_10, GuestKernel::V6_1, GuestKernel::V6_12];
+
+    /// Whether the boot test runs on it: it boots the host's userland
+    /// (Debian 12's systemd) with systemd as PID 1, which is a real system
+    /// on Debian 12's kernels only; Debian 11's kernel ran Debian 11's.
+    pub fn boots_host_userland(self) -> bool {
+        self != GuestKernel::V5_10
+    }
+
     fn source(self) -> Source {
         match self {
             GuestKernel::V5_10 => Source::Archive { prefix: "linux-image-5.10.0-", suites: BULLSEYE },

@@ -61,7 +61,7 @@ pub fn run_with(args: &SetupArgs) -> Result<()> {
     debian_packages()?;
     nightly_components()?;
     bpf_linker()?;
-    for k in [GuestKernel::V6_1, GuestKernel::V6_12, GuestKernel::V5_10] {
+    for k in GuestKernel::TESTED {
         let unpacked = kernel::ensure_with(k, args.refresh_kernels)?;
         eprintln!("setup: guest kernel {k}: {}", unpacked.release);
     }

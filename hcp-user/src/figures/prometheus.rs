@@ -756,6 +756,28 @@ pub(crate) mod tests {
         assert!(find(&samples, "hcp_latency_seconds_count", &kind("app_read")).is_none());
     }
 
+    /// A kernel that keeps no count of skipped runs (Linux 5.10): the
+    /// figure is named as not measured, absent from the JSON and from the
+    /// Prometheus series, never a 0.
+    #[test]
+    fn skipped_runs_a_kernel_does_not_count_are_absent_not_zero() {
+        let mut c = counters();
+        c.skipped_runs = None;
+        c.in_flight = Some(crate::tracer::probe::InFlightMode::HashMap);
+        let stats = compute(&session("hcp1", "/dev/vdb"), &c, 2);
+        assert_eq!(stats.not_measured, vec![crate::figures::stats::SKIPPED_RUNS_NOT_COUNTED]);
+        assert_eq!(stats.in_flight, Some("hash_map"));
+        let json = serde_json::to_value(&stats).unwrap();
+        assert!(json["losses"].get("skipped_runs").is_none(), "{}", json["losses"]);
+        assert_eq!(json["not_measured"][0]["figure"], "losses.skipped_runs");
+        let samples = check(&render(&[stats]));
+        assert!(find(&samples, "hcp_lost_events_total", &[("reason", "skipped_runs")]).is_none());
+        assert_eq!(value(&samples, "hcp_lost_events_total", &[("reason", "unmatched")]), 5.0, "the others stay");
+
+        let counted = compute(&session("hcp1", "/dev/vdb"), &counters(), 2);
+        assert!(counted.not_measured.is_empty(), "{:?}", counted.not_measured);
+    }
+
     #[test]
     fn sessions_share_each_family() {
         let a = compute(&session("hcp1", "/dev/vdb"), &counters(), 2);

@@ -142,6 +142,7 @@ impl HcpTracer {
         }
         Ok(json!({
             "devices": devices,
+            "in_flight": pins::in_flight_mode()?.name(),
             "unattributed_losses": losses_json(&counters.unattributed),
             "bpf": bpf_memory()?,
             "max_rss_kib": max_rss_kib(),

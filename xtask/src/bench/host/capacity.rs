@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use super::fio::{fio, FIO_LOAD_TEXT};
 use super::runs::{measured_run, Case, TracedRuns};
 use super::system::{LoopDevice, LOOP_BYTES};
-use super::tracers::{recursion_misses, unattributed_losses, DevCounts};
+use super::tracers::{in_flight_mode, modes_text, recursion_misses, unattributed_losses, DevCounts};
 use super::{Bins, Plan, CAPACITY_DEVICES};
 use crate::bench::report::{significant, Figure, Section, Target};
 
@@ -44,6 +44,7 @@ pub(super) fn tracer_capacity(bins: &Bins, plan: &Plan) -> Result<(Section, Trac
     );
     let mut busy = Figure::new("cpu_busy/hcp", "fraction of all CPUs' time busy during the traced runs", "x");
     let mut traced = TracedRuns { reports: Vec::new() };
+    let mut modes = Vec::new();
 
     for round in 0..plan.capacity_rounds {
         let order = if round % 2 == 0 { [Case::None, Case::Hcp] } else { [Case::Hcp, Case::None] };
@@ -83,6 +84,7 @@ pub(super) fn tracer_capacity(bins: &Bins, plan: &Plan) -> Result<(Section, Trac
             uncounted.runs.push(n_uncounted as f64);
             unsampled.runs.push(n_unsampled as f64);
             skipped.runs.push(recursion_misses(&after)?.saturating_sub(recursion_misses(&before)?) as f64);
+            modes.push(in_flight_mode(&after)?);
             traced.reports.push(after);
         }
         ratio.runs.push(round_iops[1] / round_iops[0]);
@@ -112,7 +114,8 @@ pub(super) fn tracer_capacity(bins: &Bins, plan: &Plan) -> Result<(Section, Trac
          far from full at this load. \
          hcp's programs are tp_btf programs, which the kernel skips only when one would interrupt itself \
          on a CPU (the same event firing in an interrupt while its program runs): such a run is counted \
-         only in the program's recursion_misses, which is read too.",
+         only in the program's recursion_misses, which is read too. In-flight mode: {mode}.",
+        mode = modes_text(&modes),
         size = LOOP_BYTES >> 20,
         runtime = plan.runtime_s,
         rounds = plan.capacity_rounds,

@@ -6,7 +6,7 @@ use anyhow::{ensure, Context, Result};
 use super::fio::{fio, FIO_LOAD_TEXT};
 use super::runs::{measured_run, Case, TracedRuns};
 use super::system::{kernel_release, tool_version, LoopDevice, LOOP_BYTES};
-use super::tracers::{recursion_misses, DevCounts};
+use super::tracers::{in_flight_mode, modes_text, recursion_misses, DevCounts};
 use super::{Bins, Plan};
 use crate::bench::report::{significant, Figure, Section, Target};
 
@@ -55,6 +55,7 @@ pub(super) fn tracing_overhead(bins: &Bins, plan: &Plan) -> Result<(Section, Tra
         })
         .collect();
     let mut traced = TracedRuns { reports: Vec::new() };
+    let mut modes = Vec::new();
 
     for round in 0..plan.rounds {
         let mut round_iops = [0.0f64; Case::ALL.len()];
@@ -89,6 +90,7 @@ pub(super) fn tracing_overhead(bins: &Bins, plan: &Plan) -> Result<(Section, Tra
                 counts
                     .check_against(run.kernel_ios[0], skipped)
                     .with_context(|| format!("overhead round {}/{}, traced by hcp", round + 1, plan.rounds))?;
+                modes.push(in_flight_mode(&after)?);
                 traced.reports.push(after);
             }
         }
@@ -134,7 +136,8 @@ pub(super) fn tracing_overhead(bins: &Bins, plan: &Plan) -> Result<(Section, Tra
          so every case sees the same background noise. Ratios are taken within a round; overhead = 1 - ratio. \
          hcp: its tracer as a traced session attaches it (the pinned set under /sys/fs/bpf/hcp: one tp_btf \
          program on each of block_bio_queue, block_bio_remap, block_bio_complete, block_rq_issue, \
-         block_rq_complete and block_rq_requeue, counting and timing), the device added as a session's; \
+         block_rq_complete and block_rq_requeue, counting and timing; in-flight mode: {mode}), the device \
+         added as a session's; \
          a round fails if the requests hcp counted differ from those the kernel completed \
          (/sys/block/*/stat) by more than the losses it reported. \
          bpftrace ({bpftrace}): request latency from block_rq_issue to block_rq_complete (classic tracepoints, \
@@ -143,6 +146,7 @@ pub(super) fn tracing_overhead(bins: &Bins, plan: &Plan) -> Result<(Section, Tra
          CPU per I/O: the busy time of all CPUs (user, nice, system, irq, softirq, steal in /proc/stat) over \
          the fio run, divided by the I/Os fio did: it includes the loop device's worker and the programs \
          wherever they run, and any other load on the machine; fio's own time misses the loop worker. ({fio})",
+        mode = modes_text(&modes),
         runtime = plan.runtime_s,
         size = LOOP_BYTES >> 20,
         kernel = kernel_release(),
