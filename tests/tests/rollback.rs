@@ -326,8 +326,32 @@ fn unmounted_with_changes(vol: &Volume, blocks: u64) -> (String, String) {
     (id, snapshot)
 }
 
+/// dm-snapshot's copy throttle (`snapshot_copy_throttle`, the percent of
+/// time its kcopyd client may spend copying, merges included) held low
+/// while it lives, restored when it drops. How fast a merge of a few
+/// thousand chunks ends differs between kernels (on 5.10 it could end
+/// between a kill and the next command); throttled, it is still going
+/// when the test acts on it.
+struct MergeThrottle(String);
+
+const COPY_THROTTLE: &str = "/sys/module/dm_snapshot/parameters/snapshot_copy_throttle";
+
+impl MergeThrottle {
+    fn new(percent: u32) -> MergeThrottle {
+        let was = fs::read_to_string(COPY_THROTTLE).expect("dm_snapshot's copy throttle");
+        fs::write(COPY_THROTTLE, percent.to_string()).unwrap();
+        MergeThrottle(was.trim().to_string())
+    }
+}
+
+impl Drop for MergeThrottle {
+    fn drop(&mut self) {
+        let _ = fs::write(COPY_THROTTLE, &self.0);
+    }
+}
+
 /// Starts `hcp rollback ID` and kills it (SIGKILL) at its first progress
-/// line, the merge running.
+/// line, the merge running (throttled by the caller's [`MergeThrottle`]).
 fn kill_while_merging(id: &str) {
     let mut child = std::process::Command::new(hcp_bin())
         .args(["rollback", "--json", id])
@@ -352,6 +376,7 @@ fn a_rollback_killed_while_merging_is_finished_by_recover() {
     let table = vol.table();
     let before = SystemState::take();
     let (id, snapshot) = unmounted_with_changes(&vol, 4000);
+    let throttle = MergeThrottle::new(5);
     kill_while_merging(&id);
     assert!(!suspended("t-rb-kill"));
     let listed = hcp_json(&["list"]);
@@ -362,6 +387,7 @@ fn a_rollback_killed_while_merging_is_finished_by_recover() {
     // of the origin are refused while it merges.
     assert_eq!(hcp(&["start", "--skip-mount", vol.path().to_str().unwrap()]).code, 4);
     assert_eq!(hcp(&["remove", &id]).code, 5);
+    drop(throttle);
 
     let recovered = hcp_json(&["recover"]);
     let items = recovered.as_array().unwrap();
@@ -418,6 +444,7 @@ fn a_rollback_interrupted_by_a_reboot_is_finished_by_recover() {
     let (id, snapshot) = unmounted_with_changes(&vol, 4000);
     let record: Value = serde_json::from_slice(&fs::read(format!("/run/hcp/sessions/{id}.json")).unwrap()).unwrap();
     let store = record["store"]["path"].as_str().unwrap().to_string();
+    let throttle = MergeThrottle::new(5);
     kill_while_merging(&id);
     // What a reboot leaves: the origin activated on its own table (as LVM
     // would) over half-merged data, none of hcp's devices, an empty /run.
@@ -430,6 +457,7 @@ fn a_rollback_interrupted_by_a_reboot_is_finished_by_recover() {
         run("losetup", &["-d", lo]);
     }
     fs::remove_file(format!("/run/hcp/sessions/{id}.json")).unwrap();
+    drop(throttle);
     assert_ne!(sha256(&vol.path()), snapshot, "the reboot left the origin half merged");
 
     // Said loudly, and nothing may snapshot the half-merged origin.
