@@ -255,8 +255,16 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The `hcp` binary built beside this test binary (target/<profile>/hcp).
+/// The `hcp` binary the tests run: `$HCP_BIN` when set (`cargo xtask test`
+/// points the VM suite at the optimised build the package is made of: what
+/// ships, and much quicker under emulation), else the one built beside this
+/// test binary (target/<profile>/hcp).
 pub fn hcp_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("HCP_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(bin.exists(), "HCP_BIN={} does not exist", bin.display());
+        return bin;
+    }
     let exe = std::env::current_exe().expect("test binary path");
     let bin = exe.parent().and_then(Path::parent).expect("target dir").join("hcp");
     assert!(bin.exists(), "{} is missing: build it first (cargo build -p hcp-user)", bin.display());
