@@ -600,7 +600,7 @@ pub fn stats(s: &hcp::figures::stats::SessionStats, json: bool) {
     }
     let l = &s.losses;
     println!(
-        "Not measured         {} starts (in-flight table full), {} samples (histogram map full), {} completions without a start, {} unreadable events, {} completions unseen, {}",
+        "Not measured         {} starts (no room in the in-flight table or map), {} samples (histogram map full), {} completions without a start, {} unreadable events, {} completions unseen, {}",
         l.inflight_full,
         l.histogram_full,
         l.unmatched,
