@@ -614,10 +614,8 @@ pub fn stats(s: &hcp::figures::stats::SessionStats, json: bool) {
     for n in &s.not_measured {
         println!("                     {}: {}", n.figure, n.reason);
     }
-    if let Some(mode) = s.in_flight.and_then(hcp::tracer::probe::InFlightMode::from_name) {
-        if mode != hcp::tracer::probe::InFlightMode::Table {
-            println!("Tracer               {}", mode.describe());
-        }
+    if let Some(mode) = s.in_flight.filter(|m| *m != hcp::tracer::probe::InFlightMode::Table) {
+        println!("Tracer               {}", mode.describe());
     }
     if let Some(h) = &s.history {
         let until = h.recorded_until_unix.map_or("nothing yet".to_string(), |t| hcp::clock::format_time(t as u64));

@@ -766,8 +766,9 @@ pub(crate) mod tests {
         c.in_flight = Some(crate::tracer::probe::InFlightMode::HashMap);
         let stats = compute(&session("hcp1", "/dev/vdb"), &c, 2);
         assert_eq!(stats.not_measured, vec![crate::figures::stats::SKIPPED_RUNS_NOT_COUNTED]);
-        assert_eq!(stats.in_flight, Some("hash_map"));
+        assert_eq!(stats.in_flight, Some(crate::tracer::probe::InFlightMode::HashMap));
         let json = serde_json::to_value(&stats).unwrap();
+        assert_eq!(json["in_flight"], "hash_map", "the name the schema and the layout cache use");
         assert!(json["losses"].get("skipped_runs").is_none(), "{}", json["losses"]);
         assert_eq!(json["not_measured"][0]["figure"], "losses.skipped_runs");
         let samples = check(&render(&[stats]));

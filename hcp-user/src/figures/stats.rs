@@ -17,6 +17,7 @@ use crate::state::counters::{from_record, since, Count};
 use crate::state::record::Session;
 use crate::tracer::hist::{summarize, Summary};
 use crate::tracer::pins::Counters;
+use crate::tracer::probe::InFlightMode;
 
 /// The `schema` value of the JSON form; bumped on incompatible changes.
 pub const SCHEMA: &str = "hcp-stats/1";
@@ -59,9 +60,9 @@ pub struct SessionStats {
     /// Events that could not be measured, over all the session's devices.
     pub losses: Losses,
     /// How the kernel's programs kept the starts of I/O in flight
-    /// (`InFlightMode`'s name: `table`, or `hash_map` on kernels that
-    /// refuse BPF atomics); null when not read from the kernel.
-    pub in_flight: Option<&'static str>,
+    /// (`table`, or `hash_map` on kernels that refuse BPF atomics); null
+    /// when not read from the kernel.
+    pub in_flight: Option<InFlightMode>,
     /// Figures this kernel cannot give, each with why: they are absent from
     /// the figures above, never a number that would be wrong.
     pub not_measured: Vec<NotMeasured>,
@@ -440,7 +441,7 @@ pub fn compute(session: &Session, counters: &Counters, now_unix: u64) -> Session
         freeze,
         devices: device_stats,
         losses,
-        in_flight: counters.in_flight.map(|m| m.name()),
+        in_flight: counters.in_flight,
         not_measured,
         history: None,
         analysis: None,

@@ -49,13 +49,12 @@ impl IoLatencyTracer {
     }
 
     fn attach_with(devices: &[DevNum], slots: u32, layout: &KernelLayout) -> Result<IoLatencyTracer> {
-        let layout = layout.clone();
-        let mut ebpf = object::load_with(object::Purpose::BlockIo, slots, &layout)?;
+        let mut ebpf = object::load_with(object::Purpose::BlockIo, slots, layout)?;
         let mut traced = PerCpuHashMap::try_from(ebpf.take_map("DEV_IO").context("eBPF object lacks map DEV_IO")?)?;
         let mut latency = PerCpuHashMap::try_from(ebpf.take_map("IO_LATENCY").context("map IO_LATENCY")?)?;
         add_histograms(&mut latency, devices)?;
         crate::tracer::block_io::add_devices(&mut traced, devices)?;
-        object::attach_block_programs(&mut ebpf, &layout)?;
+        object::attach_block_programs(&mut ebpf, layout)?;
         let losses = PerCpuHashMap::try_from(ebpf.take_map("IO_LOSSES").context("map IO_LOSSES")?)?;
         let slots = Array::try_from(ebpf.take_map("IN_FLIGHT").context("map IN_FLIGHT")?)?;
         let starts = HashMap::try_from(ebpf.take_map("IO_START").context("map IO_START")?)?;

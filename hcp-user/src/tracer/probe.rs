@@ -12,8 +12,10 @@
 use std::fmt;
 
 /// How the block programs keep the starts of the bios and requests in
-/// flight, which their completions become latency samples with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// flight, which their completions become latency samples with. In JSON,
+/// as [`InFlightMode::name`] gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum InFlightMode {
     /// The in-flight table (an array claimed with atomic compare-and-swap),
     /// with the hash map for the few that share a slot: the fast one.
