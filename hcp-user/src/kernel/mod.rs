@@ -8,6 +8,7 @@ pub mod devnum;
 pub mod direct_io;
 pub mod dm;
 pub mod freeze;
+pub mod hidden_dir;
 pub mod loopdev;
 pub mod mount;
 pub mod mountinfo;

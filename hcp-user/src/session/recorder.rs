@@ -10,7 +10,9 @@
 //! hundreds of MiB for a day at 1 s), and coarsening old intervals, which
 //! keeps a week within a few MiB, needs user space anyway.
 //!
-//! It starts before the switch and waits for the session to go live; its
+//! A start starts it once the snapshot is live (a process start the
+//! snapshot need not wait for) and it waits, blocked, until that start is
+//! done with the record (see `worker::wait_for_starter`); its
 //! first interval begins at the counters recorded at the switch, so the
 //! intervals add up to the session's totals. It only reads the counters, so
 //! `hcp stats` and `--follow` beside it change nothing of it. `remove` stops
@@ -55,7 +57,8 @@ pub fn spawn(id: &str) -> Result<Child> {
 
 /// Stops the recorder of `session` if it runs, once it has recorded the
 /// interval in progress. Found by its command line when the record has no
-/// pid: a start killed before the switch leaves one waiting.
+/// pid: a start killed between the recorder's start and the record's save
+/// leaves one waiting.
 pub fn stop(session: &Session) -> Result<()> {
     match recorder_pid(session).or_else(|| worker::find(SUBCOMMAND, &session.id)) {
         Some(pid) => worker::stop(pid, SUBCOMMAND, &session.id, WHAT),
@@ -153,7 +156,9 @@ fn record_session(id: &str) -> Result<String> {
 }
 
 /// The session once live, or None if it went before (a failed start).
+/// Its start is done first (live or undone), unless it was killed.
 fn wait_until_live(id: &str) -> Result<Option<Session>> {
+    worker::wait_for_starter();
     let mut first_seen: Option<u64> = None;
     loop {
         match record::load_one(id)? {

@@ -354,5 +354,5 @@ pub(super) fn switch_origin_onto(dm: &Dm, origin: &str, table: &[TableLine]) -> 
     fault::at("remove-after-origin-reload")?;
     let mounts = MountTable(crate::kernel::mountinfo::read()?);
     let mounted_at = mounts.mounts_of(dm.devnum(origin)?).first().map(|m| m.mount_point.clone());
-    crate::switch::window::switch(dm, origin, mounted_at.as_deref(), true, &RESTORE_STEPS, || Ok(()))
+    crate::switch::window::switch(dm, origin, mounted_at.as_deref(), true, &RESTORE_STEPS, || Ok(()), || Ok(()))
 }

@@ -19,7 +19,10 @@ use crate::error::{Error, Result};
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Starts `hcp SUBCOMMAND ID`, its stdout and stderr to `log` (made 0600 in
-/// a 0700 directory). The caller records the pid.
+/// a 0700 directory). The caller records the pid. The worker's stdin is a
+/// pipe whose other end the returned `Child` holds: dropping it (or the
+/// starter's exit, however it ends) is the worker's cue that its starter
+/// is done ([`wait_for_starter`]).
 pub fn spawn(subcommand: &str, id: &str, log: &Path, what: &str) -> Result<Child> {
     let exe = std::env::current_exe().map_err(|e| Error::io(format!("finding hcp's own binary for {what}"), e))?;
     if let Some(dir) = log.parent() {
@@ -38,7 +41,7 @@ pub fn spawn(subcommand: &str, id: &str, log: &Path, what: &str) -> Result<Child
         .map_err(|e| Error::io(format!("creating {}", log.display()), e))?;
     let err = out.try_clone().map_err(|e| Error::io(log.display(), e))?;
     let mut command = Command::new(exe);
-    command.args([subcommand, id]).stdin(Stdio::null()).stdout(out).stderr(err);
+    command.args([subcommand, id]).stdin(Stdio::piped()).stdout(out).stderr(err);
     // SAFETY: setsid is async-signal-safe and touches no memory of ours. In
     // a session of its own from its first instruction, the worker gets no
     // signal meant for the terminal hcp was started from.
@@ -151,6 +154,23 @@ pub fn log(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{now} {line}");
     let _ = out.flush();
+}
+
+/// Waits until the process that started this worker has closed its end of
+/// the worker's stdin (see [`spawn`]), or the worker is asked to stop.
+/// Blocked in the kernel meanwhile: a start on a machine with one CPU
+/// shares it with nothing of the worker's until the session is live.
+pub fn wait_for_starter() {
+    let mut fd = libc::pollfd { fd: libc::STDIN_FILENO, events: libc::POLLIN, revents: 0 };
+    while !stop_requested() {
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let ready = unsafe { libc::poll(&mut fd, 1, 100) };
+        // Readable (EOF, or a stdin that is not our pipe: a worker started
+        // by hand), hung up, or an error: either way nothing to wait for.
+        if ready != 0 && !(ready < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted) {
+            return;
+        }
+    }
 }
 
 /// Sleeps until `until`, waking early when asked to stop.

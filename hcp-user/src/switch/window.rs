@@ -81,14 +81,17 @@ pub struct Window {
 
 /// Switches `origin` (its new table loaded, inactive, when `reloaded`) with
 /// its filesystem at `mounted_at` written back, then frozen, running
-/// `between` while it is suspended. On failure the origin is running on its
-/// old table and thawed before the error returns.
+/// `between` while it is suspended. `armed` runs once the guard is up, just
+/// before the freeze: a traced start attaches its switch tracer there (see
+/// `session::trace::switch_tracer`). On failure the origin is running on
+/// its old table and thawed before the error returns.
 pub fn switch(
     dm: &Dm,
     origin: &str,
     mounted_at: Option<&Path>,
     reloaded: bool,
     steps: &Steps,
+    armed: impl FnOnce() -> Result<()>,
     between: impl FnOnce() -> Result<()>,
 ) -> Result<Window> {
     // Outside the window: writers keep going while it runs, and nothing is
@@ -117,6 +120,7 @@ pub fn switch(
     };
     // Dropped last: by then hcp has restored what it could itself.
     let guard = crate::switch::guard::Guard::spawn(&plan)?;
+    armed()?;
     // Ctrl-C between freeze and thaw must not leave the filesystem frozen:
     // signals wait until the window is over.
     let signals = SignalBlock::new()?;

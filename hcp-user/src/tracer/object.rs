@@ -5,6 +5,8 @@
 //! shrinks the maps that purpose never touches, since the kernel allocates
 //! every map of a loaded object whether or not its programs run.
 
+use std::path::Path;
+
 use anyhow::{ensure, Context, Result};
 use aya::programs::BtfTracePoint;
 use aya::{Ebpf, EbpfLoader};
@@ -12,6 +14,7 @@ use hcp_common::bio::IN_FLIGHT_SLOTS;
 
 use super::layout::KernelLayout;
 use super::probe::InFlightMode;
+use crate::kernel::hidden_dir;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hcp-ebpf"));
 
@@ -136,10 +139,7 @@ pub fn load_with(purpose: Purpose, slots: u32, layout: &KernelLayout) -> Result<
         ),
         Purpose::Pinned => (layout.ioctl.clone().unwrap_or_default(), layout.stall.clone().unwrap_or_default()),
     };
-    let mut loader = EbpfLoader::new();
-    // The object has no CO-RE relocations (the layouts above stand in for
-    // them): nothing to relocate against the kernel's BTF.
-    loader.btf(None);
+    let mut loader = loader_without_btf();
     loader.override_global("BIO_LAYOUT", &layout.bio, true);
     loader.override_global("IOCTL_TP_LAYOUT", &ioctl, true);
     loader.override_global("STALL_LAYOUT", &stall, true);
@@ -170,6 +170,23 @@ pub fn load_with(purpose: Purpose, slots: u32, layout: &KernelLayout) -> Result<
         Purpose::Pinned => size_in_flight(&mut loader),
     }
     loader.load(OBJECT).context("loading hcp's eBPF programs (needs root, or CAP_BPF and CAP_PERFMON)")
+}
+
+/// A loader that relocates nothing against the kernel's BTF: the object
+/// has no CO-RE relocations (the layouts stand in for them).
+///
+/// aya's `EbpfLoader::new` reads and parses the kernel's whole BTF
+/// (`/sys/kernel/btf/vmlinux`, 5 MB) before its caller can say it wants
+/// none: about half a second of a traced start under emulation, and all
+/// of it thrown away. So the loader is made on a thread that sees
+/// `/sys/kernel/btf` empty ([`hidden_dir`]), where aya's read fails and
+/// it takes the kernel to have no BTF. Where that view cannot be had, the
+/// loader is made as aya makes it, and pays the parse.
+fn loader_without_btf() -> EbpfLoader<'static> {
+    let mut loader =
+        hidden_dir::without_dir(Path::new("/sys/kernel/btf"), EbpfLoader::new).unwrap_or_else(|_| EbpfLoader::new());
+    loader.btf(None);
+    loader
 }
 
 /// An aya `Btf` holding the `btf_trace_` typedefs of `layout` at the

@@ -68,7 +68,7 @@ pub fn switch_to_merge(dm: &Dm, origin: &str, merge: &TableLine) -> Result<Windo
     // load fail (the kernel allows one merge per origin, loaded or live).
     let _ = dm.clear_inactive(origin);
     dm.load(origin, std::slice::from_ref(merge))?;
-    window::switch(dm, origin, None, true, &ROLLBACK_STEPS, || Ok(())).inspect_err(|_| {
+    window::switch(dm, origin, None, true, &ROLLBACK_STEPS, || Ok(()), || Ok(())).inspect_err(|_| {
         // Failed before its suspend: the table is still loaded, inactive.
         let _ = dm.clear_inactive(origin);
     })

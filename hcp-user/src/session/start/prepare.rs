@@ -16,14 +16,12 @@ use crate::kernel::devnum::DevNum;
 use crate::kernel::dm::device::Dm;
 use crate::kernel::dm::table::{Persistence, Snapshot, SnapshotOrigin, TableLine, TargetParams};
 use crate::kernel::dm::uuid::{self, UUID_REAL, UUID_SNAPSHOT};
+use crate::session::autoextend;
 use crate::session::inspect::snapshot_node;
 use crate::session::trace;
-use crate::session::{autoextend, recorder};
 use crate::state::counters::{CountersRecord, HistRecord};
 use crate::state::dirs::DEFAULT_MOUNT_DIR;
-use crate::state::record::{
-    self, AutoextendRecord, MountRecord, Origin, Phase, RecorderRecord, Session, RECORD_VERSION,
-};
+use crate::state::record::{self, AutoextendRecord, MountRecord, Origin, Phase, Session, RECORD_VERSION};
 use crate::tracer::freeze_trace::FreezeTracer;
 
 use super::options::StartOptions;
@@ -54,10 +52,9 @@ pub(super) struct Tracing {
     pub baseline: Option<HistRecord>,
     /// Every counter of the traced devices just before the switch.
     pub at_start: Option<CountersRecord>,
-    /// The freeze and write-stall programs, for a live origin.
+    /// The freeze and write-stall programs, for a live origin: attached by
+    /// the switch itself, once its guard is up (see `super::switch`).
     pub switch_tracer: Option<FreezeTracer>,
-    /// The recorder, waiting for the session to go live.
-    pub recorder: RecorderRecord,
 }
 
 pub(super) fn prepare<'a>(dm: &'a Dm, opts: &StartOptions, plan: &Plan, undo: &mut Undo<'a>) -> Result<Prepared> {
@@ -76,7 +73,7 @@ pub(super) fn prepare<'a>(dm: &'a Dm, opts: &StartOptions, plan: &Plan, undo: &m
     }
     record::save(&session)?;
     start_monitor(&mut session, undo)?;
-    let tracing = if opts.trace { Some(start_tracing(opts, plan, &session, undo)?) } else { None };
+    let tracing = if opts.trace { Some(start_tracing(opts, &session, undo)?) } else { None };
     Ok(Prepared { session, store_bytes, snapshot, origin_table, tracing })
 }
 
@@ -196,9 +193,11 @@ fn start_monitor(session: &mut Session, undo: &mut Undo<'_>) -> Result<()> {
 
 /// Tracing starts before the switch, so that it sees the window: the
 /// session's devices added to the pinned block programs, the baseline
-/// measured, the switch's programs loaded, and the counters read last, so
-/// that nothing written before the switch counts as the session's.
-fn start_tracing(opts: &StartOptions, plan: &Plan, session: &Session, undo: &mut Undo<'_>) -> Result<Tracing> {
+/// measured, and the counters read last, so that nothing written before
+/// the switch counts as the session's. The switch attaches its own
+/// programs; the history recorder starts once the snapshot is live (see
+/// `super::finish`).
+fn start_tracing(opts: &StartOptions, session: &Session, undo: &mut Undo<'_>) -> Result<Tracing> {
     let traced = trace::devices_of(session);
     let added = trace::attach(&traced)?;
     undo.push("stop tracing the session's devices".to_string(), move || {
@@ -209,28 +208,6 @@ fn start_tracing(opts: &StartOptions, plan: &Plan, session: &Session, undo: &mut
         Some(origin) => trace::baseline(origin, opts.baseline)?,
         None => None,
     };
-    let switch_tracer = match &plan.origin {
-        OriginPlan::Live { mounted_at, .. } => {
-            Some(trace::switch_tracer(mounted_at.is_some().then_some(plan.origin_dev.devnum))?)
-        }
-        OriginPlan::Wrap { .. } => None,
-    };
-    // Started before the switch like everything else that can fail; it
-    // waits for the session to go live, and begins at the counters below.
-    let child = recorder::spawn(&session.id)?;
-    let recorder = RecorderRecord {
-        pid: Some(child.id() as i32),
-        interval_seconds: Some(opts.history_interval)
-            .filter(|d| !d.is_zero())
-            .unwrap_or(recorder::DEFAULT_INTERVAL)
-            .as_secs_f64(),
-    };
-    let log = recorder::log_path(&session.id);
-    undo.push(format!("stop the history recorder of {}", session.id), move || {
-        let stopped = recorder::stop_child(child);
-        let _ = std::fs::remove_file(&log);
-        stopped
-    });
     let at_start = match origin {
         Some(_) => {
             let devnums: Vec<_> = traced.iter().map(|(d, _, _)| *d).collect();
@@ -238,7 +215,7 @@ fn start_tracing(opts: &StartOptions, plan: &Plan, session: &Session, undo: &mut
         }
         None => None,
     };
-    Ok(Tracing { traced, baseline, at_start, switch_tracer, recorder })
+    Ok(Tracing { traced, baseline, at_start, switch_tracer: None })
 }
 
 /// Creates the mount point if missing (0700: a writable snapshot may hold
