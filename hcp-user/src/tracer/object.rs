@@ -172,6 +172,9 @@ pub fn load_with(purpose: Purpose, slots: u32, layout: &KernelLayout) -> Result<
     loader.load(OBJECT).context("loading hcp's eBPF programs (needs root, or CAP_BPF and CAP_PERFMON)")
 }
 
+/// Where the kernel's BTF is, for aya (`Btf::from_sys_fs`).
+const KERNEL_BTF_DIR: &str = "/sys/kernel/btf";
+
 /// A loader that relocates nothing against the kernel's BTF: the object
 /// has no CO-RE relocations (the layouts stand in for them).
 ///
@@ -184,7 +187,7 @@ pub fn load_with(purpose: Purpose, slots: u32, layout: &KernelLayout) -> Result<
 /// loader is made as aya makes it, and pays the parse.
 fn loader_without_btf() -> EbpfLoader<'static> {
     let mut loader =
-        hidden_dir::without_dir(Path::new("/sys/kernel/btf"), EbpfLoader::new).unwrap_or_else(|_| EbpfLoader::new());
+        hidden_dir::without_dir(Path::new(KERNEL_BTF_DIR), EbpfLoader::new).unwrap_or_else(|_| EbpfLoader::new());
     loader.btf(None);
     loader
 }
@@ -245,4 +248,21 @@ pub fn load_block_program<'a>(
         ebpf.program_mut(program).with_context(|| format!("eBPF object lacks program {program}"))?.try_into()?;
     prog.load(event, btf).with_context(|| format!("loading program {program}"))?;
     Ok(prog)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loader_is_made_where_aya_cannot_read_the_kernels_btf() {
+        let vmlinux = Path::new(KERNEL_BTF_DIR).join("vmlinux");
+        if crate::privilege::require_root().is_err() || !vmlinux.exists() {
+            eprintln!("skipped: needs root and a kernel with BTF");
+            return;
+        }
+        assert!(aya::Btf::from_sys_fs().is_ok(), "readable outside");
+        let inside = hidden_dir::without_dir(Path::new(KERNEL_BTF_DIR), || aya::Btf::from_sys_fs().is_ok()).unwrap();
+        assert!(!inside, "aya's own reader found the kernel's BTF where the loader is made");
+    }
 }
