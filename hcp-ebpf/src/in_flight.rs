@@ -35,7 +35,7 @@
 //! costs time, not correctness.
 
 use aya_ebpf::{
-    bindings::{BPF_EXIST, BPF_NOEXIST},
+    bindings::{BPF_EXIST, BPF_F_MMAPABLE, BPF_NOEXIST},
     macros::map,
     maps::{Array, HashMap},
 };
@@ -45,8 +45,10 @@ use hcp_common::bio::{
 
 use crate::{atomic, kernel};
 
+/// Mmapable, so that user space can zero it in one go before the programs
+/// are attached again (see hcp-user's `tracer::pins`).
 #[map]
-static IN_FLIGHT: Array<InFlightSlot> = Array::with_max_entries(IN_FLIGHT_SLOTS, 0);
+static IN_FLIGHT: Array<InFlightSlot> = Array::with_max_entries(IN_FLIGHT_SLOTS, BPF_F_MMAPABLE);
 
 /// The table's size less one (a power of two): user space sets it with the
 /// table's size at load, smaller only in the tests of the hash map's path.

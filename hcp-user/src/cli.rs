@@ -371,6 +371,10 @@ impl StartArgs {
 enum TraceCommand {
     /// Start tracing SESSION (started without --trace).
     Attach { session: String },
+    /// Free the tracing programs and their maps, which stay loaded
+    /// (detached, running on nothing) once no session is traced, so that
+    /// the next traced start need not load and verify them again.
+    Unload,
 }
 
 /// How `hcp stats` prints.
@@ -398,6 +402,7 @@ pub enum Action {
     /// seconds since the epoch, and `--json`.
     History(String, Option<f64>, Option<f64>, bool),
     TraceAttach(String, bool),
+    TraceUnload(bool),
     Report(String, Option<PathBuf>, bool),
     Start(StartOptions, bool),
     List(bool),
@@ -492,6 +497,7 @@ impl Cli {
                 }
             }
             Some(Command::Trace { command: TraceCommand::Attach { session } }) => Action::TraceAttach(session, json),
+            Some(Command::Trace { command: TraceCommand::Unload }) => Action::TraceUnload(json),
             Some(Command::Version) => Action::Version(json),
             Some(Command::Completions { shell }) => Action::Completions(shell),
             Some(Command::Manual { dir }) => Action::Manual(dir),

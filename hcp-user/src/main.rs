@@ -227,6 +227,10 @@ fn run(action: Action) -> Result<ExitCode, Error> {
             render::trace_attached(&snapshot, json);
             Ok(ExitCode::SUCCESS)
         }
+        Action::TraceUnload(json) => {
+            render::trace_unloaded(hcp::session::trace_unload()?, json);
+            Ok(ExitCode::SUCCESS)
+        }
         Action::Guard(plan, parent) => {
             // Started from inside a switch, it inherited hcp's blocked
             // signals; it must not hold them for hcp's sake.

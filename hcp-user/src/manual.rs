@@ -83,7 +83,10 @@ const FILES: &[(&str, &str)] = &[
         "enrolled partitions (`hcp enroll`), one record each; hcp-activate.service maps them at boot",
     ),
     ("/etc/fstab", "changed by enroll and unenroll --edit-fstab, the old one kept as /etc/fstab.hcp-<unix time>"),
-    ("/sys/fs/bpf/hcp/", "the tracer's pinned programs and maps, shared by every traced session"),
+    (
+        "/sys/fs/bpf/hcp/",
+        "the tracer's pinned programs and maps, shared by every traced session; loaded until `hcp trace unload` or a reboot",
+    ),
 ];
 
 /// The variables hcp reads.

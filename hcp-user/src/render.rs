@@ -477,6 +477,17 @@ pub fn trace_attached(snapshot: &std::path::Path, json: bool) {
     println!("Tracing {}: `hcp stats {}` shows what it costs", snapshot.display(), snapshot.display());
 }
 
+pub fn trace_unloaded(was_loaded: bool, json: bool) {
+    if json {
+        return print_json(&serde_json::json!({ "unloaded": was_loaded }));
+    }
+    if was_loaded {
+        println!("Unloaded hcp's tracing programs and maps (the next traced start loads them again)");
+    } else {
+        println!("hcp's tracing was not loaded: nothing to unload");
+    }
+}
+
 pub fn stats(s: &hcp::figures::stats::SessionStats, json: bool) {
     use hcp::tracer::hist::Summary;
     if json {

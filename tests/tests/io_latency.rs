@@ -3,11 +3,13 @@
 
 use std::time::Instant;
 
-use hcp::common::bio::{LatKey, Level};
+use aya::maps::{Array, Map, MapData};
+use hcp::common::bio::{InFlightSlot, LatKey, Level};
 use hcp::common::IoOp;
 use hcp::tracer::io_latency::IoLatencyTracer;
+use hcp::tracer::pins;
 use hcp::tracer::probe::InFlightMode;
-use hcp_tests::{open_direct, pread_exact, pwrite_all, require_root, AlignedBuf, LoopDevice};
+use hcp_tests::{open_direct, pread_exact, pwrite_all, require_root, serial, AlignedBuf, LoopDevice};
 
 #[test]
 fn histograms_count_each_request_once_by_device_and_direction() {
@@ -110,4 +112,51 @@ fn overlapping_requests_are_timed_exactly_once_in_each_in_flight_mode() {
             eprintln!("table: {overflowed} of {} starts went to the overflow map", writers * each);
         }
     }
+}
+
+/// The pinned set stays loaded when its last device goes, and is attached
+/// again by the next traced session: a start still in the in-flight table
+/// from before (a request in flight at the detach) must not be taken for a
+/// later request at the same address. The attach zeroes the table first,
+/// and the counts of the next I/O are exact.
+#[test]
+fn the_pinned_programs_attached_again_forget_what_was_in_flight() {
+    require_root();
+    let _serial = serial();
+    if pins::loaded() {
+        eprintln!("skipped: hcp's tracing is loaded here already (a session, or `hcp trace unload` not run)");
+        return;
+    }
+    let traced = LoopDevice::new(16 << 20);
+    let dev = traced.devnum();
+    pins::ensure_attached(None).expect("load and attach");
+    pins::add_devices(&[dev]).unwrap();
+    pins::remove_devices(&[dev]).unwrap();
+    assert!(!pins::attached() && pins::loaded(), "detached with its last device, still loaded");
+
+    // A start left behind, as the detach of a request in flight leaves one.
+    let path = pins::pin_dir().join("maps/IN_FLIGHT");
+    let mut table: Array<MapData, InFlightSlot> =
+        Array::try_from(Map::from_map_data(MapData::from_pin(&path).unwrap()).unwrap()).unwrap();
+    let stale = InFlightSlot { object: 0xdead_b10c, start_ns: 1, ..Default::default() };
+    table.set(0, stale, 0).unwrap();
+    assert_eq!(table.get(&0, 0).unwrap(), stale);
+
+    pins::ensure_attached(None).expect("attach again");
+    assert!(pins::attached());
+    assert_eq!(table.get(&0, 0).unwrap(), InFlightSlot::default(), "the table is zeroed before the attach");
+    pins::add_devices(&[dev]).unwrap();
+    let writes = 12u64;
+    let file = open_direct(&traced.path);
+    let block = AlignedBuf::new(4096, 0x5a);
+    for i in 0..writes {
+        pwrite_all(&file, &block, i * 4096);
+    }
+    let hist = pins::histogram(dev, Level::Request, IoOp::Write).unwrap();
+    assert_eq!(hist.count, writes, "each write timed once");
+    let max_ns = hist.max_ns;
+    assert!(max_ns < 60_000_000_000, "no sample from a start before the attach: max {max_ns} ns");
+    pins::remove_devices(&[dev]).unwrap();
+    pins::unload().unwrap();
+    assert!(!pins::pin_dir().exists());
 }

@@ -49,7 +49,7 @@ fn every_page_renders_without_warnings_and_says_what_people_look_up() {
     let mut names: Vec<String> = pages.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     names.sort();
     let mut wanted: Vec<String> = commands().iter().map(|c| format!("hcp-{c}.8")).collect();
-    wanted.extend(["hcp.8".to_string(), "hcp-trace-attach.8".to_string()]);
+    wanted.extend(["hcp.8", "hcp-trace-attach.8", "hcp-trace-unload.8"].map(String::from));
     wanted.sort();
     assert_eq!(names, wanted, "one page for hcp and for each command, none for hidden ones");
 

@@ -494,6 +494,12 @@ fn a_traced_session_reports_what_it_costs() {
     let app_write = logged.get("app_write").copied().unwrap_or_else(|| panic!("no app_write: {logged:?}"));
     assert!((count as u64..=later).contains(&app_write), "{count} <= {app_write} <= {later}: {logged:?}");
 
+    // The programs are in use: unloading them is refused, in one line.
+    let refused = hcp_tests::hcp(&["trace", "unload"]);
+    assert_eq!(refused.code, 4, "busy: {}{}", refused.stdout, refused.stderr);
+    assert_eq!(refused.stderr.trim().lines().count(), 1, "{}", refused.stderr);
+    assert!(refused.stderr.contains(&id) && refused.stderr.contains("hcp remove"), "{}", refused.stderr);
+    assert!(Path::new("/sys/fs/bpf/hcp/links").is_dir(), "still attached after the refusal");
     let removed = hcp_json(&["remove", &id]);
     let report = PathBuf::from(removed[0]["report"].as_str().expect("a final report"));
     assert_eq!(report, report_path, "the report goes where --report said");
@@ -504,7 +510,11 @@ fn a_traced_session_reports_what_it_costs() {
     let final_log =
         hdr_log_counts(&fs::read(report_dir.join("final.json.hlog")).expect("the histograms beside the report"));
     assert_eq!(final_log.get("app_write").copied(), final_stats["app_writes"]["latency"]["count"].as_u64());
-    assert!(!Path::new("/sys/fs/bpf/hcp").exists(), "the last traced session's removal detaches the programs");
+    assert!(!Path::new("/sys/fs/bpf/hcp/links").exists(), "the last traced session's removal detaches the programs");
+    assert!(Path::new("/sys/fs/bpf/hcp/programs").is_dir(), "and leaves them loaded for the next traced start");
+    assert_eq!(hcp_json(&["trace", "unload"])["unloaded"], true);
+    assert!(!Path::new("/sys/fs/bpf/hcp").exists(), "unloaded: nothing of hcp's left in bpffs");
+    assert_eq!(hcp_json(&["trace", "unload"])["unloaded"], false, "nothing to unload the second time");
     fs::remove_dir_all(report_dir).unwrap();
 }
 
@@ -868,7 +878,7 @@ fn twenty_cycles_under_fio_leave_clean_snapshots_and_nothing_behind() {
     drop(fio);
     assert_eq!(vol.table(), table_before);
     assert_eq!(SystemState::take(), before, "20 cycles leaked something");
-    assert!(!Path::new("/sys/fs/bpf/hcp").exists(), "no pinned programs left");
+    assert!(!Path::new("/sys/fs/bpf/hcp/links").exists(), "no programs attached");
     assert!(hcp_json(&["recover"]).as_array().unwrap().is_empty(), "recover finds nothing");
 }
 
@@ -1086,7 +1096,7 @@ fn ctrl_c_stops_a_start_cleanly_and_waits_out_a_switch() {
     // the programs, on an emulated CPU).
     assert!(sent.elapsed() < Duration::from_secs(15), "stopped at once, not after the baseline: {:?}", sent.elapsed());
     assert_eq!(SystemState::take(), before, "everything undone: {stderr}");
-    assert!(!Path::new("/sys/fs/bpf/hcp").exists(), "tracing detached");
+    assert!(!Path::new("/sys/fs/bpf/hcp/links").exists(), "tracing detached");
     assert!(hcp_json(&["recover"]).as_array().unwrap().is_empty(), "nothing for recover");
     assert_files(&dir, &files);
 

@@ -41,5 +41,5 @@ pub use rollback::{rollback, MergeProgress, RollbackOptions, RolledBack};
 pub use start::{start, StartOptions, Started};
 pub use trace::{
     attach_session as trace_attach, follow as follow_stats, histogram_log_path, history, history_copy_path,
-    report_path, stats, stats_all,
+    report_path, stats, stats_all, unload as trace_unload,
 };

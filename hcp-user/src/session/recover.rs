@@ -103,9 +103,11 @@ pub fn recover() -> Result<Vec<Recovered>> {
     }
     if crate::tracer::pins::attached() && !sessions.iter().any(|s| s.trace.is_some()) {
         let item = crate::tracer::pins::pin_dir().display().to_string();
-        let found = "pinned tracing programs that no session uses".to_string();
-        match crate::tracer::pins::detach_all() {
-            Ok(()) => out.push(done(&item, found, "unpinned (the programs detached)".to_string())),
+        let found = "tracing programs attached for no session".to_string();
+        match crate::tracer::pins::detach() {
+            Ok(()) => {
+                out.push(done(&item, found, "detached (still loaded: `hcp trace unload` frees them)".to_string()))
+            }
             Err(e) => out.push(failed(&item, found, Error::system(format!("{e:#}")))),
         }
     }

@@ -427,6 +427,26 @@ pub fn history(target: &str, since: Option<f64>, until: Option<f64>) -> Result<(
     Ok((shown, status))
 }
 
+/// `hcp trace unload`: frees the tracing programs and maps that stay
+/// loaded, detached, once no session is traced (see [`pins`]). Returns
+/// whether anything was loaded. Refused while a session is traced.
+pub fn unload() -> Result<bool> {
+    crate::privilege::require_root()?;
+    let _lock = crate::state::lock::Lock::acquire()?;
+    let traced: Vec<String> =
+        crate::state::record::load_all()?.into_iter().filter(|s| s.trace.is_some()).map(|s| s.id).collect();
+    if !traced.is_empty() {
+        return Err(Error::busy(format!(
+            "{} traced ({}): the programs are in use; `hcp remove` the traced sessions first",
+            if traced.len() == 1 { "a session is" } else { "sessions are" },
+            traced.join(", ")
+        )));
+    }
+    let loaded = pins::loaded() || pins::pin_dir().exists();
+    pins::unload().map_err(|e| Error::system(format!("unloading hcp's tracing: {e:#}")))?;
+    Ok(loaded)
+}
+
 /// `hcp trace attach TARGET`: starts tracing a running session (without a
 /// baseline or the switch, which are over).
 pub fn attach_session(target: &str) -> Result<PathBuf> {

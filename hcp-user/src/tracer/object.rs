@@ -18,6 +18,10 @@ use crate::kernel::hidden_dir;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hcp-ebpf"));
 
+/// The object's identity (a hash of it, made by build.rs): programs pinned
+/// by another build of hcp are told apart by it.
+pub const OBJECT_ID: &str = include_str!(concat!(env!("OUT_DIR"), "/hcp-ebpf.id"));
+
 /// What the loaded object is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Purpose {

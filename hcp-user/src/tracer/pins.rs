@@ -4,9 +4,14 @@
 //!
 //! Why pins and not a tracer process per session: the kernel keeps a pinned
 //! link attached with no process to supervise, restart or leak; any later
-//! hcp command (stats, remove) opens the pinned maps, and removing the pins
-//! of the last traced session detaches everything. The programs are loaded
-//! once, for the first traced session; later sessions only add devices.
+//! hcp command (stats, remove) opens the pinned maps. The programs are
+//! loaded (and verified) once, pinned unattached under `programs/`, and
+//! attached by their links under `links/` while a session is traced; later
+//! sessions only add devices. The last traced session's removal unpins the
+//! links, which detaches the programs (they run on nothing), and leaves
+//! them loaded, so that the next traced start only attaches them: loading
+//! and verifying took 200-400 ms of a traced start in the 6.x guests, an
+//! attach a few. `hcp trace unload` (or a reboot) frees them.
 //!
 //! The switch's programs (`freeze_trace`) are loaded with them and pinned
 //! unattached, with their maps, under `switch/`: each traced start attaches
@@ -21,8 +26,8 @@ use anyhow::{bail, Context, Result};
 use aya::maps::{Map, MapData, PerCpuHashMap};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::ProgramInfo;
-use aya::programs::TracePoint;
-use hcp_common::bio::{BioLosses, LatKey, Level};
+use aya::programs::{BtfTracePoint, TracePoint};
+use hcp_common::bio::{BioLosses, BioStart, LatKey, Level, OVERFLOW_IN_USE};
 use hcp_common::{DevIoStats, IoOp, LatencyHist, RemapKey, RemapStats};
 
 use super::layout::KernelLayout;
@@ -35,8 +40,9 @@ pub fn pin_dir() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/hcp")
 }
 
-/// The maps user space reads or fills.
-const MAPS: [&str; 4] = ["DEV_IO", "DEV_REMAP", "IO_LATENCY", "IO_LOSSES"];
+/// The maps user space reads or fills: the counters, and the starts in
+/// flight, which an attach resets ([`reset_in_flight`]).
+const MAPS: [&str; 7] = ["DEV_IO", "DEV_REMAP", "IO_LATENCY", "IO_LOSSES", "IN_FLIGHT", "IO_START", "IO_START_USE"];
 
 /// Everything the kernel counted for the traced devices.
 #[derive(Clone, Debug, Default)]
@@ -61,9 +67,19 @@ pub struct Counters {
     pub in_flight: Option<InFlightMode>,
 }
 
-/// Whether the programs are attached (pinned).
+/// Whether the programs are attached (their links pinned).
 pub fn attached() -> bool {
     pin_dir().join("links").is_dir()
+}
+
+/// Whether the programs are loaded (pinned, attached or not).
+pub fn loaded() -> bool {
+    programs_dir().is_dir()
+}
+
+/// Where the block programs are pinned, loaded.
+fn programs_dir() -> PathBuf {
+    pin_dir().join("programs")
 }
 
 /// Where the switch's programs are pinned (unattached).
@@ -71,14 +87,33 @@ pub fn switch_dir() -> PathBuf {
     pin_dir().join("switch")
 }
 
-/// Loads and attaches the programs and pins them with their maps, unless
-/// that was done already. The kernel's layout is read from `layout_cache`
-/// (see [`KernelLayout::find`]) when it was written for the running kernel.
+/// Attaches the programs, loading them first unless they are loaded. The
+/// kernel's layout is read from `layout_cache` (see [`KernelLayout::find`])
+/// when it was written for the running kernel.
 pub fn ensure_attached(layout_cache: Option<&Path>) -> Result<()> {
     if attached() {
         return Ok(());
     }
     ensure_bpffs()?;
+    // Detached programs another build of hcp loaded (before an upgrade, say)
+    // may not share this build's maps and layouts: replaced.
+    if loaded() && !object_marker().is_dir() {
+        unload()?;
+    }
+    if !loaded() {
+        load(layout_cache)?;
+    }
+    attach_loaded()
+}
+
+/// An empty directory naming the object the pinned programs were loaded
+/// from (bpffs holds no plain files).
+fn object_marker() -> PathBuf {
+    pin_dir().join(format!("object-{}", object::OBJECT_ID))
+}
+
+/// Loads the programs and pins them, unattached, with their maps.
+fn load(layout_cache: Option<&Path>) -> Result<()> {
     let dir = pin_dir();
     // A half-made directory (a crash between mkdir and the last pin) holds
     // nothing a new load could reuse.
@@ -88,7 +123,9 @@ pub fn ensure_attached(layout_cache: Option<&Path>) -> Result<()> {
     // (bpffs refuses names with a dot.)
     let staging = dir.with_file_name("hcp-new");
     let _ = std::fs::remove_dir_all(&staging);
-    for sub in ["links", "maps"] {
+    let marker = object_marker();
+    let marker = marker.file_name().expect("a directory name");
+    for sub in [std::ffi::OsStr::new("programs"), std::ffi::OsStr::new("maps"), marker] {
         std::fs::create_dir_all(staging.join(sub)).with_context(|| format!("creating {}", staging.display()))?;
     }
 
@@ -100,19 +137,75 @@ pub fn ensure_attached(layout_cache: Option<&Path>) -> Result<()> {
     }
     let btf = object::tp_btf(&layout)?;
     for (program, event) in object::block_programs(layout.in_flight) {
-        let prog = object::load_block_program(&mut ebpf, program, event, &btf)?;
-        let id = prog.attach().with_context(|| format!("attaching to tp_btf {event}"))?;
-        FdLink::from(prog.take_link(id)?)
-            .pin(staging.join("links").join(program))
-            .with_context(|| format!("pinning link {program}"))?;
+        object::load_block_program(&mut ebpf, program, event, &btf)?
+            .pin(staging.join("programs").join(program))
+            .with_context(|| format!("pinning program {program}"))?;
     }
     // Without them (a kernel without syscall tracepoints, say) each start
     // loads its own, and says what is missing.
     if layout.ioctl.is_ok() && pin_switch_programs(&mut ebpf, &staging.join("switch"), layout.stall.is_ok()).is_err() {
         let _ = std::fs::remove_dir_all(staging.join("switch"));
     }
-    // Visible all at once: `attached()` never sees a half-pinned set.
+    // Visible all at once: `loaded()` never sees a half-pinned set.
     std::fs::rename(&staging, &dir).with_context(|| format!("moving pins to {}", dir.display()))?;
+    Ok(())
+}
+
+/// Attaches the loaded programs from their pins, in [`object::BLOCK_PROGRAMS`]'
+/// order, and pins their links.
+fn attach_loaded() -> Result<()> {
+    let mode = in_flight_mode()?;
+    reset_in_flight()?;
+    let links = pin_dir().join("links");
+    let staging = pin_dir().join("links-new");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    for (program, event) in object::block_programs(mode) {
+        let path = programs_dir().join(program);
+        let mut prog =
+            BtfTracePoint::from_pin(&path).with_context(|| format!("opening pinned program {}", path.display()))?;
+        let id = prog.attach().with_context(|| format!("attaching to tp_btf {event}"))?;
+        FdLink::from(prog.take_link(id)?)
+            .pin(staging.join(program))
+            .with_context(|| format!("pinning link {program}"))?;
+    }
+    // Visible all at once: `attached()` never sees a half-attached set.
+    std::fs::rename(&staging, &links).with_context(|| format!("moving links to {}", links.display()))?;
+    Ok(())
+}
+
+/// Forgets the starts recorded before the programs were last detached.
+/// Whatever was in flight then had its completion go unseen, and its
+/// record would time a later request at the same address (blk-mq reuses
+/// its requests) from that old start. Run while nothing is attached: the
+/// in-flight table zeroed through a mapping of it (it is made mmapable for
+/// this: 65536 updates would take a second under emulation), the hash map
+/// emptied, its use count set to 0.
+fn reset_in_flight() -> Result<()> {
+    let path = pin_dir().join("maps").join("IN_FLIGHT");
+    let table = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    let info = table.info()?;
+    let len = info.max_entries() as usize * info.value_size() as usize;
+    if len > 0 {
+        // SAFETY: a shared mapping of the map's own memory, `len` bytes
+        // (the kernel rounds the map up to whole pages), written with
+        // zeros (a free slot) and unmapped before the fd goes.
+        unsafe {
+            let fd = table.fd().as_fd().as_raw_fd();
+            let at = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
+            if at == libc::MAP_FAILED {
+                bail!("mapping the in-flight table: {}", std::io::Error::last_os_error());
+            }
+            std::ptr::write_bytes(at.cast::<u8>(), 0, len);
+            libc::munmap(at, len);
+        }
+    }
+    let mut starts: aya::maps::HashMap<MapData, u64, BioStart> = open("IO_START")?;
+    for key in starts.keys().collect::<Result<Vec<u64>, _>>()? {
+        let _ = starts.remove(&key);
+    }
+    let mut starts_use: aya::maps::Array<MapData, u64> = open("IO_START_USE")?;
+    starts_use.set(OVERFLOW_IN_USE, 0, 0)?;
     Ok(())
 }
 
@@ -193,14 +286,25 @@ pub fn remove_devices(devices: &[DevNum]) -> Result<()> {
         }
     }
     if io.keys().next().is_none() {
-        detach_all()?;
+        detach()?;
     }
     Ok(())
 }
 
-/// Unpins every link and map: the programs detach and the maps are freed
-/// once nothing holds them.
-pub fn detach_all() -> Result<()> {
+/// Unpins the links: the programs detach, and stay loaded for the next
+/// traced start.
+pub fn detach() -> Result<()> {
+    let links = pin_dir().join("links");
+    match std::fs::remove_dir_all(&links) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", links.display())),
+    }
+}
+
+/// Unpins everything: the programs detach and are unloaded, and the maps
+/// are freed once nothing holds them.
+pub fn unload() -> Result<()> {
     let dir = pin_dir();
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => Ok(()),
@@ -250,17 +354,17 @@ pub fn skipped_runs(programs: &[ProgramInfo]) -> Result<Option<u64>> {
     Ok(total)
 }
 
-/// The in-flight mode of the attached programs, told by which are pinned
+/// The in-flight mode of the loaded programs, told by which are pinned
 /// (the hash-map mode's programs have names of their own).
 pub fn in_flight_mode() -> Result<InFlightMode> {
-    let links = pin_dir().join("links");
+    let programs = programs_dir();
     let (table, hash_map, _) = object::BLOCK_PROGRAMS[0];
-    if links.join(hash_map).exists() {
+    if programs.join(hash_map).exists() {
         Ok(InFlightMode::HashMap)
-    } else if links.join(table).exists() {
+    } else if programs.join(table).exists() {
         Ok(InFlightMode::Table)
     } else {
-        bail!("no hcp tracing is attached ({} holds no {table} link): start a session with --trace", links.display())
+        bail!("hcp's tracing is not loaded ({} holds no {table}): start a session with --trace", programs.display())
     }
 }
 

@@ -734,12 +734,14 @@ fn command_latency(reps: usize, sessions: usize) -> Result<Value> {
 }
 
 /// `hcp start` plain and with `--trace --baseline 0s`, `reps` pairs (the
-/// order alternating), each traced one followed by a second traced session
-/// of the same origin (the programs pinned already); every session removed
-/// before the next pair. The figure is the start's own
-/// `timing.snapshot_seconds`: from its beginning until the snapshot was
-/// live. First one traced start with no kernel layout kept (as after a
-/// boot), not a pair.
+/// order alternating). The traced side is three starts: one that loads the
+/// programs (`hcp trace unload` just before), its session removed; one
+/// with the programs loaded and detached, as every traced start after the
+/// first of a boot; and a second traced session beside it (the programs
+/// attached already). Every session is removed before the next pair. The
+/// figure is the start's own `timing.snapshot_seconds`: from its beginning
+/// until the snapshot was live. First one traced start with nothing kept
+/// (no kernel layout, nothing loaded: as after a boot), not a pair.
 fn start_latency(reps: usize) -> Result<(Vec<Value>, Value)> {
     let origin = origin_path();
     let snapshot_ms = |traced: bool| -> Result<f64> {
@@ -752,6 +754,8 @@ fn start_latency(reps: usize) -> Result<(Vec<Value>, Value)> {
         v["timing"]["snapshot_seconds"].as_f64().map(|s| s * 1e3).context("start printed no timing.snapshot_seconds")
     };
     let remove = || hcp_json(&["remove", &origin]).map(drop);
+    let unload = || hcp_json(&["trace", "unload"]).map(drop);
+    unload()?;
     let _ = fs::remove_file("/run/hcp/kernel-layout");
     let cold = snapshot_ms(true)?;
     remove()?;
@@ -761,6 +765,9 @@ fn start_latency(reps: usize) -> Result<(Vec<Value>, Value)> {
         let mut run = json!({ "rep": rep });
         for traced in if rep % 2 == 0 { [false, true] } else { [true, false] } {
             if traced {
+                unload()?;
+                run["traced_load"] = json!(snapshot_ms(true)?);
+                remove()?;
                 run["traced"] = json!(snapshot_ms(true)?);
                 run["traced_second"] = json!(snapshot_ms(true)?);
             } else {

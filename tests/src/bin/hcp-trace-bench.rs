@@ -93,9 +93,11 @@ fn serve(report: impl Fn() -> Result<Value>) -> Result<()> {
 }
 
 /// hcp's tracer as a traced session has it: the pinned set, with the
-/// devices added; removing them at the end unpins it all.
+/// devices added; removing them at the end detaches it, and it is unloaded
+/// too if this run loaded it.
 struct HcpTracer {
     devices: Vec<DevNum>,
+    loaded_here: bool,
 }
 
 impl HcpTracer {
@@ -108,8 +110,9 @@ impl HcpTracer {
                 pins::pin_dir().display()
             );
         }
+        let loaded_here = !pins::loaded();
         pins::ensure_attached(None)?;
-        let tracer = HcpTracer { devices: devices.to_vec() };
+        let tracer = HcpTracer { devices: devices.to_vec(), loaded_here };
         pins::add_devices(devices)?;
         Ok(tracer)
     }
@@ -154,6 +157,11 @@ impl Drop for HcpTracer {
     fn drop(&mut self) {
         if let Err(e) = pins::remove_devices(&self.devices) {
             eprintln!("hcp-trace-bench: detaching: {e:#}");
+        }
+        if self.loaded_here {
+            if let Err(e) = pins::unload() {
+                eprintln!("hcp-trace-bench: unloading: {e:#}");
+            }
         }
     }
 }
