@@ -216,6 +216,7 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
         case(&["export", "hcp999", "--to", "/tmp/hcp-x.img"], 3, "no hcp session hcp999", "give an hcp device"),
         case(&["apply", "/nonexistent-hcp/d", "/nonexistent-hcp/i"], 2, "does not exist", "give a delta"),
         case(&["trace", "attach", "../../x"], 3, "no hcp session ../../x", "give an hcp device"),
+        case(&["trace", "unload", "hcp1"], 2, "unexpected argument 'hcp1'", "see hcp --help"),
         // Option combinations.
         case(&["start"], 2, "give the DEVICE to snapshot", "see hcp --help"),
         case(&["start", "--report", "/tmp/r.json", v], 2, "--report needs --trace", "add --trace or drop --report"),
