@@ -442,7 +442,7 @@ pub fn unload() -> Result<bool> {
             traced.join(", ")
         )));
     }
-    let loaded = pins::loaded() || pins::pin_dir().exists();
+    let loaded = pins::pin_dir().exists();
     pins::unload().map_err(|e| Error::system(format!("unloading hcp's tracing: {e:#}")))?;
     Ok(loaded)
 }

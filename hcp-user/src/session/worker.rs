@@ -164,11 +164,12 @@ pub fn wait_for_starter() {
     let mut fd = libc::pollfd { fd: libc::STDIN_FILENO, events: libc::POLLIN, revents: 0 };
     while !stop_requested() {
         // SAFETY: one valid pollfd, for the duration of the call.
-        let ready = unsafe { libc::poll(&mut fd, 1, 100) };
-        // Readable (EOF, or a stdin that is not our pipe: a worker started
-        // by hand), hung up, or an error: either way nothing to wait for.
-        if ready != 0 && !(ready < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted) {
-            return;
+        match unsafe { libc::poll(&mut fd, 1, 100) } {
+            0 => {} // the starter is still at work
+            ready if ready < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            // Readable (EOF, or a stdin that is not our pipe: a worker
+            // started by hand), hung up, or an error: nothing to wait for.
+            _ => return,
         }
     }
 }

@@ -97,7 +97,7 @@ pub fn ensure_attached(layout_cache: Option<&Path>) -> Result<()> {
     ensure_bpffs()?;
     // Detached programs another build of hcp loaded (before an upgrade, say)
     // may not share this build's maps and layouts: replaced.
-    if loaded() && !object_marker().is_dir() {
+    if loaded() && !pin_dir().join(object_marker()).is_dir() {
         unload()?;
     }
     if !loaded() {
@@ -106,10 +106,10 @@ pub fn ensure_attached(layout_cache: Option<&Path>) -> Result<()> {
     attach_loaded()
 }
 
-/// An empty directory naming the object the pinned programs were loaded
-/// from (bpffs holds no plain files).
-fn object_marker() -> PathBuf {
-    pin_dir().join(format!("object-{}", object::OBJECT_ID))
+/// The name of an empty directory, beside the pins, naming the object the
+/// programs were loaded from (bpffs holds no plain files).
+fn object_marker() -> String {
+    format!("object-{}", object::OBJECT_ID)
 }
 
 /// Loads the programs and pins them, unattached, with their maps.
@@ -123,9 +123,7 @@ fn load(layout_cache: Option<&Path>) -> Result<()> {
     // (bpffs refuses names with a dot.)
     let staging = dir.with_file_name("hcp-new");
     let _ = std::fs::remove_dir_all(&staging);
-    let marker = object_marker();
-    let marker = marker.file_name().expect("a directory name");
-    for sub in [std::ffi::OsStr::new("programs"), std::ffi::OsStr::new("maps"), marker] {
+    for sub in ["programs".to_string(), "maps".to_string(), object_marker()] {
         std::fs::create_dir_all(staging.join(sub)).with_context(|| format!("creating {}", staging.display()))?;
     }
 
