@@ -13,6 +13,7 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
 
 use anyhow::{bail, Context, Result};
 use std::time::{Duration, Instant};
@@ -39,10 +40,11 @@ pub struct FreezeTracer {
 }
 
 /// The programs a tracer attached: an object of its own, or the pinned
-/// ones (their links are the tracer's; the programs stay pinned).
+/// ones (the perf events that carry them are the tracer's; the programs
+/// stay pinned).
 enum Programs {
     Loaded(#[allow(dead_code)] Ebpf),
-    Pinned(#[allow(dead_code)] Vec<TracePoint>),
+    Pinned(#[allow(dead_code)] Vec<OwnedFd>),
 }
 
 struct StallMaps {
@@ -130,10 +132,14 @@ impl FreezeTracer {
             }
             None => None,
         };
-        for (prog, (_, category, event)) in programs.iter_mut().zip(&wanted) {
-            attach_tracepoint(prog, category, event)?;
+        let tracefs = super::tracefs::root()?;
+        let mut attached = Vec::new();
+        for (prog, (_, category, event)) in programs.iter().zip(&wanted) {
+            attached.push(super::attach::tracepoint(prog.as_fd(), &tracefs, category, event).with_context(|| {
+                format!("attaching to tracepoint {category}:{event} (needs CONFIG_FTRACE_SYSCALLS)")
+            })?);
         }
-        Ok(Some(FreezeTracer { _programs: Programs::Pinned(programs), events, losses, stalls }))
+        Ok(Some(FreezeTracer { _programs: Programs::Pinned(attached), events, losses, stalls }))
     }
 
     /// The write stalls so far (None without a stall target).

@@ -2,6 +2,7 @@
 //! kernel layouts its programs need, the pins that keep block I/O tracing
 //! alive between commands, and one module per program family.
 
+pub mod attach;
 pub mod block_io;
 pub mod btf;
 pub mod freeze_trace;

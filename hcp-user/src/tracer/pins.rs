@@ -19,20 +19,18 @@
 //! process while attached), without loading or verifying them again.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{Map, MapData, PerCpuHashMap};
-use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::ProgramInfo;
-use aya::programs::{BtfTracePoint, TracePoint};
+use aya::programs::{ProgramInfo, TracePoint};
 use hcp_common::bio::{BioLosses, BioStart, LatKey, Level, OVERFLOW_IN_USE};
 use hcp_common::{DevIoStats, IoOp, LatencyHist, RemapKey, RemapStats};
 
 use super::layout::KernelLayout;
 use super::probe::InFlightMode;
-use super::{block_io, io_latency, object};
+use super::{attach, block_io, io_latency, object};
 use crate::kernel::devnum::DevNum;
 
 /// Where the links and maps are pinned.
@@ -94,13 +92,13 @@ pub fn ensure_attached(layout_cache: Option<&Path>) -> Result<()> {
     if attached() {
         return Ok(());
     }
-    ensure_bpffs()?;
     // Detached programs another build of hcp loaded (before an upgrade, say)
     // may not share this build's maps and layouts: replaced.
     if loaded() && !pin_dir().join(object_marker()).is_dir() {
         unload()?;
     }
     if !loaded() {
+        ensure_bpffs()?;
         load(layout_cache)?;
     }
     attach_loaded()
@@ -159,13 +157,9 @@ fn attach_loaded() -> Result<()> {
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
     for (program, event) in object::block_programs(mode) {
-        let path = programs_dir().join(program);
-        let mut prog =
-            BtfTracePoint::from_pin(&path).with_context(|| format!("opening pinned program {}", path.display()))?;
-        let id = prog.attach().with_context(|| format!("attaching to tp_btf {event}"))?;
-        FdLink::from(prog.take_link(id)?)
-            .pin(staging.join(program))
-            .with_context(|| format!("pinning link {program}"))?;
+        let prog = attach::get_pinned(&programs_dir().join(program))?;
+        let link = attach::btf_tracepoint(prog.as_fd()).with_context(|| format!("attaching to tp_btf {event}"))?;
+        attach::pin(link.as_fd(), &staging.join(program))?;
     }
     // Visible all at once: `attached()` never sees a half-attached set.
     std::fs::rename(&staging, &links).with_context(|| format!("moving links to {}", links.display()))?;
@@ -224,13 +218,13 @@ fn pin_switch_programs(ebpf: &mut aya::Ebpf, dir: &Path, stalls: bool) -> Result
     Ok(())
 }
 
-/// Opens the switch's pinned program `name`, if pinned.
-pub fn switch_program(name: &str) -> Result<Option<TracePoint>> {
+/// The switch's pinned program `name`, if pinned.
+pub fn switch_program(name: &str) -> Result<Option<OwnedFd>> {
     let path = switch_dir().join(name);
     if !path.exists() {
         return Ok(None);
     }
-    Ok(Some(TracePoint::from_pin(&path).with_context(|| format!("opening pinned program {}", path.display()))?))
+    attach::get_pinned(&path).map(Some)
 }
 
 /// Opens the switch's pinned map `name`.
@@ -366,21 +360,13 @@ pub fn in_flight_mode() -> Result<InFlightMode> {
     }
 }
 
-/// The programs of the pinned set, as the kernel describes them.
+/// The loaded block programs, as the kernel describes them.
 pub fn programs() -> Result<Vec<ProgramInfo>> {
-    let links = pin_dir().join("links");
-    let mut ids = Vec::new();
-    for entry in std::fs::read_dir(&links).with_context(|| format!("reading {}", links.display()))? {
-        let path = entry?.path();
-        let link = FdLink::from(PinnedLink::from_pin(&path).with_context(|| format!("opening {}", path.display()))?);
-        ids.push(link.info()?.program_id());
-    }
+    let dir = programs_dir();
     let mut out = Vec::new();
-    for info in aya::programs::loaded_programs() {
-        let info = info?;
-        if ids.contains(&info.id()) {
-            out.push(info);
-        }
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        out.push(ProgramInfo::from_pin(&path).with_context(|| format!("opening {}", path.display()))?);
     }
     Ok(out)
 }
