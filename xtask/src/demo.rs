@@ -33,6 +33,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         timeout: 600,
         mem: 2048,
         smp: 1,
+        aslr: false,
         // Optimised, as users run it: a debug build takes seconds longer to
         // load the tracer, which the demo's figures would show.
         release: true,

@@ -91,6 +91,14 @@ pub struct VmArgs {
     /// powers off.
     #[arg(long)]
     pub systemd: bool,
+    /// Keep address-space layout randomization in the guest. Off by default:
+    /// QEMU 7.2's TCG keys the code it translates by virtual address, so
+    /// under randomization each process translates all the code it runs
+    /// anew (hcp's argument parsing took 120 ms randomized, 15 ms not, in
+    /// the 6.12 guest), which only slows the tests. The bench keeps it, so
+    /// that its figures compare with earlier runs.
+    #[arg(long)]
+    pub aslr: bool,
     /// Kill the guest after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -258,6 +266,9 @@ fn qemu_command(args: &VmArgs, kernel: &Unpacked, initrd: &Path, scratch: &Scrat
 /// The guest kernel's command line; the `hcp_vm.*` words are guest_init.sh's.
 fn kernel_command_line(args: &VmArgs, drives: usize) -> String {
     let mut line = "console=ttyS0 quiet panic=-1 acpi=noirq tsc=unstable".to_owned();
+    if !args.aslr {
+        line += " norandmaps";
+    }
     if let Some(root) = args.root_disk.as_ref().map(|_| virtio_disk_name(drives - 1)) {
         line += &format!(" hcp_vm.root={root}");
     }

@@ -29,7 +29,7 @@ use crate::kernel::devnum::DevNum;
 use crate::kernel::dm::device::Dm;
 use crate::state::counters::{record_counters, CountersRecord};
 use crate::state::history::{self, History};
-use crate::state::record::{self, Phase, Session};
+use crate::state::record::{self, Phase, RecorderRecord, Session};
 use crate::tracer::pins;
 
 /// The hidden subcommand the recorder runs as.
@@ -50,9 +50,21 @@ pub fn log_path(id: &str) -> std::path::PathBuf {
     crate::state::dirs::run_dir().join("recorder").join(format!("{id}.log"))
 }
 
-/// Starts the recorder of session `id`. The caller records the pid.
-pub fn spawn(id: &str) -> Result<Child> {
-    worker::spawn(SUBCOMMAND, id, &log_path(id), WHAT)
+/// Starts the recorder of live session `id`, recording every `interval`
+/// (zero: [`DEFAULT_INTERVAL`]): its record for the session's, and the
+/// child, which waits until it is dropped (its stdin's end) before it reads
+/// the session's record, so the caller saves the record first. Should it
+/// not start, the session stands without a history, and says so; its
+/// totals are kept by the kernel whatever the recorder does.
+pub fn start(id: &str, interval: Duration) -> (RecorderRecord, Option<Child>) {
+    let interval_seconds = Some(interval).filter(|d| !d.is_zero()).unwrap_or(DEFAULT_INTERVAL).as_secs_f64();
+    match worker::spawn(SUBCOMMAND, id, &log_path(id), WHAT) {
+        Ok(child) => (RecorderRecord { pid: Some(child.id() as i32), interval_seconds }, Some(child)),
+        Err(e) => {
+            eprintln!("hcp: {id} is traced, but its history recorder did not start ({e}): `hcp stats` gives its totals, `hcp stats --history` nothing");
+            (RecorderRecord { pid: None, interval_seconds }, None)
+        }
+    }
 }
 
 /// Stops the recorder of `session` if it runs, once it has recorded the

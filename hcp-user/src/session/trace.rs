@@ -469,16 +469,19 @@ pub fn attach_session(target: &str) -> Result<PathBuf> {
         None => None,
     };
     let mut trace = record(&devices, None, at_start, None, None);
-    let interval = super::recorder::DEFAULT_INTERVAL.as_secs_f64();
-    trace.recorder = Some(RecorderRecord { pid: None, interval_seconds: interval });
-    session.trace = Some(trace);
-    crate::state::record::save(&session)?;
     // Live already: the recorder starts at once, from the counters above.
-    let child = super::recorder::spawn(&session.id)?;
-    if let Some(r) = session.trace.as_mut().and_then(|t| t.recorder.as_mut()) {
-        r.pid = Some(child.id() as i32);
+    let (recorder, child) = super::recorder::start(&session.id, Duration::ZERO);
+    trace.recorder = Some(recorder);
+    session.trace = Some(trace);
+    if let Err(e) = crate::state::record::save(&session) {
+        // It would wait for a record that never says it is traced.
+        if let Some(child) = child {
+            let _ = super::recorder::stop_child(child);
+        }
+        return Err(e);
     }
-    crate::state::record::save(&session)?;
+    // The recorder reads the record once this is dropped.
+    drop(child);
     Ok(session.snapshot_path.clone())
 }
 

@@ -134,6 +134,7 @@ fn guest_run(kernel: GuestKernel, parts: &[&str], p: &Params) -> Result<Value> {
         timeout: 2400,
         mem: 2048,
         smp: 1,
+        aslr: true,
         release: true,
         no_build: true,
         verbose: false,

@@ -28,7 +28,7 @@ use crate::kernel::writeback::PreFlush;
 use crate::privilege::require_root;
 use crate::session::recorder;
 use crate::state::lock::Lock;
-use crate::state::record::{self, AutoextendRecord, KernelWindow, Phase, RecorderRecord, WindowRecord};
+use crate::state::record::{self, AutoextendRecord, KernelWindow, Phase, WindowRecord};
 use crate::switch::fault;
 
 pub use options::StartOptions;
@@ -235,7 +235,10 @@ fn finish(
         };
         let mut trace =
             crate::session::trace::record(&now, tracing.baseline, tracing.at_start, Some(window), plan.report.clone());
-        let (recorder, child) = start_recorder(opts, &session.id);
+        // Once the snapshot is live: a process start (some 50-150 ms of CPU
+        // under emulation) that the snapshot need not wait for. It begins at
+        // the counters taken before the switch, so nothing is missed.
+        let (recorder, child) = recorder::start(&session.id, opts.history_interval);
         trace.recorder = Some(recorder);
         recorder_child = child;
         session.trace = Some(trace);
@@ -285,22 +288,4 @@ fn finish(
         }
     }
     Ok(started)
-}
-
-/// The history recorder of a traced session, started once its snapshot is
-/// live: a process start (some 50-150 ms of CPU under emulation) that the
-/// snapshot need not wait for. It begins at the counters taken before the
-/// switch, so nothing of the session is missed. Should it not start, the
-/// session stands without a history, and says so; its totals are kept by
-/// the kernel whatever the recorder does.
-fn start_recorder(opts: &StartOptions, id: &str) -> (RecorderRecord, Option<std::process::Child>) {
-    let interval_seconds =
-        Some(opts.history_interval).filter(|d| !d.is_zero()).unwrap_or(recorder::DEFAULT_INTERVAL).as_secs_f64();
-    match recorder::spawn(id) {
-        Ok(child) => (RecorderRecord { pid: Some(child.id() as i32), interval_seconds }, Some(child)),
-        Err(e) => {
-            eprintln!("hcp: {id} is live, but its history recorder did not start ({e}): `hcp stats` gives its totals, `hcp stats --history` nothing");
-            (RecorderRecord { pid: None, interval_seconds }, None)
-        }
-    }
 }
