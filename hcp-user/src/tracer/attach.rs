@@ -60,8 +60,8 @@ struct PerfEventAttr {
 }
 
 const PERF_TYPE_TRACEPOINT: u32 = 2;
-// _IO('$', 1) and _IOW('$', 8, __u32) (include/uapi/linux/perf_event.h).
-const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2401;
+// _IO('$', 0) and _IOW('$', 8, __u32) (include/uapi/linux/perf_event.h).
+const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
 const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
 
@@ -159,5 +159,14 @@ mod tests {
         assert_eq!(std::mem::size_of::<RawTracepointAttr>(), 16);
         // PERF_ATTR_SIZE_VER0
         assert_eq!(std::mem::size_of::<PerfEventAttr>(), 64);
+    }
+
+    #[test]
+    fn ioctl_numbers_follow_the_kernels_macros() {
+        // _IO(type, nr) and _IOW(type, nr, size) of asm-generic/ioctl.h.
+        let io = |kind: u8, nr: libc::c_ulong| (libc::c_ulong::from(kind) << 8) | nr;
+        let iow = |kind: u8, nr: libc::c_ulong, size: libc::c_ulong| (1 << 30) | (size << 16) | io(kind, nr);
+        assert_eq!(PERF_EVENT_IOC_ENABLE, io(b'$', 0));
+        assert_eq!(PERF_EVENT_IOC_SET_BPF, iow(b'$', 8, 4));
     }
 }
