@@ -135,9 +135,10 @@ impl FreezeTracer {
         let tracefs = super::tracefs::root()?;
         let mut attached = Vec::new();
         for (prog, (_, category, event)) in programs.iter().zip(&wanted) {
-            attached.push(super::attach::tracepoint(prog.as_fd(), &tracefs, category, event).with_context(|| {
-                format!("attaching to tracepoint {category}:{event} (needs CONFIG_FTRACE_SYSCALLS)")
-            })?);
+            attached.push(
+                super::attach::tracepoint(prog.as_fd(), &tracefs, category, event)
+                    .with_context(|| attach_failed(category, event))?,
+            );
         }
         Ok(Some(FreezeTracer { _programs: Programs::Pinned(attached), events, losses, stalls }))
     }
@@ -190,9 +191,12 @@ impl FreezeTracer {
 }
 
 fn attach_tracepoint(prog: &mut TracePoint, category: &str, event: &str) -> Result<()> {
-    prog.attach(category, event)
-        .with_context(|| format!("attaching to tracepoint {category}:{event} (needs CONFIG_FTRACE_SYSCALLS)"))?;
+    prog.attach(category, event).with_context(|| attach_failed(category, event))?;
     Ok(())
+}
+
+fn attach_failed(category: &str, event: &str) -> String {
+    format!("attaching to tracepoint {category}:{event} (needs CONFIG_FTRACE_SYSCALLS)")
 }
 
 /// Removes every entry of a hash map.
